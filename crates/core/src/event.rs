@@ -1,0 +1,155 @@
+//! The event: what publishers send, what the log commits, what subscribers receive.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// A committed event. `seq` is its position in the log: strictly increasing, never reused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub id: Uuid,
+    pub seq: u64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub data: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<String>,
+    #[serde(serialize_with = "iso_millis")]
+    pub timestamp: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+}
+
+/// Timestamps are written as JavaScript's `Date.toISOString()` does, so browser code can parse them.
+pub fn iso_millis<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+/// An event before the log has given it a position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub kind: String,
+    pub data: Value,
+    pub user_id: Option<String>,
+    pub room_id: Option<String>,
+    pub metadata: Option<Value>,
+}
+
+impl NewEvent {
+    pub fn commit(self, seq: u64, timestamp: DateTime<Utc>) -> Event {
+        Event {
+            id: Uuid::new_v4(),
+            seq,
+            kind: self.kind,
+            data: self.data,
+            user_id: self.user_id,
+            room_id: self.room_id,
+            timestamp,
+            metadata: self.metadata,
+        }
+    }
+}
+
+impl Event {
+    /// `user.*` events are private: only their user (and privileged identities) may see them.
+    pub fn is_private(&self) -> bool {
+        self.kind.starts_with("user.")
+    }
+}
+
+/// A committed event together with its wire encodings, each built at most once and shared as
+/// bytes by every recipient: the fan-out never serialises per subscriber.
+#[derive(Debug)]
+pub struct EncodedEvent {
+    pub event: Event,
+    json: Bytes,
+    ws_frame: OnceLock<Bytes>,
+    sse_frame: OnceLock<Bytes>,
+}
+
+impl EncodedEvent {
+    pub fn new(event: Event) -> Arc<Self> {
+        let json = Bytes::from(serde_json::to_vec(&event).expect("events serialise"));
+        Arc::new(Self {
+            event,
+            json,
+            ws_frame: OnceLock::new(),
+            sse_frame: OnceLock::new(),
+        })
+    }
+
+    /// The event object as JSON.
+    pub fn json(&self) -> &Bytes {
+        &self.json
+    }
+
+    /// `{"type":"event","data":<event>}` — the WebSocket text frame.
+    pub fn ws_frame(&self) -> &Bytes {
+        self.ws_frame.get_or_init(|| {
+            let mut out = Vec::with_capacity(self.json.len() + 24);
+            out.extend_from_slice(br#"{"type":"event","data":"#);
+            out.extend_from_slice(&self.json);
+            out.push(b'}');
+            Bytes::from(out)
+        })
+    }
+
+    /// `id: <seq>` / `event: event` / `data: <event>` — the SSE record; the id lets
+    /// `EventSource` resume with `Last-Event-ID`.
+    pub fn sse_frame(&self) -> &Bytes {
+        self.sse_frame.get_or_init(|| {
+            let mut out = Vec::with_capacity(self.json.len() + 40);
+            out.extend_from_slice(b"id: ");
+            out.extend_from_slice(self.event.seq.to_string().as_bytes());
+            out.extend_from_slice(b"\nevent: event\ndata: ");
+            out.extend_from_slice(&self.json);
+            out.extend_from_slice(b"\n\n");
+            Bytes::from(out)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample() -> Event {
+        NewEvent {
+            kind: "chat.message".into(),
+            data: json!({"text": "hi"}),
+            user_id: Some("alice".into()),
+            room_id: None,
+            metadata: None,
+        }
+        .commit(7, DateTime::from_timestamp_millis(1_700_000_000_123).unwrap())
+    }
+
+    #[test]
+    fn serialises_like_the_seed_with_seq_and_iso_time() {
+        let v: Value = serde_json::from_slice(EncodedEvent::new(sample()).json()).unwrap();
+        assert_eq!(v["type"], "chat.message");
+        assert_eq!(v["seq"], 7);
+        assert_eq!(v["userId"], "alice");
+        assert_eq!(v["timestamp"], "2023-11-14T22:13:20.123Z");
+        assert!(v.get("roomId").is_none());
+    }
+
+    #[test]
+    fn wire_frames_wrap_the_same_json() {
+        let e = EncodedEvent::new(sample());
+        let ws: Value = serde_json::from_slice(e.ws_frame()).unwrap();
+        assert_eq!(ws["type"], "event");
+        assert_eq!(ws["data"]["seq"], 7);
+        let sse = std::str::from_utf8(e.sse_frame()).unwrap();
+        assert!(sse.starts_with("id: 7\nevent: event\ndata: {"));
+        assert!(sse.ends_with("}\n\n"));
+    }
+}

@@ -1,0 +1,98 @@
+//! The embedded log: one task assigns `seq`, commits each batch to the store (group commit:
+//! whatever queued while the previous batch was committing goes in the next transaction),
+//! then fans the batch out and acknowledges the publishers. Fan-out happens only after the
+//! commit, so nothing is delivered that could be lost by a crash.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::event::{EncodedEvent, NewEvent};
+use crate::store::{EventStore, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("the server is shutting down")]
+    Closed,
+}
+
+type Ack = oneshot::Sender<Result<Arc<EncodedEvent>, PublishError>>;
+pub type CommitSink = Arc<dyn Fn(&[Arc<EncodedEvent>]) + Send + Sync>;
+
+/// How many publishes one transaction may hold at most. Larger batches amortise the commit;
+/// this bound keeps a single batch's latency small.
+pub const MAX_BATCH: usize = 2048;
+const QUEUE: usize = 16 * 1024;
+
+pub struct LocalLog {
+    tx: Mutex<Option<mpsc::Sender<(NewEvent, Ack)>>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl LocalLog {
+    /// Starts the sequencer after the highest `seq` the store has ever committed.
+    pub async fn start(store: Arc<dyn EventStore>, sink: CommitSink) -> Result<Self, StoreError> {
+        let next_seq = store.last_seq().await? + 1;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(run(store, sink, rx, next_seq));
+        Ok(Self { tx: Mutex::new(Some(tx)), task: Mutex::new(Some(task)) })
+    }
+
+    /// Resolves once the event is durable and has been handed to every local subscriber.
+    pub async fn publish(&self, event: NewEvent) -> Result<Arc<EncodedEvent>, PublishError> {
+        let tx = self.tx.lock().clone().ok_or(PublishError::Closed)?;
+        let (ack, done) = oneshot::channel();
+        tx.send((event, ack)).await.map_err(|_| PublishError::Closed)?;
+        done.await.map_err(|_| PublishError::Closed)?
+    }
+
+    /// Stops accepting publishes and waits until every accepted one is committed.
+    pub async fn shutdown(&self) {
+        self.tx.lock().take();
+        let task = self.task.lock().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn run(
+    store: Arc<dyn EventStore>,
+    sink: CommitSink,
+    mut rx: mpsc::Receiver<(NewEvent, Ack)>,
+    mut next_seq: u64,
+) {
+    let mut pending = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut pending, MAX_BATCH).await > 0 {
+        let now = Utc::now();
+        let (batch, acks): (Vec<_>, Vec<_>) = pending
+            .drain(..)
+            .enumerate()
+            .map(|(i, (e, ack)): (usize, (NewEvent, Ack))| {
+                (EncodedEvent::new(e.commit(next_seq + i as u64, now)), ack)
+            })
+            .unzip();
+        match store.append(batch.clone()).await {
+            Ok(()) => {
+                next_seq += batch.len() as u64;
+                sink(&batch);
+                for (ack, event) in acks.into_iter().zip(batch) {
+                    let _ = ack.send(Ok(event));
+                }
+            }
+            // Nothing was committed, so the positions are reused by the next batch: `seq`
+            // stays gap-free.
+            Err(e) => {
+                let msg = e.to_string();
+                for ack in acks {
+                    let _ = ack.send(Err(PublishError::Store(StoreError::Unavailable(msg.clone()))));
+                }
+            }
+        }
+    }
+}

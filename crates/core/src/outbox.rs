@@ -1,0 +1,193 @@
+//! One bounded outbound queue per connection. Producers (the hub's fan-out, command replies)
+//! never wait: they push or, when the queue is full, close it. The connection's writer drains
+//! everything queued in one batch and flushes once.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::event::EncodedEvent;
+use crate::protocol::ServerMessage;
+
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    Event(Arc<EncodedEvent>),
+    Message(Arc<ServerMessage>),
+}
+
+impl Outgoing {
+    fn weight(&self) -> usize {
+        match self {
+            Self::Event(e) => e.json().len() + 32,
+            Self::Message(m) => m.approx_len(),
+        }
+    }
+}
+
+/// Why a connection is being closed; WebSocket close code and reason, and the SSE/log wording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+impl CloseReason {
+    pub const NORMAL: Self = Self { code: 1000, reason: "closed" };
+    pub const SHUTDOWN: Self = Self { code: 1001, reason: "server shutting down" };
+    pub const POLICY: Self = Self { code: 1008, reason: "policy violation" };
+    pub const TOO_BIG: Self = Self { code: 1009, reason: "message too big" };
+    pub const IDLE: Self = Self { code: 4000, reason: "idle timeout" };
+    pub const SLOW_CONSUMER: Self = Self { code: 4008, reason: "outbound buffer overflow: resume from your last seq" };
+    pub const RATE_LIMITED: Self = Self { code: 4029, reason: "too many messages" };
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+}
+
+impl Default for OutboxLimits {
+    fn default() -> Self {
+        Self { max_messages: 4096, max_bytes: 4 << 20 }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    items: VecDeque<Outgoing>,
+    bytes: usize,
+    closed: Option<CloseReason>,
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    ready: Notify,
+    limits: OutboxLimits,
+}
+
+/// What the writer gets from one wake-up.
+#[derive(Debug, PartialEq)]
+pub enum Drained {
+    /// Frames to write (in order), then flush.
+    Batch,
+    /// Write the frames in the batch, then close with this reason.
+    Close(CloseReason),
+}
+
+impl Outbox {
+    pub fn new(limits: OutboxLimits) -> Self {
+        Self { state: Mutex::new(State::default()), ready: Notify::new(), limits }
+    }
+
+    /// Queues a frame. Returns false when the connection is closed or the push overflowed the
+    /// bounds (the queue is then dropped and the connection closed as a slow consumer).
+    pub fn push(&self, item: Outgoing) -> bool {
+        let mut s = self.state.lock();
+        if s.closed.is_some() {
+            return false;
+        }
+        let w = item.weight();
+        if s.items.len() >= self.limits.max_messages || s.bytes + w > self.limits.max_bytes {
+            s.items.clear();
+            s.bytes = 0;
+            s.closed = Some(CloseReason::SLOW_CONSUMER);
+            drop(s);
+            self.ready.notify_one();
+            return false;
+        }
+        s.bytes += w;
+        s.items.push_back(item);
+        let first = s.items.len() == 1;
+        drop(s);
+        if first {
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    /// Asks the writer to close after what is already queued. The first reason wins.
+    pub fn close(&self, reason: CloseReason) {
+        let mut s = self.state.lock();
+        if s.closed.is_none() {
+            s.closed = Some(reason);
+        }
+        drop(s);
+        self.ready.notify_one();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed.is_some()
+    }
+
+    pub fn queued(&self) -> (usize, usize) {
+        let s = self.state.lock();
+        (s.items.len(), s.bytes)
+    }
+
+    /// Waits until there is something to write or the outbox closes, then moves every queued
+    /// frame into `batch`. Cancel-safe: nothing is taken until the wait completes.
+    pub async fn drain(&self, batch: &mut Vec<Outgoing>) -> Drained {
+        loop {
+            {
+                let mut s = self.state.lock();
+                if !s.items.is_empty() || s.closed.is_some() {
+                    batch.extend(s.items.drain(..));
+                    s.bytes = 0;
+                    if s.items.capacity() > 64 {
+                        s.items.shrink_to(16);
+                    }
+                    return match &s.closed {
+                        Some(r) => Drained::Close(r.clone()),
+                        None => Drained::Batch,
+                    };
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ServerMessage;
+
+    fn msg() -> Outgoing {
+        Outgoing::Message(ServerMessage::new("pong", None))
+    }
+
+    #[tokio::test]
+    async fn drains_in_order_as_one_batch() {
+        let o = Outbox::new(OutboxLimits::default());
+        assert!(o.push(msg()));
+        assert!(o.push(msg()));
+        let mut b = Vec::new();
+        assert_eq!(o.drain(&mut b).await, Drained::Batch);
+        assert_eq!(b.len(), 2);
+        assert_eq!(o.queued(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn overflow_closes_as_slow_consumer_and_frees_the_queue() {
+        let o = Outbox::new(OutboxLimits { max_messages: 2, max_bytes: 1 << 20 });
+        assert!(o.push(msg()));
+        assert!(o.push(msg()));
+        assert!(!o.push(msg()));
+        assert_eq!(o.queued(), (0, 0));
+        assert!(!o.push(msg()));
+        let mut b = Vec::new();
+        assert_eq!(o.drain(&mut b).await, Drained::Close(CloseReason::SLOW_CONSUMER));
+        assert!(b.is_empty());
+    }
+
+    #[tokio::test]
+    async fn byte_bound_applies() {
+        let o = Outbox::new(OutboxLimits { max_messages: 100, max_bytes: 10 });
+        assert!(!o.push(msg()));
+        assert!(o.is_closed());
+    }
+}

@@ -1,0 +1,85 @@
+//! The event-store seam: durable, queryable history. SQLite embedded, PostgreSQL scaled out.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::event::{EncodedEvent, Event};
+use crate::identity::Identity;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+    #[error("event store failure: {0}")]
+    Backend(String),
+}
+
+/// Which private (`user.*`) events a history reader may see.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PrivateAccess {
+    All,
+    /// Only this user's, or none for anonymous readers.
+    OwnOnly(Option<String>),
+}
+
+impl PrivateAccess {
+    pub fn for_reader(reader: Option<&Identity>) -> Self {
+        match reader {
+            Some(i) if i.is_privileged() => Self::All,
+            Some(i) => Self::OwnOnly(Some(i.user_id.clone())),
+            None => Self::OwnOnly(None),
+        }
+    }
+}
+
+/// A history query. Results are newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryQuery {
+    pub types: Vec<String>,
+    pub user_id: Option<String>,
+    pub room_id: Option<String>,
+    pub since_time: Option<DateTime<Utc>>,
+    pub after_seq: Option<u64>,
+    pub limit: usize,
+    pub access: PrivateAccess,
+}
+
+impl Default for HistoryQuery {
+    fn default() -> Self {
+        Self {
+            types: Vec::new(),
+            user_id: None,
+            room_id: None,
+            since_time: None,
+            after_seq: None,
+            limit: 50,
+            access: PrivateAccess::All,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreSummary {
+    pub events: u64,
+    pub oldest_seq: Option<u64>,
+    pub newest_seq: Option<u64>,
+    /// Distinct types among the most recent events.
+    pub recent_types: Vec<String>,
+}
+
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Commits a batch atomically; when this returns `Ok`, every event survives a crash.
+    async fn append(&self, batch: Vec<Arc<EncodedEvent>>) -> Result<(), StoreError>;
+    /// The highest `seq` ever committed, even if retention has since deleted it.
+    async fn last_seq(&self) -> Result<u64, StoreError>;
+    async fn query(&self, query: HistoryQuery) -> Result<Vec<Event>, StoreError>;
+    async fn count_since(&self, since: DateTime<Utc>) -> Result<u64, StoreError>;
+    async fn summary(&self) -> Result<StoreSummary, StoreError>;
+    /// Retention: deletes events older than `cutoff`, returns how many.
+    async fn delete_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Finishes pending writes; later appends fail.
+    async fn close(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,196 @@
+//! Subscriptions (type patterns plus filters) and the index that finds, for a published event,
+//! only the subscriptions that can match it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::event::Event;
+use crate::hub::Connection;
+use crate::pattern::{TypePattern, prefixes_of};
+
+/// Filters narrowing a subscription, as sent by clients (`filters` in `subscribe`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Filters {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<String>,
+    /// Equality on top-level fields of the event's `data`.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub custom: Map<String, Value>,
+}
+
+impl Filters {
+    pub fn matches(&self, event: &Event) -> bool {
+        if let Some(u) = &self.user_id {
+            if event.user_id.as_deref() != Some(u.as_str()) {
+                return false;
+            }
+        }
+        if let Some(r) = &self.room_id {
+            if event.room_id.as_deref() != Some(r.as_str()) {
+                return false;
+            }
+        }
+        self.custom
+            .iter()
+            .all(|(k, v)| event.data.get(k) == Some(v))
+    }
+}
+
+/// What a client asks for: at least one type pattern, plus filters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscriptionSpec {
+    pub patterns: Vec<TypePattern>,
+    pub filters: Filters,
+}
+
+pub const MAX_PATTERNS: usize = 32;
+
+impl SubscriptionSpec {
+    pub fn parse(event_types: &[String], filters: Filters) -> Result<Self, String> {
+        if event_types.is_empty() {
+            return Err("eventTypes must list at least one event type or pattern".into());
+        }
+        if event_types.len() > MAX_PATTERNS {
+            return Err(format!("eventTypes may list at most {MAX_PATTERNS} patterns"));
+        }
+        let mut patterns = Vec::with_capacity(event_types.len());
+        for t in event_types {
+            let p = TypePattern::parse(t)?;
+            if !patterns.contains(&p) {
+                patterns.push(p);
+            }
+        }
+        Ok(Self { patterns, filters })
+    }
+
+    pub fn event_types(&self) -> Vec<String> {
+        self.patterns.iter().map(|p| p.to_string()).collect()
+    }
+}
+
+/// One live subscription, owned by one connection.
+#[derive(Debug)]
+pub struct Subscription {
+    pub id: Uuid,
+    pub spec: SubscriptionSpec,
+    pub connection: Arc<Connection>,
+}
+
+/// Subscriptions grouped by the room they filter on, so an event in room R visits only the
+/// subscriptions for R and those without a room filter.
+#[derive(Debug, Default)]
+struct Bucket {
+    any_room: HashMap<Uuid, Arc<Subscription>>,
+    by_room: HashMap<String, HashMap<Uuid, Arc<Subscription>>>,
+}
+
+impl Bucket {
+    fn insert(&mut self, sub: &Arc<Subscription>) {
+        match &sub.spec.filters.room_id {
+            Some(r) => self.by_room.entry(r.clone()).or_default(),
+            None => &mut self.any_room,
+        }
+        .insert(sub.id, sub.clone());
+    }
+
+    fn remove(&mut self, sub: &Subscription) {
+        match &sub.spec.filters.room_id {
+            Some(r) => {
+                if let Some(m) = self.by_room.get_mut(r) {
+                    m.remove(&sub.id);
+                    if m.is_empty() {
+                        self.by_room.remove(r);
+                    }
+                }
+            }
+            None => {
+                self.any_room.remove(&sub.id);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.any_room.is_empty() && self.by_room.is_empty()
+    }
+
+    fn candidates<'a>(&'a self, event: &Event) -> impl Iterator<Item = &'a Arc<Subscription>> {
+        let room = event.room_id.as_ref().and_then(|r| self.by_room.get(r));
+        self.any_room.values().chain(room.into_iter().flat_map(|m| m.values()))
+    }
+}
+
+/// Exact types and prefixes are hash lookups; a publish of `a.b.c` costs three lookups (`a.b.c`,
+/// `a.`, `a.b.`) plus the wildcard bucket, then one filter check per candidate.
+#[derive(Debug, Default)]
+pub struct SubscriptionIndex {
+    exact: HashMap<String, Bucket>,
+    prefix: HashMap<String, Bucket>,
+    all: Bucket,
+    len: usize,
+}
+
+impl SubscriptionIndex {
+    pub fn insert(&mut self, sub: Arc<Subscription>) {
+        for p in &sub.spec.patterns {
+            match p {
+                TypePattern::All => self.all.insert(&sub),
+                TypePattern::Exact(t) => self.exact.entry(t.clone()).or_default().insert(&sub),
+                TypePattern::Prefix(t) => self.prefix.entry(t.clone()).or_default().insert(&sub),
+            }
+        }
+        self.len += 1;
+    }
+
+    pub fn remove(&mut self, sub: &Subscription) {
+        for p in &sub.spec.patterns {
+            match p {
+                TypePattern::All => self.all.remove(sub),
+                TypePattern::Exact(t) => remove_from(&mut self.exact, t, sub),
+                TypePattern::Prefix(t) => remove_from(&mut self.prefix, t, sub),
+            }
+        }
+        self.len -= 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Every subscription whose patterns and filters match `event`. A subscription with several
+    /// matching patterns may appear more than once; the hub delivers once per connection.
+    pub fn for_each_match(&self, event: &Event, mut f: impl FnMut(&Arc<Subscription>)) {
+        let buckets = self
+            .exact
+            .get(&event.kind)
+            .into_iter()
+            .chain(prefixes_of(&event.kind).filter_map(|p| self.prefix.get(p)))
+            .chain(std::iter::once(&self.all));
+        for bucket in buckets {
+            for sub in bucket.candidates(event) {
+                if sub.spec.filters.matches(event) {
+                    f(sub);
+                }
+            }
+        }
+    }
+}
+
+fn remove_from(map: &mut HashMap<String, Bucket>, key: &str, sub: &Subscription) {
+    if let Some(b) = map.get_mut(key) {
+        b.remove(sub);
+        if b.is_empty() {
+            map.remove(key);
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Implementations of Herald's `EventStore` seam.
+
+pub mod sqlite;
+
+pub use sqlite::SqliteStore;

@@ -1,0 +1,303 @@
+//! The embedded event store: SQLite in WAL mode. One writer thread owns the write connection
+//! and commits each batch the log hands it in a single transaction (group commit); history
+//! queries run on a small pool of read connections, concurrently with writes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use herald_core::event::{EncodedEvent, Event};
+use herald_core::store::{EventStore, HistoryQuery, PrivateAccess, StoreError, StoreSummary};
+use herald_core::pattern::TypePattern;
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags, params_from_iter, types::Value as SqlValue};
+use tokio::sync::oneshot;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    type    TEXT NOT NULL,
+    user_id TEXT,
+    room_id TEXT,
+    ts      INTEGER NOT NULL,
+    body    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_type ON events(type, seq);
+CREATE INDEX IF NOT EXISTS events_user ON events(user_id, seq) WHERE user_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_room ON events(room_id, seq) WHERE room_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
+";
+
+/// Read connections kept open for history queries.
+const READERS: usize = 4;
+
+enum Write {
+    Append(Vec<Arc<EncodedEvent>>, oneshot::Sender<Result<(), StoreError>>),
+    DeleteBefore(i64, oneshot::Sender<Result<u64, StoreError>>),
+}
+
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Option<std_mpsc::Sender<Write>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn closed() -> StoreError {
+    StoreError::Unavailable("the event store is closed".into())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and starts the writer thread.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(backend)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(backend)?;
+        conn.execute_batch(SCHEMA).map_err(backend)?;
+        let (tx, rx) = std_mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("herald-sqlite-writer".into())
+            .spawn(move || write_loop(conn, rx))
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(thread)),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Write,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let writer = self.writer.lock();
+            writer.as_ref().ok_or_else(closed)?.send(make(tx)).map_err(|_| closed())?;
+        }
+        rx.await.map_err(|_| closed())?
+    }
+
+    /// Runs `f` on a pooled read connection in the blocking thread pool.
+    async fn read<T: Send + 'static>(
+        self: &Self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().pop();
+        let path = self.path.clone();
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let conn = match pooled {
+                Some(c) => c,
+                None => Connection::open_with_flags(
+                    &path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?,
+            };
+            let result = f(&conn);
+            Ok::<_, rusqlite::Error>((conn, result))
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
+        .map_err(backend)?;
+        let mut readers = self.readers.lock();
+        if readers.len() < READERS {
+            readers.push(conn);
+        }
+        result.map_err(backend)
+    }
+}
+
+fn write_loop(mut conn: Connection, rx: std_mpsc::Receiver<Write>) {
+    while let Ok(cmd) = rx.recv() {
+        match cmd {
+            Write::Append(batch, done) => {
+                let _ = done.send(append(&mut conn, &batch).map_err(backend));
+            }
+            Write::DeleteBefore(ts, done) => {
+                let r = conn
+                    .execute("DELETE FROM events WHERE ts < ?1", [ts])
+                    .map(|n| n as u64)
+                    .map_err(backend);
+                let _ = done.send(r);
+            }
+        }
+    }
+    // Fold the WAL back into the database so the next start opens a compact file.
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+}
+
+fn append(conn: &mut Connection, batch: &[Arc<EncodedEvent>]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO events (seq, type, user_id, room_id, ts, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for e in batch {
+            let ev = &e.event;
+            let body = std::str::from_utf8(e.json()).expect("serde_json writes UTF-8");
+            insert.execute((
+                ev.seq as i64,
+                &ev.kind,
+                &ev.user_id,
+                &ev.room_id,
+                ev.timestamp.timestamp_millis(),
+                body,
+            ))?;
+        }
+    }
+    tx.commit()
+}
+
+/// Builds the WHERE clause of a history query. Type patterns become index range scans:
+/// `user.*` is `type >= 'user.' AND type < 'user/'`.
+fn where_clause(q: &HistoryQuery) -> (String, Vec<SqlValue>) {
+    let mut sql = String::from(" WHERE 1=1");
+    let mut args: Vec<SqlValue> = Vec::new();
+    let patterns: Vec<TypePattern> =
+        q.types.iter().filter_map(|t| TypePattern::parse(t).ok()).collect();
+    if !patterns.is_empty() && !patterns.contains(&TypePattern::All) {
+        let mut ors = Vec::new();
+        for p in patterns {
+            match p {
+                TypePattern::Exact(t) => {
+                    ors.push("type = ?".to_owned());
+                    args.push(SqlValue::Text(t));
+                }
+                TypePattern::Prefix(prefix) => {
+                    ors.push("(type >= ? AND type < ?)".to_owned());
+                    args.push(SqlValue::Text(prefix_upper_bound(&prefix).0));
+                    args.push(SqlValue::Text(prefix_upper_bound(&prefix).1));
+                }
+                TypePattern::All => unreachable!("handled above"),
+            }
+        }
+        sql.push_str(&format!(" AND ({})", ors.join(" OR ")));
+    }
+    if let Some(u) = &q.user_id {
+        sql.push_str(" AND user_id = ?");
+        args.push(SqlValue::Text(u.clone()));
+    }
+    if let Some(r) = &q.room_id {
+        sql.push_str(" AND room_id = ?");
+        args.push(SqlValue::Text(r.clone()));
+    }
+    if let Some(t) = q.since_time {
+        sql.push_str(" AND ts > ?");
+        args.push(SqlValue::Integer(t.timestamp_millis()));
+    }
+    if let Some(s) = q.after_seq {
+        sql.push_str(" AND seq > ?");
+        args.push(SqlValue::Integer(s.min(i64::MAX as u64) as i64));
+    }
+    if let PrivateAccess::OwnOnly(user) = &q.access {
+        sql.push_str(" AND (NOT (type >= 'user.' AND type < 'user/')");
+        if let Some(u) = user {
+            sql.push_str(" OR user_id = ?");
+            args.push(SqlValue::Text(u.clone()));
+        }
+        sql.push(')');
+    }
+    (sql, args)
+}
+
+/// The half-open range of strings starting with `prefix` (which ends in '.').
+fn prefix_upper_bound(prefix: &str) -> (String, String) {
+    let mut upper = prefix[..prefix.len() - 1].to_owned();
+    upper.push('/');
+    (prefix.to_owned(), upper)
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn append(&self, batch: Vec<Arc<EncodedEvent>>) -> Result<(), StoreError> {
+        self.write(|done| Write::Append(batch, done)).await
+    }
+
+    async fn last_seq(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            // sqlite_sequence remembers the highest seq even after retention deleted it.
+            c.query_row(
+                "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),
+                            coalesce((SELECT max(seq) FROM events), 0))",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .await
+        .map(|s| s as u64)
+    }
+
+    async fn query(&self, q: HistoryQuery) -> Result<Vec<Event>, StoreError> {
+        let (clause, mut args) = where_clause(&q);
+        let sql = format!("SELECT body FROM events{clause} ORDER BY seq DESC LIMIT ?");
+        args.push(SqlValue::Integer(q.limit as i64));
+        let bodies = self
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(&sql)?;
+                let rows = stmt.query_map(params_from_iter(args), |r| r.get::<_, String>(0))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        bodies
+            .iter()
+            .map(|b| serde_json::from_str(b).map_err(|e| StoreError::Backend(format!("corrupt event row: {e}"))))
+            .collect()
+    }
+
+    async fn count_since(&self, since: DateTime<Utc>) -> Result<u64, StoreError> {
+        let ts = since.timestamp_millis();
+        self.read(move |c| c.query_row("SELECT count(*) FROM events WHERE ts >= ?1", [ts], |r| r.get::<_, i64>(0)))
+            .await
+            .map(|n| n as u64)
+    }
+
+    async fn summary(&self) -> Result<StoreSummary, StoreError> {
+        self.read(|c| {
+            let (events, oldest, newest) = c.query_row(
+                "SELECT count(*), min(seq), max(seq) FROM events",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?, r.get::<_, Option<i64>>(2)?)),
+            )?;
+            let mut stmt = c.prepare_cached(
+                "SELECT DISTINCT type FROM (SELECT type FROM events ORDER BY seq DESC LIMIT 1000) ORDER BY type",
+            )?;
+            let recent_types = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            Ok(StoreSummary {
+                events: events as u64,
+                oldest_seq: oldest.map(|s| s as u64),
+                newest_seq: newest.map(|s| s as u64),
+                recent_types,
+            })
+        })
+        .await
+    }
+
+    async fn delete_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        let ts = cutoff.timestamp_millis();
+        self.write(|done| Write::DeleteBefore(ts, done)).await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        self.writer.lock().take();
+        let thread = self.writer_thread.lock().take();
+        if let Some(t) = thread {
+            tokio::task::spawn_blocking(move || t.join())
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string()))?
+                .map_err(|_| StoreError::Backend("writer thread panicked".into()))?;
+        }
+        self.readers.lock().clear();
+        Ok(())
+    }
+}
