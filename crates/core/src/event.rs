@@ -129,7 +129,10 @@ mod tests {
             room_id: None,
             metadata: None,
         }
-        .commit(7, DateTime::from_timestamp_millis(1_700_000_000_123).unwrap())
+        .commit(
+            7,
+            DateTime::from_timestamp_millis(1_700_000_000_123).unwrap(),
+        )
     }
 
     #[test]

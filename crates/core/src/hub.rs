@@ -46,7 +46,8 @@ impl Connection {
 
     /// Records traffic from the client (or a successful write, for one-way transports).
     pub fn touch(&self) {
-        self.last_activity_ms.store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+        self.last_activity_ms
+            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
     }
 
     pub fn idle_ms(&self, now: DateTime<Utc>) -> i64 {
@@ -130,7 +131,11 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(max_connections: usize, max_subscriptions: usize, outbox_limits: OutboxLimits) -> Self {
+    pub fn new(
+        max_connections: usize,
+        max_subscriptions: usize,
+        outbox_limits: OutboxLimits,
+    ) -> Self {
         Self {
             state: RwLock::default(),
             count: AtomicUsize::new(0),
@@ -167,7 +172,9 @@ impl Hub {
     /// Forgets a connection and everything it subscribed to. Idempotent.
     pub fn disconnect(&self, id: Uuid) {
         let mut s = self.state.write();
-        let Some(conn) = s.connections.remove(&id) else { return };
+        let Some(conn) = s.connections.remove(&id) else {
+            return;
+        };
         self.count.fetch_sub(1, Ordering::AcqRel);
         for sub_id in conn.subscriptions.lock().drain(..) {
             if let Some(sub) = s.subscriptions.remove(&sub_id) {
@@ -193,11 +200,18 @@ impl Hub {
         if let Some(old) = conn.user_id() {
             remove_user_conn(&mut s.users, &old, conn.id);
         }
-        s.users.entry(identity.user_id.clone()).or_default().insert(conn.id);
+        s.users
+            .entry(identity.user_id.clone())
+            .or_default()
+            .insert(conn.id);
         *conn.identity.write() = Some(identity);
     }
 
-    pub fn subscribe(&self, conn: &Arc<Connection>, spec: SubscriptionSpec) -> Result<Uuid, HubError> {
+    pub fn subscribe(
+        &self,
+        conn: &Arc<Connection>,
+        spec: SubscriptionSpec,
+    ) -> Result<Uuid, HubError> {
         let mut s = self.state.write();
         if !s.connections.contains_key(&conn.id) {
             return Err(HubError::NoConnection);
@@ -206,7 +220,11 @@ impl Hub {
         if owned.len() >= self.max_subscriptions {
             return Err(HubError::TooManySubscriptions(self.max_subscriptions));
         }
-        let sub = Arc::new(Subscription { id: Uuid::new_v4(), spec, connection: conn.clone() });
+        let sub = Arc::new(Subscription {
+            id: Uuid::new_v4(),
+            spec,
+            connection: conn.clone(),
+        });
         owned.push(sub.id);
         s.index.insert(sub.clone());
         s.subscriptions.insert(sub.id, sub.clone());
@@ -217,7 +235,10 @@ impl Hub {
     pub fn unsubscribe(&self, conn: &Connection, sub_id: Uuid) -> Result<(), HubError> {
         let mut s = self.state.write();
         let mut owned = conn.subscriptions.lock();
-        let pos = owned.iter().position(|id| *id == sub_id).ok_or(HubError::NoSubscription)?;
+        let pos = owned
+            .iter()
+            .position(|id| *id == sub_id)
+            .ok_or(HubError::NoSubscription)?;
         owned.swap_remove(pos);
         if let Some(sub) = s.subscriptions.remove(&sub_id) {
             s.index.remove(&sub);
@@ -247,7 +268,9 @@ impl Hub {
     /// Sends to every connection of a user; returns how many.
     pub fn send_to_user(&self, user_id: &str, item: &Outgoing) -> usize {
         let s = self.state.read();
-        let Some(ids) = s.users.get(user_id) else { return 0 };
+        let Some(ids) = s.users.get(user_id) else {
+            return 0;
+        };
         ids.iter()
             .filter_map(|id| s.connections.get(id))
             .filter(|c| c.send(item.clone()))
@@ -256,7 +279,10 @@ impl Hub {
 
     pub fn broadcast(&self, item: &Outgoing) -> usize {
         let s = self.state.read();
-        s.connections.values().filter(|c| c.send(item.clone())).count()
+        s.connections
+            .values()
+            .filter(|c| c.send(item.clone()))
+            .count()
     }
 
     /// Closes every connection with no client traffic for longer than `max_idle_ms`.
@@ -293,7 +319,11 @@ impl Hub {
             by_type,
             unique_users: s.users.len(),
             subscriptions: s.index.len(),
-            average_subscriptions: if total == 0 { 0.0 } else { subs as f64 / total as f64 },
+            average_subscriptions: if total == 0 {
+                0.0
+            } else {
+                subs as f64 / total as f64
+            },
         }
     }
 
@@ -337,7 +367,13 @@ mod tests {
     use crate::subscription::Filters;
     use serde_json::json;
 
-    fn event(seq: u64, kind: &str, user: Option<&str>, room: Option<&str>, data: serde_json::Value) -> Arc<EncodedEvent> {
+    fn event(
+        seq: u64,
+        kind: &str,
+        user: Option<&str>,
+        room: Option<&str>,
+        data: serde_json::Value,
+    ) -> Arc<EncodedEvent> {
         EncodedEvent::new(
             NewEvent {
                 kind: kind.into(),
@@ -351,7 +387,11 @@ mod tests {
     }
 
     fn spec(types: &[&str], filters: Filters) -> SubscriptionSpec {
-        SubscriptionSpec::parse(&types.iter().map(|s| s.to_string()).collect::<Vec<_>>(), filters).unwrap()
+        SubscriptionSpec::parse(
+            &types.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            filters,
+        )
+        .unwrap()
     }
 
     fn queued(c: &Connection) -> usize {
@@ -365,25 +405,73 @@ mod tests {
         let chat = hub.connect(Transport::WebSocket).unwrap();
         let room = hub.connect(Transport::Sse).unwrap();
         let custom = hub.connect(Transport::Sse).unwrap();
-        hub.subscribe(&all, spec(&["*"], Filters::default())).unwrap();
-        hub.subscribe(&chat, spec(&["chat.*"], Filters::default())).unwrap();
-        hub.subscribe(&room, spec(&["chat.message"], Filters { room_id: Some("r1".into()), ..Default::default() })).unwrap();
+        hub.subscribe(&all, spec(&["*"], Filters::default()))
+            .unwrap();
+        hub.subscribe(&chat, spec(&["chat.*"], Filters::default()))
+            .unwrap();
+        hub.subscribe(
+            &room,
+            spec(
+                &["chat.message"],
+                Filters {
+                    room_id: Some("r1".into()),
+                    ..Default::default()
+                },
+            ),
+        )
+        .unwrap();
         let mut c = serde_json::Map::new();
         c.insert("level".into(), json!("high"));
-        hub.subscribe(&custom, spec(&["*"], Filters { custom: c, ..Default::default() })).unwrap();
+        hub.subscribe(
+            &custom,
+            spec(
+                &["*"],
+                Filters {
+                    custom: c,
+                    ..Default::default()
+                },
+            ),
+        )
+        .unwrap();
 
-        assert_eq!(hub.deliver(&event(1, "chat.message", None, Some("r1"), json!({}))), 3);
-        assert_eq!(hub.deliver(&event(2, "chat.message", None, Some("r2"), json!({"level":"high"}))), 3);
-        assert_eq!(hub.deliver(&event(3, "order.created", None, None, json!({"level":"low"}))), 1);
-        assert_eq!((queued(&all), queued(&chat), queued(&room), queued(&custom)), (3, 2, 1, 1));
+        assert_eq!(
+            hub.deliver(&event(1, "chat.message", None, Some("r1"), json!({}))),
+            3
+        );
+        assert_eq!(
+            hub.deliver(&event(
+                2,
+                "chat.message",
+                None,
+                Some("r2"),
+                json!({"level":"high"})
+            )),
+            3
+        );
+        assert_eq!(
+            hub.deliver(&event(
+                3,
+                "order.created",
+                None,
+                None,
+                json!({"level":"low"})
+            )),
+            1
+        );
+        assert_eq!(
+            (queued(&all), queued(&chat), queued(&room), queued(&custom)),
+            (3, 2, 1, 1)
+        );
     }
 
     #[test]
     fn overlapping_subscriptions_deliver_once() {
         let hub = Hub::new(100, 10, OutboxLimits::default());
         let c = hub.connect(Transport::WebSocket).unwrap();
-        hub.subscribe(&c, spec(&["*", "a.*", "a.b"], Filters::default())).unwrap();
-        hub.subscribe(&c, spec(&["a.b"], Filters::default())).unwrap();
+        hub.subscribe(&c, spec(&["*", "a.*", "a.b"], Filters::default()))
+            .unwrap();
+        hub.subscribe(&c, spec(&["a.b"], Filters::default()))
+            .unwrap();
         assert_eq!(hub.deliver(&event(1, "a.b", None, None, json!({}))), 1);
         assert_eq!(queued(&c), 1);
     }
@@ -397,12 +485,30 @@ mod tests {
         let admin = hub.connect(Transport::WebSocket).unwrap();
         hub.authenticate(&alice, Identity::user("alice"));
         hub.authenticate(&bob, Identity::user("bob"));
-        hub.authenticate(&admin, Identity { user_id: "ops".into(), role: crate::Role::Admin });
+        hub.authenticate(
+            &admin,
+            Identity {
+                user_id: "ops".into(),
+                role: crate::Role::Admin,
+            },
+        );
         for c in [&alice, &bob, &anon, &admin] {
             hub.subscribe(c, spec(&["*"], Filters::default())).unwrap();
         }
-        assert_eq!(hub.deliver(&event(1, "user.notification", Some("alice"), None, json!({}))), 2);
-        assert_eq!((queued(&alice), queued(&bob), queued(&anon), queued(&admin)), (1, 0, 0, 1));
+        assert_eq!(
+            hub.deliver(&event(
+                1,
+                "user.notification",
+                Some("alice"),
+                None,
+                json!({})
+            )),
+            2
+        );
+        assert_eq!(
+            (queued(&alice), queued(&bob), queued(&anon), queued(&admin)),
+            (1, 0, 0, 1)
+        );
     }
 
     #[test]
@@ -413,13 +519,20 @@ mod tests {
         assert_eq!(hub.connect(Transport::Sse).unwrap_err(), HubError::Full(2));
         hub.authenticate(&a, Identity::user("alice"));
         let sub = hub.subscribe(&a, spec(&["*"], Filters::default())).unwrap();
-        assert_eq!(hub.subscribe(&a, spec(&["x"], Filters::default())).unwrap_err(), HubError::TooManySubscriptions(1));
+        assert_eq!(
+            hub.subscribe(&a, spec(&["x"], Filters::default()))
+                .unwrap_err(),
+            HubError::TooManySubscriptions(1)
+        );
         assert_eq!(hub.stats().subscriptions, 1);
         hub.disconnect(a.id);
         hub.disconnect(a.id);
         let st = hub.stats();
         assert_eq!((st.total, st.unique_users, st.subscriptions), (1, 0, 0));
-        assert_eq!(hub.unsubscribe(&a, sub).unwrap_err(), HubError::NoSubscription);
+        assert_eq!(
+            hub.unsubscribe(&a, sub).unwrap_err(),
+            HubError::NoSubscription
+        );
         assert!(hub.connect(Transport::Sse).is_ok());
     }
 

@@ -18,7 +18,10 @@ pub struct Identity {
 
 impl Identity {
     pub fn user(user_id: impl Into<String>) -> Self {
-        Self { user_id: user_id.into(), role: Role::User }
+        Self {
+            user_id: user_id.into(),
+            role: Role::User,
+        }
     }
 
     /// Admins and services may act for others and read every user's private events.

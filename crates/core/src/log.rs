@@ -40,14 +40,19 @@ impl LocalLog {
         let next_seq = store.last_seq().await? + 1;
         let (tx, rx) = mpsc::channel(QUEUE);
         let task = tokio::spawn(run(store, sink, rx, next_seq));
-        Ok(Self { tx: Mutex::new(Some(tx)), task: Mutex::new(Some(task)) })
+        Ok(Self {
+            tx: Mutex::new(Some(tx)),
+            task: Mutex::new(Some(task)),
+        })
     }
 
     /// Resolves once the event is durable and has been handed to every local subscriber.
     pub async fn publish(&self, event: NewEvent) -> Result<Arc<EncodedEvent>, PublishError> {
         let tx = self.tx.lock().clone().ok_or(PublishError::Closed)?;
         let (ack, done) = oneshot::channel();
-        tx.send((event, ack)).await.map_err(|_| PublishError::Closed)?;
+        tx.send((event, ack))
+            .await
+            .map_err(|_| PublishError::Closed)?;
         done.await.map_err(|_| PublishError::Closed)?
     }
 
@@ -90,7 +95,9 @@ async fn run(
             Err(e) => {
                 let msg = e.to_string();
                 for ack in acks {
-                    let _ = ack.send(Err(PublishError::Store(StoreError::Unavailable(msg.clone()))));
+                    let _ = ack.send(Err(PublishError::Store(StoreError::Unavailable(
+                        msg.clone(),
+                    ))));
                 }
             }
         }

@@ -15,6 +15,11 @@ use crate::protocol::ServerMessage;
 pub enum Outgoing {
     Event(Arc<EncodedEvent>),
     Message(Arc<ServerMessage>),
+    /// An opaque frame written as-is (the conformance echo).
+    Raw {
+        payload: bytes::Bytes,
+        text: bool,
+    },
 }
 
 impl Outgoing {
@@ -22,6 +27,7 @@ impl Outgoing {
         match self {
             Self::Event(e) => e.json().len() + 32,
             Self::Message(m) => m.approx_len(),
+            Self::Raw { payload, .. } => payload.len(),
         }
     }
 }
@@ -34,13 +40,34 @@ pub struct CloseReason {
 }
 
 impl CloseReason {
-    pub const NORMAL: Self = Self { code: 1000, reason: "closed" };
-    pub const SHUTDOWN: Self = Self { code: 1001, reason: "server shutting down" };
-    pub const POLICY: Self = Self { code: 1008, reason: "policy violation" };
-    pub const TOO_BIG: Self = Self { code: 1009, reason: "message too big" };
-    pub const IDLE: Self = Self { code: 4000, reason: "idle timeout" };
-    pub const SLOW_CONSUMER: Self = Self { code: 4008, reason: "outbound buffer overflow: resume from your last seq" };
-    pub const RATE_LIMITED: Self = Self { code: 4029, reason: "too many messages" };
+    pub const NORMAL: Self = Self {
+        code: 1000,
+        reason: "closed",
+    };
+    pub const SHUTDOWN: Self = Self {
+        code: 1001,
+        reason: "server shutting down",
+    };
+    pub const POLICY: Self = Self {
+        code: 1008,
+        reason: "policy violation",
+    };
+    pub const TOO_BIG: Self = Self {
+        code: 1009,
+        reason: "message too big",
+    };
+    pub const IDLE: Self = Self {
+        code: 4000,
+        reason: "idle timeout",
+    };
+    pub const SLOW_CONSUMER: Self = Self {
+        code: 4008,
+        reason: "outbound buffer overflow: resume from your last seq",
+    };
+    pub const RATE_LIMITED: Self = Self {
+        code: 4029,
+        reason: "too many messages",
+    };
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -51,7 +78,10 @@ pub struct OutboxLimits {
 
 impl Default for OutboxLimits {
     fn default() -> Self {
-        Self { max_messages: 4096, max_bytes: 4 << 20 }
+        Self {
+            max_messages: 4096,
+            max_bytes: 4 << 20,
+        }
     }
 }
 
@@ -80,7 +110,11 @@ pub enum Drained {
 
 impl Outbox {
     pub fn new(limits: OutboxLimits) -> Self {
-        Self { state: Mutex::new(State::default()), ready: Notify::new(), limits }
+        Self {
+            state: Mutex::new(State::default()),
+            ready: Notify::new(),
+            limits,
+        }
     }
 
     /// Queues a frame. Returns false when the connection is closed or the push overflowed the
@@ -173,20 +207,29 @@ mod tests {
 
     #[tokio::test]
     async fn overflow_closes_as_slow_consumer_and_frees_the_queue() {
-        let o = Outbox::new(OutboxLimits { max_messages: 2, max_bytes: 1 << 20 });
+        let o = Outbox::new(OutboxLimits {
+            max_messages: 2,
+            max_bytes: 1 << 20,
+        });
         assert!(o.push(msg()));
         assert!(o.push(msg()));
         assert!(!o.push(msg()));
         assert_eq!(o.queued(), (0, 0));
         assert!(!o.push(msg()));
         let mut b = Vec::new();
-        assert_eq!(o.drain(&mut b).await, Drained::Close(CloseReason::SLOW_CONSUMER));
+        assert_eq!(
+            o.drain(&mut b).await,
+            Drained::Close(CloseReason::SLOW_CONSUMER)
+        );
         assert!(b.is_empty());
     }
 
     #[tokio::test]
     async fn byte_bound_applies() {
-        let o = Outbox::new(OutboxLimits { max_messages: 100, max_bytes: 10 });
+        let o = Outbox::new(OutboxLimits {
+            max_messages: 100,
+            max_bytes: 10,
+        });
         assert!(!o.push(msg()));
         assert!(o.is_closed());
     }

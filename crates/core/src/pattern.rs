@@ -18,7 +18,9 @@ impl TypePattern {
             return Ok(Self::All);
         }
         if raw.is_empty() || raw.len() > MAX_TYPE_LEN {
-            return Err(format!("event type pattern must be 1..={MAX_TYPE_LEN} characters"));
+            return Err(format!(
+                "event type pattern must be 1..={MAX_TYPE_LEN} characters"
+            ));
         }
         if let Some(prefix) = raw.strip_suffix(".*") {
             validate_type(prefix)?;
@@ -91,7 +93,16 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", ".", "a..b", "a.", "has space", "*.x", "a.*.b", &"x".repeat(200)] {
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            "a.",
+            "has space",
+            "*.x",
+            "a.*.b",
+            &"x".repeat(200),
+        ] {
             assert!(TypePattern::parse(bad).is_err(), "{bad:?}");
         }
     }

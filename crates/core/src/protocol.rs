@@ -88,7 +88,10 @@ impl ServerMessage {
     /// `event: <type>` / `data: <data>`
     pub fn sse_frame(&self) -> &Bytes {
         self.sse.get_or_init(|| {
-            let data = self.data.as_ref().map_or_else(|| "{}".to_owned(), Value::to_string);
+            let data = self
+                .data
+                .as_ref()
+                .map_or_else(|| "{}".to_owned(), Value::to_string);
             Bytes::from(format!("event: {}\ndata: {}\n\n", self.kind, data))
         })
     }
@@ -172,25 +175,44 @@ impl Envelope {
             });
         };
         let id = obj.remove("id");
-        let fail = |message: String, code| ParseError { id: id.clone(), message, code };
+        let fail = |message: String, code| ParseError {
+            id: id.clone(),
+            message,
+            code,
+        };
         let kind = match obj.remove("type") {
             Some(Value::String(s)) => s,
-            _ => return Err(fail("missing string field \"type\"".into(), code::INVALID_MESSAGE)),
+            _ => {
+                return Err(fail(
+                    "missing string field \"type\"".into(),
+                    code::INVALID_MESSAGE,
+                ));
+            }
         };
         let args = payload(obj);
         let command = match kind.as_str() {
-            "authenticate" => args_as::<TokenArgs>(args)
-                .map(|a| Command::Authenticate { token: a.token }),
+            "authenticate" => {
+                args_as::<TokenArgs>(args).map(|a| Command::Authenticate { token: a.token })
+            }
             "subscribe" => args_as(args).map(Command::Subscribe),
-            "unsubscribe" => args_as::<UnsubscribeArgs>(args)
-                .map(|a| Command::Unsubscribe { subscription_id: a.subscription_id }),
+            "unsubscribe" => args_as::<UnsubscribeArgs>(args).map(|a| Command::Unsubscribe {
+                subscription_id: a.subscription_id,
+            }),
             "publish" => args_as(args).map(Command::Publish),
             "ping" => Ok(Command::Ping),
             other => {
-                return Err(fail(format!("unknown message type: {other}"), code::UNKNOWN_TYPE));
+                return Err(fail(
+                    format!("unknown message type: {other}"),
+                    code::UNKNOWN_TYPE,
+                ));
             }
         }
-        .map_err(|e| fail(format!("invalid {kind} message: {e}"), code::VALIDATION_ERROR))?;
+        .map_err(|e| {
+            fail(
+                format!("invalid {kind} message: {e}"),
+                code::VALIDATION_ERROR,
+            )
+        })?;
         Ok(Self { id, command })
     }
 }
@@ -234,7 +256,9 @@ mod tests {
             r#"{"type":"publish","data":{"type":"chat.message","data":{"text":"hi"},"roomId":"r"}}"#,
         )
         .unwrap();
-        let Command::Publish(p) = e.command else { panic!() };
+        let Command::Publish(p) = e.command else {
+            panic!()
+        };
         assert_eq!(p.kind, "chat.message");
         assert_eq!(p.data, json!({"text":"hi"}));
         assert_eq!(p.room_id.as_deref(), Some("r"));
@@ -242,8 +266,14 @@ mod tests {
 
     #[test]
     fn errors_have_codes() {
-        assert_eq!(Envelope::parse("{nope").unwrap_err().code, code::INVALID_JSON);
-        assert_eq!(Envelope::parse("[1]").unwrap_err().code, code::INVALID_MESSAGE);
+        assert_eq!(
+            Envelope::parse("{nope").unwrap_err().code,
+            code::INVALID_JSON
+        );
+        assert_eq!(
+            Envelope::parse("[1]").unwrap_err().code,
+            code::INVALID_MESSAGE
+        );
         let e = Envelope::parse(r#"{"type":"dance","id":"x"}"#).unwrap_err();
         assert_eq!((e.code, e.id), (code::UNKNOWN_TYPE, Some(json!("x"))));
         let e = Envelope::parse(r#"{"type":"subscribe","data":{"filters":{}}}"#).unwrap_err();

@@ -58,7 +58,9 @@ impl SubscriptionSpec {
             return Err("eventTypes must list at least one event type or pattern".into());
         }
         if event_types.len() > MAX_PATTERNS {
-            return Err(format!("eventTypes may list at most {MAX_PATTERNS} patterns"));
+            return Err(format!(
+                "eventTypes may list at most {MAX_PATTERNS} patterns"
+            ));
         }
         let mut patterns = Vec::with_capacity(event_types.len());
         for t in event_types {
@@ -122,7 +124,9 @@ impl Bucket {
 
     fn candidates<'a>(&'a self, event: &Event) -> impl Iterator<Item = &'a Arc<Subscription>> {
         let room = event.room_id.as_ref().and_then(|r| self.by_room.get(r));
-        self.any_room.values().chain(room.into_iter().flat_map(|m| m.values()))
+        self.any_room
+            .values()
+            .chain(room.into_iter().flat_map(|m| m.values()))
     }
 }
 

@@ -1,14 +1,121 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! Herald's server: configuration, authentication, the WebSocket and SSE transports, the HTTP
+//! API, and the process lifecycle (start-up, background jobs, graceful shutdown).
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod transport;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use herald_core::{CloseReason, EventStore};
+use herald_store::SqliteStore;
+use tokio::net::TcpListener;
+
+pub use app::App;
+pub use auth::Auth;
+pub use config::Config;
+
+/// How long graceful shutdown waits for clients to take their close frames.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What `serve` tells its caller once it is listening.
+pub struct Started {
+    pub addr: SocketAddr,
+    pub admin_token: String,
+    pub generated_secret: bool,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Runs Herald until `shutdown` resolves, then closes clients (WebSocket 1001, SSE streams
+/// ended), commits every accepted publish and closes the store.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_started: impl FnOnce(&Started),
+) -> anyhow::Result<()> {
+    api::system::install_metrics();
+    let (secret, generated_secret) = match &config.jwt_secret {
+        Some(s) if !s.is_empty() => (s.clone(), false),
+        _ => (random_secret(), true),
+    };
+    let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&config.database)?);
+    let listener = TcpListener::bind((config.host, config.port)).await?;
+    let app = App::new(config, &secret, store.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    let background = spawn_background_jobs(app.clone());
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+    on_started(&Started {
+        addr: listener.local_addr()?,
+        admin_token: app.auth.mint("admin", Some("admin"), 30 * 24 * 3600),
+        generated_secret,
+    });
+
+    let hub = app.hub.clone();
+    let router = api::router(app.clone());
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: closing connections");
+        hub.close_all(CloseReason::SHUTDOWN);
+    })
+    .await?;
+
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while app.hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    background.abort();
+    app.log.shutdown().await;
+    store.close().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn random_secret() -> String {
+    // Two v4 UUIDs: 244 random bits from the OS generator.
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// Retention, idle-connection sweeping and rate-limiter housekeeping.
+fn spawn_background_jobs(app: Arc<App>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let retention = Duration::from_secs(app.config.retention_interval_secs.max(1));
+        let sweep = Duration::from_secs(app.config.ping_interval_secs.clamp(1, 30));
+        let mut retention_tick = tokio::time::interval(retention);
+        let mut sweep_tick = tokio::time::interval(sweep);
+        loop {
+            tokio::select! {
+                _ = retention_tick.tick() => {
+                    let cutoff = Utc::now() - chrono::Duration::hours(app.config.retention_hours as i64);
+                    match app.store.delete_before(cutoff).await {
+                        Ok(n) if n > 0 => tracing::info!(deleted = n, %cutoff, "retention: deleted old events"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "retention job failed"),
+                    }
+                }
+                _ = sweep_tick.tick() => {
+                    let idle_ms = (app.config.idle_timeout_secs * 1000) as i64;
+                    let closed = app.hub.close_idle(idle_ms);
+                    if closed > 0 {
+                        tracing::info!(closed, "closed idle connections");
+                    }
+                    app.forget_idle_limits();
+                }
+            }
+        }
+    })
 }

@@ -9,8 +9,8 @@ use std::sync::mpsc as std_mpsc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::event::{EncodedEvent, Event};
-use herald_core::store::{EventStore, HistoryQuery, PrivateAccess, StoreError, StoreSummary};
 use herald_core::pattern::TypePattern;
+use herald_core::store::{EventStore, HistoryQuery, PrivateAccess, StoreError, StoreSummary};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, params_from_iter, types::Value as SqlValue};
 use tokio::sync::oneshot;
@@ -34,7 +34,10 @@ CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
 const READERS: usize = 4;
 
 enum Write {
-    Append(Vec<Arc<EncodedEvent>>, oneshot::Sender<Result<(), StoreError>>),
+    Append(
+        Vec<Arc<EncodedEvent>>,
+        oneshot::Sender<Result<(), StoreError>>,
+    ),
     DeleteBefore(i64, oneshot::Sender<Result<u64, StoreError>>),
 }
 
@@ -84,7 +87,11 @@ impl SqliteStore {
         let (tx, rx) = oneshot::channel();
         {
             let writer = self.writer.lock();
-            writer.as_ref().ok_or_else(closed)?.send(make(tx)).map_err(|_| closed())?;
+            writer
+                .as_ref()
+                .ok_or_else(closed)?
+                .send(make(tx))
+                .map_err(|_| closed())?;
         }
         rx.await.map_err(|_| closed())?
     }
@@ -164,8 +171,11 @@ fn append(conn: &mut Connection, batch: &[Arc<EncodedEvent>]) -> rusqlite::Resul
 fn where_clause(q: &HistoryQuery) -> (String, Vec<SqlValue>) {
     let mut sql = String::from(" WHERE 1=1");
     let mut args: Vec<SqlValue> = Vec::new();
-    let patterns: Vec<TypePattern> =
-        q.types.iter().filter_map(|t| TypePattern::parse(t).ok()).collect();
+    let patterns: Vec<TypePattern> = q
+        .types
+        .iter()
+        .filter_map(|t| TypePattern::parse(t).ok())
+        .collect();
     if !patterns.is_empty() && !patterns.contains(&TypePattern::All) {
         let mut ors = Vec::new();
         for p in patterns {
@@ -251,15 +261,22 @@ impl EventStore for SqliteStore {
             .await?;
         bodies
             .iter()
-            .map(|b| serde_json::from_str(b).map_err(|e| StoreError::Backend(format!("corrupt event row: {e}"))))
+            .map(|b| {
+                serde_json::from_str(b)
+                    .map_err(|e| StoreError::Backend(format!("corrupt event row: {e}")))
+            })
             .collect()
     }
 
     async fn count_since(&self, since: DateTime<Utc>) -> Result<u64, StoreError> {
         let ts = since.timestamp_millis();
-        self.read(move |c| c.query_row("SELECT count(*) FROM events WHERE ts >= ?1", [ts], |r| r.get::<_, i64>(0)))
-            .await
-            .map(|n| n as u64)
+        self.read(move |c| {
+            c.query_row("SELECT count(*) FROM events WHERE ts >= ?1", [ts], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .await
+        .map(|n| n as u64)
     }
 
     async fn summary(&self) -> Result<StoreSummary, StoreError> {

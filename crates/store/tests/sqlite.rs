@@ -8,7 +8,13 @@ use herald_core::store::{EventStore, HistoryQuery, PrivateAccess};
 use herald_store::SqliteStore;
 use serde_json::json;
 
-fn ev(seq: u64, kind: &str, user: Option<&str>, room: Option<&str>, age: Duration) -> Arc<EncodedEvent> {
+fn ev(
+    seq: u64,
+    kind: &str,
+    user: Option<&str>,
+    room: Option<&str>,
+    age: Duration,
+) -> Arc<EncodedEvent> {
     EncodedEvent::new(
         NewEvent {
             kind: kind.into(),
@@ -32,7 +38,13 @@ async fn history_queries_filter_and_order_newest_first() {
     let none = Duration::zero();
     store
         .append(vec![
-            ev(1, "chat.message", Some("alice"), Some("r1"), Duration::hours(2)),
+            ev(
+                1,
+                "chat.message",
+                Some("alice"),
+                Some("r1"),
+                Duration::hours(2),
+            ),
             ev(2, "chat.message", Some("bob"), Some("r2"), none),
             ev(3, "user.notification", Some("alice"), None, none),
             ev(4, "user.notification", Some("bob"), None, none),
@@ -45,23 +57,104 @@ async fn history_queries_filter_and_order_newest_first() {
         f(&mut q);
         q
     };
-    assert_eq!(seqs(&store.query(q(|_| {})).await.unwrap()), vec![5, 4, 3, 2, 1]);
-    assert_eq!(seqs(&store.query(q(|q| q.types = vec!["chat.message".into()])).await.unwrap()), vec![2, 1]);
-    assert_eq!(seqs(&store.query(q(|q| q.types = vec!["user.*".into(), "order.created".into()])).await.unwrap()), vec![5, 4, 3]);
-    assert_eq!(seqs(&store.query(q(|q| q.user_id = Some("alice".into()))).await.unwrap()), vec![3, 1]);
-    assert_eq!(seqs(&store.query(q(|q| q.room_id = Some("r2".into()))).await.unwrap()), vec![2]);
-    assert_eq!(seqs(&store.query(q(|q| q.after_seq = Some(3))).await.unwrap()), vec![5, 4]);
-    assert_eq!(seqs(&store.query(q(|q| q.since_time = Some(Utc::now() - Duration::hours(1)))).await.unwrap()), vec![5, 4, 3, 2]);
-    assert_eq!(seqs(&store.query(q(|q| q.limit = 2)).await.unwrap()), vec![5, 4]);
-    assert_eq!(seqs(&store.query(q(|q| q.access = PrivateAccess::OwnOnly(Some("alice".into())))).await.unwrap()), vec![5, 3, 2, 1]);
-    assert_eq!(seqs(&store.query(q(|q| q.access = PrivateAccess::OwnOnly(None))).await.unwrap()), vec![5, 2, 1]);
+    assert_eq!(
+        seqs(&store.query(q(|_| {})).await.unwrap()),
+        vec![5, 4, 3, 2, 1]
+    );
+    assert_eq!(
+        seqs(
+            &store
+                .query(q(|q| q.types = vec!["chat.message".into()]))
+                .await
+                .unwrap()
+        ),
+        vec![2, 1]
+    );
+    assert_eq!(
+        seqs(
+            &store
+                .query(q(
+                    |q| q.types = vec!["user.*".into(), "order.created".into()]
+                ))
+                .await
+                .unwrap()
+        ),
+        vec![5, 4, 3]
+    );
+    assert_eq!(
+        seqs(
+            &store
+                .query(q(|q| q.user_id = Some("alice".into())))
+                .await
+                .unwrap()
+        ),
+        vec![3, 1]
+    );
+    assert_eq!(
+        seqs(
+            &store
+                .query(q(|q| q.room_id = Some("r2".into())))
+                .await
+                .unwrap()
+        ),
+        vec![2]
+    );
+    assert_eq!(
+        seqs(&store.query(q(|q| q.after_seq = Some(3))).await.unwrap()),
+        vec![5, 4]
+    );
+    assert_eq!(
+        seqs(
+            &store
+                .query(q(|q| q.since_time = Some(Utc::now() - Duration::hours(1))))
+                .await
+                .unwrap()
+        ),
+        vec![5, 4, 3, 2]
+    );
+    assert_eq!(
+        seqs(&store.query(q(|q| q.limit = 2)).await.unwrap()),
+        vec![5, 4]
+    );
+    assert_eq!(
+        seqs(
+            &store
+                .query(q(
+                    |q| q.access = PrivateAccess::OwnOnly(Some("alice".into()))
+                ))
+                .await
+                .unwrap()
+        ),
+        vec![5, 3, 2, 1]
+    );
+    assert_eq!(
+        seqs(
+            &store
+                .query(q(|q| q.access = PrivateAccess::OwnOnly(None)))
+                .await
+                .unwrap()
+        ),
+        vec![5, 2, 1]
+    );
     let back = &store.query(q(|q| q.limit = 1)).await.unwrap()[0];
     assert_eq!(back.data, json!({"n": 5}));
     assert_eq!(back.metadata, Some(json!({"source": "test"})));
-    assert_eq!(store.count_since(Utc::now() - Duration::hours(1)).await.unwrap(), 4);
+    assert_eq!(
+        store
+            .count_since(Utc::now() - Duration::hours(1))
+            .await
+            .unwrap(),
+        4
+    );
     let s = store.summary().await.unwrap();
-    assert_eq!((s.events, s.oldest_seq, s.newest_seq), (5, Some(1), Some(5)));
-    assert_eq!(s.recent_types, vec!["chat.message", "order.created", "user.notification"]);
+    assert_eq!(
+        (s.events, s.oldest_seq, s.newest_seq),
+        (5, Some(1), Some(5))
+    );
+    assert_eq!(
+        s.recent_types,
+        vec!["chat.message", "order.created", "user.notification"]
+    );
 }
 
 #[tokio::test]
@@ -71,14 +164,28 @@ async fn retention_deletes_old_events_but_seq_is_never_reused() {
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.last_seq().await.unwrap(), 0);
     store
-        .append(vec![ev(1, "a", None, None, Duration::hours(30)), ev(2, "a", None, None, Duration::hours(25))])
+        .append(vec![
+            ev(1, "a", None, None, Duration::hours(30)),
+            ev(2, "a", None, None, Duration::hours(25)),
+        ])
         .await
         .unwrap();
-    assert_eq!(store.delete_before(Utc::now() - Duration::hours(24)).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .delete_before(Utc::now() - Duration::hours(24))
+            .await
+            .unwrap(),
+        2
+    );
     assert_eq!(store.summary().await.unwrap().events, 0);
     assert_eq!(store.last_seq().await.unwrap(), 2);
     store.close().await.unwrap();
-    assert!(store.append(vec![ev(3, "a", None, None, Duration::zero())]).await.is_err());
+    assert!(
+        store
+            .append(vec![ev(3, "a", None, None, Duration::zero())])
+            .await
+            .is_err()
+    );
 
     let reopened = SqliteStore::open(&path).unwrap();
     assert_eq!(reopened.last_seq().await.unwrap(), 2);
@@ -88,11 +195,20 @@ async fn retention_deletes_old_events_but_seq_is_never_reused() {
 async fn a_failed_batch_commits_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("h.db")).unwrap();
-    store.append(vec![ev(1, "a", None, None, Duration::zero())]).await.unwrap();
+    store
+        .append(vec![ev(1, "a", None, None, Duration::zero())])
+        .await
+        .unwrap();
     // seq 1 again violates the primary key: the whole batch must roll back.
     let err = store
-        .append(vec![ev(2, "a", None, None, Duration::zero()), ev(1, "a", None, None, Duration::zero())])
+        .append(vec![
+            ev(2, "a", None, None, Duration::zero()),
+            ev(1, "a", None, None, Duration::zero()),
+        ])
         .await;
     assert!(err.is_err());
-    assert_eq!(seqs(&store.query(HistoryQuery::default()).await.unwrap()), vec![1]);
+    assert_eq!(
+        seqs(&store.query(HistoryQuery::default()).await.unwrap()),
+        vec![1]
+    );
 }

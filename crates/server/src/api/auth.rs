@@ -1,0 +1,55 @@
+//! Credentials on HTTP requests: `Authorization: Bearer <jwt or api key>` or `X-API-Key`.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use herald_core::Identity;
+use herald_core::protocol::code;
+
+use crate::app::App;
+use crate::error::AppError;
+
+/// The caller's identity; rejects the request with 401 when credentials are missing or bad.
+pub struct Caller(pub Identity);
+
+impl FromRequestParts<Arc<App>> for Caller {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, AppError> {
+        optional_identity(app, &parts.headers, None)?
+            .map(Caller)
+            .ok_or_else(|| {
+                AppError::unauthorized("missing credentials: send Authorization: Bearer <token>")
+            })
+    }
+}
+
+fn credential<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) -> Option<&'a str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim())
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .or(query_token)
+        .filter(|t| !t.is_empty())
+}
+
+/// No credentials is anonymous; bad credentials are an error, never silently anonymous.
+pub fn optional_identity(
+    app: &App,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<Option<Identity>, AppError> {
+    match credential(headers, query_token) {
+        None => Ok(None),
+        Some(token) => app.auth.verify(token).map(Some).map_err(|e| {
+            AppError::new(
+                StatusCode::UNAUTHORIZED,
+                code::AUTH_FAILED,
+                format!("authentication failed: {}", e),
+            )
+        }),
+    }
+}

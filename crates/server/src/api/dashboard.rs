@@ -1,0 +1,188 @@
+//! `/api/dashboard/*`: live figures, activity, alerts and operator notifications.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use chrono::{Duration, SecondsFormat, Utc};
+use herald_core::protocol::ServerMessage;
+use herald_core::store::{HistoryQuery, PrivateAccess};
+use herald_core::{Event, NewEvent, Outgoing};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::auth::Caller;
+use super::json_body;
+use super::realtime::MAX_HISTORY;
+use crate::app::{App, check_id};
+use crate::error::AppError;
+
+pub async fn live_data(
+    State(app): State<Arc<App>>,
+    Caller(_): Caller,
+) -> Result<Json<Value>, AppError> {
+    let midnight = Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight")
+        .and_utc();
+    let events_today = app.store.count_since(midnight).await?;
+    let hub = app.hub.stats();
+    let process = app.process.lock().sample();
+    Ok(Json(json!({
+        "activeUsers": hub.unique_users,
+        "totalConnections": hub.total,
+        "connectionsByType": hub.by_type,
+        "eventsToday": events_today,
+        "systemLoad": {"cpuPercent": process.cpu_percent, "cores": process.cpu_cores},
+        "memoryUsage": {"rss": process.rss_bytes, "virtual": process.virtual_bytes},
+        "uptime": app.started.elapsed().as_secs_f64(),
+    })))
+}
+
+fn limit_param(params: &HashMap<String, String>, default: usize) -> Result<usize, AppError> {
+    params.get("limit").map_or(Ok(default), |l| {
+        l.parse::<usize>()
+            .ok()
+            .filter(|l| (1..=MAX_HISTORY).contains(l))
+            .ok_or_else(|| {
+                AppError::bad_request(format!("limit must be an integer in 1..={MAX_HISTORY}"))
+            })
+    })
+}
+
+fn activity_message(e: &Event) -> String {
+    let field = |k: &str| {
+        e.data.get(k).map_or_else(
+            || "unknown".to_owned(),
+            |v| v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+        )
+    };
+    match e.kind.as_str() {
+        "user.login" => format!("User logged in from {}", field("ipAddress")),
+        "user.action" => format!("User performed action: {}", field("action")),
+        "system.alert" => format!("System alert: {}", field("message")),
+        other => format!("Event: {other}"),
+    }
+}
+
+pub async fn activity(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, AppError> {
+    let q = HistoryQuery {
+        types: vec![
+            "user.login".into(),
+            "user.action".into(),
+            "system.alert".into(),
+        ],
+        limit: limit_param(&params, 20)?,
+        access: PrivateAccess::for_reader(Some(&caller)),
+        ..Default::default()
+    };
+    let activities: Vec<Value> = app
+        .store
+        .query(q)
+        .await?
+        .iter()
+        .map(|e| json!({"id": e.id, "seq": e.seq, "type": e.kind, "message": activity_message(e), "timestamp": e.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true), "userId": e.user_id}))
+        .collect();
+    Ok(Json(json!({"activities": activities})))
+}
+
+pub async fn alerts(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+) -> Result<Json<Value>, AppError> {
+    let q = HistoryQuery {
+        types: vec![
+            "system.error".into(),
+            "system.warning".into(),
+            "system.critical".into(),
+        ],
+        since_time: Some(Utc::now() - Duration::hours(24)),
+        limit: 100,
+        access: PrivateAccess::for_reader(Some(&caller)),
+        ..Default::default()
+    };
+    let events = app.store.query(q).await?;
+    let total = events.len();
+    let mut grouped: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+    for e in events {
+        grouped.entry(e.kind.clone()).or_default().push(e);
+    }
+    Ok(Json(json!({"alerts": grouped, "total": total})))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotifyArgs {
+    message: String,
+    #[serde(default = "info", rename = "type")]
+    kind: String,
+    #[serde(default)]
+    target_users: Vec<String>,
+}
+
+fn info() -> String {
+    "info".into()
+}
+
+/// Operators (admin token or API key) notify listed users, or everyone.
+pub async fn notify(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+    body: Result<bytes::Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    if !caller.is_privileged() {
+        return Err(AppError::forbidden("only operators may send notifications"));
+    }
+    let args: NotifyArgs = json_body(body)?;
+    if args.message.is_empty() {
+        return Err(AppError::bad_request("message must not be empty"));
+    }
+    for u in &args.target_users {
+        check_id("targetUsers[]", Some(u))?;
+    }
+    let notification = json!({
+        "id": Uuid::new_v4(),
+        "message": args.message,
+        "type": args.kind,
+        "createdBy": caller.user_id,
+        "timestamp": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+    });
+    let message = Outgoing::Message(ServerMessage::new(
+        "notification",
+        Some(notification.clone()),
+    ));
+    let event = |kind: &str, user: Option<&String>| NewEvent {
+        kind: kind.into(),
+        data: notification.clone(),
+        user_id: user.cloned(),
+        room_id: None,
+        metadata: None,
+    };
+    let mut reached = 0;
+    if args.target_users.is_empty() {
+        app.log.publish(event("system.notification", None)).await?;
+        reached += app.hub.broadcast(&message);
+    } else {
+        for user in &args.target_users {
+            app.log
+                .publish(event("user.notification", Some(user)))
+                .await?;
+            reached += app.hub.send_to_user(user, &message);
+        }
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({"message": "Notification sent", "notification": notification, "connectionsReached": reached}),
+        ),
+    ))
+}

@@ -1,0 +1,105 @@
+//! The HTTP API: routes of seed 000 (`/api/realtime/*`, `/api/dashboard/*`, `/health`) plus
+//! `/metrics`, and the WebSocket endpoints.
+
+pub mod auth;
+pub mod dashboard;
+pub mod realtime;
+pub mod system;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::routing::{get, post};
+use serde::de::DeserializeOwned;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use crate::app::App;
+use crate::error::AppError;
+use crate::transport::{sse, ws};
+use herald_core::protocol::code;
+
+pub fn router(app: Arc<App>) -> Router {
+    let mut router = Router::new()
+        .route("/", get(system::root))
+        .route("/ws", get(ws::events))
+        .route("/health", get(system::health))
+        .route("/metrics", get(system::metrics))
+        .route("/api/realtime/stream", get(sse::stream))
+        .route("/api/realtime/subscribe", post(realtime::subscribe))
+        .route("/api/realtime/publish", post(realtime::publish))
+        .route("/api/realtime/events", get(realtime::events))
+        .route("/api/realtime/stats", get(realtime::stats))
+        .route("/api/dashboard/live-data", get(dashboard::live_data))
+        .route("/api/dashboard/activity", get(dashboard::activity))
+        .route("/api/dashboard/alerts", get(dashboard::alerts))
+        .route("/api/dashboard/notify", post(dashboard::notify));
+    if app.config.ws_echo {
+        router = router.route("/echo", get(ws::echo));
+    }
+    router
+        .fallback(|| async { AppError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            AppError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                code::INVALID_MESSAGE,
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(app.config.max_message_bytes))
+        .layer(cors(&app.config.cors_origins))
+        .with_state(app)
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::CACHE_CONTROL,
+            header::HeaderName::from_static("last-event-id"),
+        ]);
+    if origins.iter().any(|o| o == "*") {
+        layer.allow_origin(Any)
+    } else {
+        let list: Vec<HeaderValue> = origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        layer
+            .allow_origin(AllowOrigin::list(list))
+            .allow_credentials(true)
+    }
+}
+
+/// Parses a JSON request body into `T`, answering 400 with the parser's reason. Bodies over
+/// the size limit are answered 413.
+pub fn json_body<T: DeserializeOwned>(
+    body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<T, AppError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                code::VALIDATION_ERROR,
+                "request body too large",
+            )
+        } else {
+            AppError::bad_request(e.body_text())
+        }
+    })?;
+    serde_json::from_slice(&body).map_err(|e| {
+        let c = if e.is_syntax() || e.is_eof() {
+            code::INVALID_JSON
+        } else {
+            code::VALIDATION_ERROR
+        };
+        AppError::new(
+            StatusCode::BAD_REQUEST,
+            c,
+            format!("invalid request body: {e}"),
+        )
+    })
+}

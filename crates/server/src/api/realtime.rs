@@ -1,0 +1,144 @@
+//! `/api/realtime/*`: publish, subscribe an open stream, history, statistics.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use herald_core::Outgoing;
+use herald_core::protocol::{PublishArgs, ServerMessage, SubscribeArgs};
+use herald_core::store::{HistoryQuery, PrivateAccess};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::auth::Caller;
+use super::json_body;
+use crate::app::App;
+use crate::error::AppError;
+use crate::transport::session;
+
+pub const MAX_HISTORY: usize = 1000;
+
+pub async fn publish(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+    body: Result<bytes::Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let args: PublishArgs = json_body(body)?;
+    let event = app.publish(&caller, args).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"message": "Event published", "event": session::published(&event.event)})),
+    ))
+}
+
+/// Adds a subscription to an open connection (typically an SSE stream) named by `connectionId`.
+pub async fn subscribe(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+    Query(params): Query<HashMap<String, String>>,
+    body: Result<bytes::Bytes, BytesRejection>,
+) -> Result<Json<Value>, AppError> {
+    let args: SubscribeArgs = json_body(body)?;
+    let Some(raw_id) = params.get("connectionId") else {
+        return Err(AppError::new(
+            StatusCode::BAD_REQUEST,
+            "CONNECTION_ID_REQUIRED",
+            "Connection ID required",
+        ));
+    };
+    let conn = Uuid::parse_str(raw_id)
+        .ok()
+        .and_then(|id| app.hub.get(id))
+        .ok_or_else(|| AppError::not_found(format!("no open connection {raw_id}")))?;
+    if let Some(owner) = conn.user_id() {
+        if owner != caller.user_id && !caller.is_privileged() {
+            return Err(AppError::forbidden(
+                "that connection belongs to another user",
+            ));
+        }
+    }
+    let created = session::subscribe(&app, &conn, args)?;
+    conn.send(Outgoing::Message(ServerMessage::new(
+        "subscription.created",
+        Some(created.clone()),
+    )));
+    let mut body = json!({"message": "Subscription created"});
+    body.as_object_mut()
+        .expect("object")
+        .extend(created.as_object().expect("object").clone());
+    Ok(Json(body))
+}
+
+/// Parses the history parameters shared by the history routes.
+pub fn history_query(
+    params: &HashMap<String, String>,
+    reader: &herald_core::Identity,
+    default_limit: usize,
+) -> Result<HistoryQuery, AppError> {
+    let mut q = HistoryQuery {
+        limit: default_limit,
+        access: PrivateAccess::for_reader(Some(reader)),
+        ..Default::default()
+    };
+    if let Some(types) = params.get("types").filter(|t| !t.is_empty()) {
+        for t in types.split(',') {
+            herald_core::TypePattern::parse(t.trim()).map_err(AppError::bad_request)?;
+            q.types.push(t.trim().to_owned());
+        }
+    }
+    q.user_id = params.get("userId").cloned();
+    q.room_id = params.get("roomId").cloned();
+    if let Some(since) = params.get("since") {
+        if let Ok(seq) = since.parse::<u64>() {
+            q.after_seq = Some(seq);
+        } else {
+            let t = DateTime::parse_from_rfc3339(since).map_err(|_| {
+                AppError::bad_request("since must be a seq (integer) or an RFC 3339 time")
+            })?;
+            q.since_time = Some(t.with_timezone(&Utc));
+        }
+    }
+    if let Some(limit) = params.get("limit") {
+        q.limit = limit
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=MAX_HISTORY).contains(l))
+            .ok_or_else(|| {
+                AppError::bad_request(format!("limit must be an integer in 1..={MAX_HISTORY}"))
+            })?;
+    }
+    Ok(q)
+}
+
+pub async fn events(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, AppError> {
+    let q = history_query(&params, &caller, 50)?;
+    let events = app.store.query(q).await?;
+    Ok(Json(json!({"count": events.len(), "events": events})))
+}
+
+pub async fn stats(
+    State(app): State<Arc<App>>,
+    Caller(_): Caller,
+) -> Result<Json<Value>, AppError> {
+    let summary = app.store.summary().await?;
+    let hub = app.hub.stats();
+    Ok(Json(json!({
+        "connections": hub,
+        "events": {
+            "totalSubscriptions": hub.subscriptions,
+            "eventsInHistory": summary.events,
+            "eventTypes": summary.recent_types,
+            "oldestSeq": summary.oldest_seq,
+            "lastSeq": summary.newest_seq,
+        },
+        "timestamp": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    })))
+}

@@ -1,0 +1,92 @@
+//! `/` (WebSocket upgrade or the landing page), `/health`, `/metrics`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use axum::Json;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use chrono::{SecondsFormat, Utc};
+use herald_core::Transport;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+
+use crate::app::App;
+use crate::error::AppError;
+use crate::transport::ws;
+
+/// `GET /` speaks WebSocket to WebSocket clients (the seeds connect to the root URL) and
+/// serves the landing page to browsers.
+pub async fn root(
+    State(app): State<Arc<App>>,
+    peer: ConnectInfo<SocketAddr>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, AppError> {
+    match upgrade {
+        Ok(upgrade) => ws::events(State(app), peer, upgrade).await,
+        Err(_) => Ok(Html(LANDING).into_response()),
+    }
+}
+
+const LANDING: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Herald</title></head>
+<body style="font-family: system-ui, sans-serif; max-width: 40rem; margin: 3rem auto">
+<h1>Herald is running</h1>
+<p>WebSocket: <code>ws://this-host/ws</code> &middot; Server-Sent Events: <code>/api/realtime/stream</code>
+&middot; publish: <code>POST /api/realtime/publish</code></p>
+<p><a href="/health">/health</a> &middot; <a href="/metrics">/metrics</a></p>
+</body></html>"#;
+
+pub async fn health(State(app): State<Arc<App>>) -> Response {
+    let hub = app.hub.stats();
+    let last_seq = app.store.last_seq().await;
+    let status = if last_seq.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if last_seq.is_ok() { "healthy" } else { "unhealthy" },
+        "timestamp": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+        "connections": hub,
+        "events": {"lastSeq": last_seq.ok()},
+        "uptime": app.started.elapsed().as_secs_f64(),
+    });
+    (status, Json(body)).into_response()
+}
+
+static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once).
+pub fn install_metrics() {
+    PROMETHEUS.get_or_init(|| PrometheusBuilder::new().install_recorder().ok());
+}
+
+pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let Some(handle) = PROMETHEUS.get().and_then(Option::as_ref) else {
+        return AppError::unavailable("metrics recorder not installed").into_response();
+    };
+    let stats = app.hub.stats();
+    for (transport, n) in [
+        (Transport::WebSocket, stats.by_type.websocket),
+        (Transport::Sse, stats.by_type.sse),
+    ] {
+        let label = match transport {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+        };
+        metrics::gauge!("herald_connections", "transport" => label).set(n as f64);
+    }
+    metrics::gauge!("herald_subscriptions").set(stats.subscriptions as f64);
+    metrics::gauge!("herald_users").set(stats.unique_users as f64);
+    let rss = app.process.lock().sample().rss_bytes;
+    metrics::gauge!("herald_process_resident_memory_bytes").set(rss as f64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
+}

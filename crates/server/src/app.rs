@@ -1,0 +1,166 @@
+//! The running server's shared state and the operations every transport and route uses.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Instant;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use herald_core::event::EncodedEvent;
+use herald_core::log::CommitSink;
+use herald_core::pattern::validate_type;
+use herald_core::protocol::PublishArgs;
+use herald_core::{EventStore, Hub, Identity, LocalLog, NewEvent, OutboxLimits};
+use parking_lot::Mutex;
+use serde_json::Value;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::error::AppError;
+
+pub struct App {
+    pub config: Config,
+    pub hub: Arc<Hub>,
+    pub log: LocalLog,
+    pub store: Arc<dyn EventStore>,
+    pub auth: Auth,
+    pub started: Instant,
+    connect_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    pub process: Mutex<ProcessMonitor>,
+}
+
+pub const MAX_ID_LEN: usize = 256;
+
+impl App {
+    pub async fn new(
+        config: Config,
+        secret: &str,
+        store: Arc<dyn EventStore>,
+    ) -> Result<Arc<Self>, AppError> {
+        let hub = Arc::new(Hub::new(
+            config.max_connections,
+            config.max_subscriptions_per_connection,
+            OutboxLimits {
+                max_messages: config.outbox_max_messages,
+                max_bytes: config.outbox_max_bytes,
+            },
+        ));
+        let fanout = hub.clone();
+        let sink: CommitSink = Arc::new(move |batch: &[Arc<EncodedEvent>]| {
+            let mut delivered = 0;
+            for e in batch {
+                delivered += fanout.deliver(e);
+            }
+            metrics::counter!("herald_events_published_total").increment(batch.len() as u64);
+            metrics::counter!("herald_events_delivered_total").increment(delivered as u64);
+        });
+        let log = LocalLog::start(store.clone(), sink).await?;
+        let rate = nonzero(config.connection_rate_per_ip);
+        Ok(Arc::new(Self {
+            auth: Auth::new(secret, &config.api_keys),
+            connect_limiter: RateLimiter::keyed(
+                Quota::per_second(rate).allow_burst(rate.saturating_mul(nonzero(2))),
+            ),
+            config,
+            hub,
+            log,
+            store,
+            started: Instant::now(),
+            process: Mutex::new(ProcessMonitor::new()),
+        }))
+    }
+
+    /// Per-IP connection-rate limit for new WebSocket and SSE connections.
+    pub fn admit_connection(&self, ip: IpAddr) -> Result<(), AppError> {
+        self.connect_limiter.check_key(&ip).map_err(|_| {
+            AppError::rate_limited("too many new connections from this address; retry shortly")
+        })
+    }
+
+    pub fn forget_idle_limits(&self) {
+        self.connect_limiter.retain_recent();
+    }
+
+    /// Validates and publishes on behalf of `publisher`; resolves when the event is durable.
+    pub async fn publish(
+        &self,
+        publisher: &Identity,
+        args: PublishArgs,
+    ) -> Result<Arc<EncodedEvent>, AppError> {
+        validate_type(&args.kind).map_err(AppError::bad_request)?;
+        check_id("roomId", args.room_id.as_deref())?;
+        check_id("userId", args.user_id.as_deref())?;
+        let user_id = match args.user_id {
+            Some(u) if u != publisher.user_id && !publisher.is_privileged() => {
+                return Err(AppError::forbidden("you may only publish as yourself"));
+            }
+            Some(u) => Some(u),
+            None => Some(publisher.user_id.clone()),
+        };
+        let event = NewEvent {
+            kind: args.kind,
+            data: args.data,
+            user_id,
+            room_id: args.room_id,
+            metadata: args.metadata.map(Value::Object),
+        };
+        Ok(self.log.publish(event).await?)
+    }
+}
+
+fn nonzero(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n.max(1)).expect("at least 1")
+}
+
+pub fn check_id(field: &str, value: Option<&str>) -> Result<(), AppError> {
+    match value {
+        Some(v) if v.is_empty() || v.len() > MAX_ID_LEN => Err(AppError::bad_request(format!(
+            "{field} must be 1..={MAX_ID_LEN} characters"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Real memory and CPU figures of this process.
+pub struct ProcessMonitor {
+    system: sysinfo::System,
+    pid: sysinfo::Pid,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessStats {
+    pub rss_bytes: u64,
+    pub virtual_bytes: u64,
+    /// CPU use since the previous sample, 100 = one core.
+    pub cpu_percent: f32,
+    pub cpu_cores: usize,
+}
+
+impl ProcessMonitor {
+    fn new() -> Self {
+        let pid = sysinfo::get_current_pid().expect("own pid");
+        let mut system = sysinfo::System::new().expect("process statistics are readable");
+        system.refresh_cpu_list(sysinfo::CpuRefreshKind::nothing());
+        let mut m = Self { system, pid };
+        m.sample();
+        m
+    }
+
+    pub fn sample(&mut self) -> ProcessStats {
+        self.system.refresh_processes_specifics(
+            sysinfo::ProcessesToUpdate::Some(&[self.pid]),
+            true,
+            sysinfo::ProcessRefreshKind::nothing()
+                .with_memory()
+                .with_cpu(),
+        );
+        let p = self.system.process(self.pid);
+        ProcessStats {
+            rss_bytes: p.map_or(0, |p| p.memory()),
+            virtual_bytes: p.map_or(0, |p| p.virtual_memory()),
+            cpu_percent: p.map_or(0.0, |p| p.cpu_usage()),
+            cpu_cores: self.system.cpus().len(),
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Configuration: built-in defaults, then `herald.toml`, then `HERALD_*` environment variables
+//! (and `JWT_SECRET`), then command-line flags — each layer overriding the previous.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub host: IpAddr,
+    /// Port to listen on; 0 picks a free one.
+    pub port: u16,
+    /// SQLite database file.
+    pub database: PathBuf,
+    /// HS256 secret for JWTs. When unset a random one is generated for this run.
+    pub jwt_secret: Option<String>,
+    /// Server-side API keys for backends; a key may publish as any user.
+    pub api_keys: Vec<String>,
+    /// Origins allowed by CORS; `["*"]` allows any.
+    pub cors_origins: Vec<String>,
+    /// Events older than this are deleted by the retention job.
+    pub retention_hours: u64,
+    pub retention_interval_secs: u64,
+    /// WebSocket pings and SSE heartbeats.
+    pub ping_interval_secs: u64,
+    /// Connections with no client traffic for this long are closed.
+    pub idle_timeout_secs: u64,
+    pub max_connections: usize,
+    /// Largest WebSocket message or HTTP body accepted.
+    pub max_message_bytes: usize,
+    pub max_subscriptions_per_connection: usize,
+    /// Bounds of each connection's outbound queue; overflowing closes it (code 4008).
+    pub outbox_max_messages: usize,
+    pub outbox_max_bytes: usize,
+    /// Publishes per second per WebSocket connection (burst twice this).
+    pub publish_rate_per_connection: u32,
+    /// New connections per second per client IP (burst twice this).
+    pub connection_rate_per_ip: u32,
+    /// Serves `/echo`, a WebSocket echo on the same connection machinery, for conformance runs.
+    pub ws_echo: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::from([0, 0, 0, 0]),
+            port: 3000,
+            database: PathBuf::from("./herald.db"),
+            jwt_secret: None,
+            api_keys: Vec::new(),
+            cors_origins: vec!["http://localhost:3000".into()],
+            retention_hours: 24,
+            retention_interval_secs: 3600,
+            ping_interval_secs: 30,
+            idle_timeout_secs: 300,
+            max_connections: 10_000,
+            max_message_bytes: 64 * 1024,
+            max_subscriptions_per_connection: 100,
+            outbox_max_messages: 4096,
+            outbox_max_bytes: 4 << 20,
+            publish_rate_per_connection: 200,
+            connection_rate_per_ip: 200,
+            ws_echo: false,
+        }
+    }
+}
+
+impl Config {
+    /// Layers defaults, the TOML file (if it exists, or fails if it was named explicitly and
+    /// is missing), the environment, and `overrides` (the CLI flags that were given).
+    pub fn load(file: Option<&Path>, overrides: impl Serialize) -> Result<Self, figment::Error> {
+        let (path, required) = match file {
+            Some(p) => (p.to_owned(), true),
+            None => (PathBuf::from("herald.toml"), false),
+        };
+        if required && !path.exists() {
+            return Err(figment::Error::from(format!(
+                "config file {} not found",
+                path.display()
+            )));
+        }
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if path.exists() {
+            fig = fig.merge(Toml::file(&path));
+        }
+        fig.merge(Env::prefixed("HERALD_"))
+            .merge(
+                Env::raw()
+                    .only(&["JWT_SECRET"])
+                    .map(|_| "jwt_secret".into()),
+            )
+            .merge(Serialized::defaults(overrides))
+            .extract()
+    }
+}

@@ -1,0 +1,81 @@
+//! Errors with a defined answer on every transport: HTTP status + `{error, code}`, or a
+//! WebSocket `error` message.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use herald_core::protocol::{ServerMessage, code};
+use herald_core::{PublishError, StoreError};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone)]
+pub struct AppError {
+    pub status: StatusCode,
+    pub message: String,
+    pub code: &'static str,
+}
+
+impl AppError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            code,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code::VALIDATION_ERROR, message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code::AUTH_REQUIRED, message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code::FORBIDDEN, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code::NOT_FOUND, message)
+    }
+
+    pub fn rate_limited(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, code::RATE_LIMITED, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE, message)
+    }
+
+    pub fn to_ws(&self, reply_to: Option<Value>) -> Arc<ServerMessage> {
+        ServerMessage::error(self.message.clone(), self.code, reply_to)
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "event store error");
+        Self::unavailable(e.to_string())
+    }
+}
+
+impl From<PublishError> for AppError {
+    fn from(e: PublishError) -> Self {
+        tracing::warn!(error = %e, "publish failed");
+        Self::unavailable(e.to_string())
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        metrics::counter!("herald_errors_total", "code" => self.code).increment(1);
+        (
+            self.status,
+            Json(json!({"error": self.message, "code": self.code})),
+        )
+            .into_response()
+    }
+}

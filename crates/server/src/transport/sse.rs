@@ -1,0 +1,141 @@
+//! Server-Sent Events transport: `GET /api/realtime/stream`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use chrono::{SecondsFormat, Utc};
+use herald_core::outbox::Drained;
+use herald_core::protocol::{ServerMessage, SubscribeArgs};
+use herald_core::{CloseReason, Filters, Outgoing, Transport};
+use serde_json::json;
+
+use super::Registration;
+use super::session::subscribe;
+use crate::api::auth::optional_identity;
+use crate::app::App;
+use crate::error::AppError;
+
+/// Events every authenticated stream receives without asking (seed behaviour).
+const PERSONAL_TYPES: [&str; 2] = ["user.notification", "user.message"];
+
+pub async fn stream(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, AppError> {
+    let identity = optional_identity(&app, &headers, params.get("token").map(String::as_str))?;
+    app.admit_connection(peer.ip())?;
+    let conn = app
+        .hub
+        .connect(Transport::Sse)
+        .map_err(|e| AppError::unavailable(format!("{e}; try again later")))?;
+    let registration = Registration {
+        hub: app.hub.clone(),
+        conn: conn.clone(),
+    };
+    conn.send(Outgoing::Message(ServerMessage::new(
+        "connection",
+        Some(json!({"connectionId": conn.id})),
+    )));
+    if let Some(identity) = identity {
+        let user = identity.user_id.clone();
+        app.hub.authenticate(&conn, identity);
+        subscribe(
+            &app,
+            &conn,
+            SubscribeArgs {
+                event_types: PERSONAL_TYPES.map(String::from).to_vec(),
+                filters: Some(Filters {
+                    user_id: Some(user),
+                    ..Default::default()
+                }),
+            },
+        )?;
+    }
+    if let Some(types) = params.get("types").filter(|t| !t.is_empty()) {
+        let filters = Filters {
+            user_id: params.get("userId").cloned(),
+            room_id: params.get("roomId").cloned(),
+            ..Default::default()
+        };
+        let event_types = types.split(',').map(|t| t.trim().to_owned()).collect();
+        subscribe(
+            &app,
+            &conn,
+            SubscribeArgs {
+                event_types,
+                filters: Some(filters),
+            },
+        )?;
+    }
+
+    let period = Duration::from_secs(app.config.ping_interval_secs.max(1));
+    let state = StreamState {
+        registration,
+        heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + period, period),
+        batch: Vec::new(),
+        done: false,
+    };
+    let body = Body::from_stream(futures_util::stream::unfold(state, next_chunk));
+    let mut response = body.into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells nginx-style proxies not to buffer the stream.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+struct StreamState {
+    registration: Registration,
+    heartbeat: tokio::time::Interval,
+    batch: Vec<Outgoing>,
+    done: bool,
+}
+
+/// Everything queued since the last chunk becomes one chunk (one write).
+async fn next_chunk(mut s: StreamState) -> Option<(Result<Bytes, std::io::Error>, StreamState)> {
+    if s.done {
+        return None;
+    }
+    let conn = s.registration.conn.clone();
+    tokio::select! {
+        drained = conn.outbox.drain(&mut s.batch) => {
+            let mut out = BytesMut::new();
+            for item in s.batch.drain(..) {
+                match item {
+                    Outgoing::Event(e) => out.extend_from_slice(e.sse_frame()),
+                    Outgoing::Message(m) => out.extend_from_slice(m.sse_frame()),
+                    Outgoing::Raw { payload, .. } => out.extend_from_slice(&payload),
+                }
+            }
+            if let Drained::Close(reason) = drained {
+                if reason == CloseReason::SLOW_CONSUMER {
+                    metrics::counter!("herald_slow_consumers_total").increment(1);
+                    tracing::info!(connection = %conn.id, "SSE outbound buffer overflowed; ending stream");
+                }
+                let close = ServerMessage::new("close", Some(json!({"code": reason.code, "reason": reason.reason})));
+                out.extend_from_slice(close.sse_frame());
+                s.done = true;
+            }
+            Some((Ok(out.freeze()), s))
+        }
+        _ = s.heartbeat.tick() => {
+            conn.touch();
+            let ts = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+            let beat = ServerMessage::new("heartbeat", Some(json!({"timestamp": ts})));
+            Some((Ok(beat.sse_frame().clone()), s))
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! WebSocket transport. One task per connection multiplexes three things: frames from the
+//! client, the connection's outbox (written in batches with one flush), and the ping timer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use herald_core::outbox::Drained;
+use herald_core::protocol::ServerMessage;
+use herald_core::{CloseReason, Outgoing, Transport};
+use serde_json::json;
+
+use super::Registration;
+use super::session::{Flow, Session};
+use crate::app::App;
+use crate::error::AppError;
+
+/// Small socket buffers: most messages are a few hundred bytes, and idle connections should
+/// cost little memory. Larger messages still work; the buffers grow as needed.
+const READ_BUFFER: usize = 4 * 1024;
+const WRITE_BUFFER: usize = 0;
+/// A client that does not accept a batch within this time is treated as a slow consumer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Events,
+    Echo,
+}
+
+pub async fn events(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, AppError> {
+    accept(app, peer, upgrade, Mode::Events)
+}
+
+pub async fn echo(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, AppError> {
+    accept(app, peer, upgrade, Mode::Echo)
+}
+
+fn accept(
+    app: Arc<App>,
+    peer: SocketAddr,
+    upgrade: WebSocketUpgrade,
+    mode: Mode,
+) -> Result<Response, AppError> {
+    app.admit_connection(peer.ip())?;
+    let conn = app
+        .hub
+        .connect(Transport::WebSocket)
+        .map_err(|e| AppError::unavailable(format!("{e}; try again later")))?;
+    let registration = Registration {
+        hub: app.hub.clone(),
+        conn,
+    };
+    let max = app.config.max_message_bytes;
+    Ok(upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| run(app, registration, socket, mode)))
+}
+
+fn to_frame(item: Outgoing) -> Message {
+    match item {
+        // Frames are built by serde_json, so they are valid UTF-8.
+        Outgoing::Event(e) => Message::Text(utf8(e.ws_frame().clone())),
+        Outgoing::Message(m) => Message::Text(utf8(m.ws_frame().clone())),
+        Outgoing::Raw {
+            payload,
+            text: true,
+        } => Message::Text(utf8(payload)),
+        Outgoing::Raw {
+            payload,
+            text: false,
+        } => Message::Binary(payload),
+    }
+}
+
+fn utf8(b: bytes::Bytes) -> Utf8Bytes {
+    Utf8Bytes::try_from(b).expect("frames are UTF-8")
+}
+
+async fn run(app: Arc<App>, registration: Registration, socket: WebSocket, mode: Mode) {
+    let conn = registration.conn.clone();
+    let (mut sink, mut stream) = socket.split();
+    let mut session = Session::new(app.clone(), conn.clone());
+    if let Mode::Events = mode {
+        conn.send(Outgoing::Message(ServerMessage::new(
+            "connection.established",
+            Some(json!({"connectionId": conn.id})),
+        )));
+    }
+    let period = Duration::from_secs(app.config.ping_interval_secs.max(1));
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            drained = conn.outbox.drain(&mut batch) => {
+                let close = match drained {
+                    Drained::Batch => None,
+                    Drained::Close(r) => Some(r),
+                };
+                let write = async {
+                    for item in batch.drain(..) {
+                        sink.feed(to_frame(item)).await?;
+                    }
+                    sink.flush().await
+                };
+                match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        tracing::info!(connection = %conn.id, "closing a client that stopped reading");
+                        metrics::counter!("herald_slow_consumers_total").increment(1);
+                        break;
+                    }
+                }
+                if let Some(reason) = close {
+                    if reason == CloseReason::SLOW_CONSUMER {
+                        tracing::info!(connection = %conn.id, "outbound buffer overflowed; disconnecting");
+                        metrics::counter!("herald_slow_consumers_total").increment(1);
+                    }
+                    send_close(&mut sink, reason).await;
+                    break;
+                }
+            }
+            frame = stream.next() => {
+                let Some(frame) = frame else { break };
+                let frame = match frame {
+                    Ok(f) => f,
+                    Err(e) => {
+                        if let Some(reason) = close_reason_for(&e) {
+                            send_close(&mut sink, reason).await;
+                        }
+                        break;
+                    }
+                };
+                conn.touch();
+                match (frame, mode) {
+                    (Message::Text(t), Mode::Events) => {
+                        if session.handle_text(t.as_str()).await == Flow::Flooding {
+                            conn.outbox.close(CloseReason::RATE_LIMITED);
+                        }
+                    }
+                    (Message::Binary(_), Mode::Events) => session.handle_binary(),
+                    (Message::Text(t), Mode::Echo) => {
+                        conn.send(Outgoing::Raw { payload: t.into(), text: true });
+                    }
+                    (Message::Binary(b), Mode::Echo) => {
+                        conn.send(Outgoing::Raw { payload: b, text: false });
+                    }
+                    (Message::Close(_), _) => break,
+                    (Message::Ping(_) | Message::Pong(_), _) => {}
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(registration);
+}
+
+/// Protocol violations the library reports as errors get the matching close code.
+fn close_reason_for(e: &axum::Error) -> Option<CloseReason> {
+    let text = e.to_string();
+    if text.contains("Space limit exceeded")
+        || text.contains("too long")
+        || text.contains("Message too big")
+    {
+        Some(CloseReason::TOO_BIG)
+    } else {
+        None
+    }
+}
+
+async fn send_close<S>(sink: &mut S, reason: CloseReason)
+where
+    S: SinkExt<Message> + Unpin,
+{
+    let frame = Message::Close(Some(CloseFrame {
+        code: reason.code,
+        reason: Utf8Bytes::from(reason.reason),
+    }));
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(frame)).await;
+}
