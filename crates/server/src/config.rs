@@ -88,7 +88,8 @@ impl Config {
         if path.exists() {
             fig = fig.merge(Toml::file(&path));
         }
-        fig.merge(Env::prefixed("HERALD_"))
+        // HERALD_LOG, HERALD_LOG_FORMAT and HERALD_CONFIG belong to the command line, not here.
+        fig.merge(Env::prefixed("HERALD_").ignore(&["log", "log_format", "config"]))
             .merge(
                 Env::raw()
                     .only(&["JWT_SECRET"])

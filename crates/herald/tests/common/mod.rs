@@ -1,0 +1,390 @@
+//! Test harness: runs the real `herald` binary on a free port with its own SQLite file, and
+//! talks to it with real WebSocket, SSE and HTTP clients.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "integration-test-secret";
+pub const API_KEY: &str = "test-api-key";
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    extra: Vec<String>,
+}
+
+impl Server {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(args: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let mut s = Self::spawn(&dir, args);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts on an existing data directory (for restarts).
+    pub fn spawn(dir: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("serve")
+            .args(["--port", "0", "--host", "127.0.0.1"])
+            .arg("--database")
+            .arg(dir.join("herald.db"))
+            .args(args)
+            .env("JWT_SECRET", SECRET)
+            .env("HERALD_API_KEYS", format!("[\"{API_KEY}\"]"))
+            .env("HERALD_LOG", "warn")
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("herald binary runs");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().expect("herald printed its address").unwrap();
+        let addr = first
+            .strip_prefix("Herald listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+            .parse()
+            .unwrap();
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            child: Some(child),
+            addr,
+            dir: dir.to_owned(),
+            _tmp: None,
+            extra: args.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// `kill -9`: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits (at most `within`) for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+        let mut c = self.child.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                c.kill().unwrap();
+                panic!("herald did not exit within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts a new server process on the same database (the old one must be stopped).
+    pub fn restart(&mut self) -> Self {
+        assert!(self.child.is_none(), "stop the server first");
+        let args: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        Self::spawn(&self.dir, &args)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    exp: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'a str>,
+}
+
+pub fn token_with(user: &str, role: Option<&str>, ttl_secs: i64, secret: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + ttl_secs;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &Claims {
+            sub: user,
+            exp,
+            role,
+        },
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+pub fn token(user: &str) -> String {
+    token_with(user, None, 3600, SECRET)
+}
+
+pub fn admin_token() -> String {
+    token_with("admin", Some("admin"), 3600, SECRET)
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// POSTs JSON with a bearer token; returns status and JSON body.
+pub async fn post(server: &Server, path: &str, bearer: Option<&str>, body: &Value) -> (u16, Value) {
+    let mut req = http().post(server.url(path)).json(body);
+    if let Some(t) = bearer {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+pub async fn get(server: &Server, path: &str, bearer: Option<&str>) -> (u16, Value) {
+    let mut req = http().get(server.url(path));
+    if let Some(t) = bearer {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// Publishes over HTTP and asserts the 201; returns the acknowledged `event` object.
+pub async fn publish(server: &Server, bearer: &str, body: Value) -> Value {
+    let (status, res) = post(server, "/api/realtime/publish", Some(bearer), &body).await;
+    assert_eq!(status, 201, "publish failed: {res}");
+    res["event"].clone()
+}
+
+pub struct Ws {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub connection_id: String,
+}
+
+impl Ws {
+    /// Connects to `path` (`/ws` or `/`) and reads `connection.established`.
+    pub async fn connect(server: &Server, path: &str) -> Ws {
+        let (stream, _) = tokio_tungstenite::connect_async(server.ws_url(path))
+            .await
+            .unwrap();
+        let mut ws = Ws {
+            stream,
+            connection_id: String::new(),
+        };
+        let hello = ws.recv().await;
+        assert_eq!(hello["type"], "connection.established", "{hello}");
+        ws.connection_id = hello["data"]["connectionId"].as_str().unwrap().to_owned();
+        ws
+    }
+
+    /// Connects and authenticates as `user`.
+    pub async fn user(server: &Server, user: &str) -> Ws {
+        let mut ws = Ws::connect(server, "/ws").await;
+        ws.send(json!({"type": "authenticate", "data": {"token": token(user)}}))
+            .await;
+        let r = ws.recv().await;
+        assert_eq!(r["type"], "authenticated", "{r}");
+        ws
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.stream
+            .send(Message::text(v.to_string()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.stream.send(m).await.unwrap();
+    }
+
+    /// The next JSON text message (pings are skipped); panics after `WAIT`.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("timed out waiting for a message")
+                .expect("stream ended")
+                .expect("websocket error");
+            match m {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    }
+
+    /// Skips messages until one of `kind` arrives.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// Sends a subscribe command and returns the subscription id.
+    pub async fn subscribe(&mut self, types: &[&str], filters: Value) -> String {
+        self.send(json!({"type": "subscribe", "data": {"eventTypes": types, "filters": filters}}))
+            .await;
+        let r = self.recv_type("subscription.created").await;
+        r["data"]["subscriptionId"].as_str().unwrap().to_owned()
+    }
+
+    /// Asserts nothing but pings arrives for `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        loop {
+            match tokio::time::timeout(wait, self.stream.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(other) => panic!("expected silence, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close frame (None if the TCP stream ended).
+    pub async fn closed(&mut self) -> Option<CloseFrame> {
+        loop {
+            match tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("timed out waiting for close")
+            {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+}
+
+/// A minimal Server-Sent Events reader over a streaming HTTP response.
+pub struct Sse {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap()
+    }
+}
+
+impl Sse {
+    pub async fn open(server: &Server, path_and_query: &str, bearer: Option<&str>) -> Sse {
+        let mut req = reqwest::Client::new()
+            .get(server.url(path_and_query))
+            .header("accept", "text/event-stream");
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        Sse {
+            body: Box::pin(res.bytes_stream()),
+            buf: String::new(),
+            status,
+        }
+    }
+
+    /// The next event (comments skipped); None when the stream ends.
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let record: String = self.buf.drain(..end + 2).collect();
+                let mut ev = SseEvent {
+                    event: "message".into(),
+                    ..Default::default()
+                };
+                let mut data = Vec::new();
+                for line in record.lines() {
+                    if line.starts_with(':') {
+                        continue;
+                    }
+                    let (field, value) = line.split_once(": ").unwrap_or((line, ""));
+                    match field {
+                        "id" => ev.id = Some(value.to_owned()),
+                        "event" => ev.event = value.to_owned(),
+                        "data" => data.push(value.to_owned()),
+                        _ => {}
+                    }
+                }
+                if data.is_empty() && ev.id.is_none() {
+                    continue;
+                }
+                ev.data = data.join("\n");
+                return Some(ev);
+            }
+            let chunk = tokio::time::timeout(WAIT, self.body.next())
+                .await
+                .expect("timed out waiting for SSE data")?;
+            self.buf
+                .push_str(std::str::from_utf8(&chunk.ok()?).unwrap());
+        }
+    }
+
+    pub async fn next_event(&mut self, name: &str) -> SseEvent {
+        loop {
+            let e = self
+                .next()
+                .await
+                .unwrap_or_else(|| panic!("stream ended before a {name} event"));
+            if e.event == name {
+                return e;
+            }
+        }
+    }
+}
