@@ -161,7 +161,13 @@ async fn run(app: Arc<App>, registration: Registration, socket: WebSocket, mode:
                     (Message::Binary(b), Mode::Echo) => {
                         conn.send(Outgoing::Raw { payload: b, text: false });
                     }
-                    (Message::Close(_), _) => break,
+                    // The library has queued the closing handshake's reply: send it, then
+                    // read on until the client ends the stream.
+                    (Message::Close(_), _) => {
+                        if sink.flush().await.is_err() {
+                            break;
+                        }
+                    }
                     (Message::Ping(_) | Message::Pong(_), _) => {}
                 }
             }

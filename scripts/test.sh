@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Herald's whole test suite, runnable on a fresh machine: installs what it needs when missing,
+# then checks formatting and lints, runs unit and integration tests (real binary, real sockets,
+# real SQLite files), and the Autobahn WebSocket conformance suite against the echo endpoint.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain"
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  rustup component add rustfmt clippy
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "WebSocket conformance (Autobahn TestSuite)"
+scripts/conformance.sh
+
+printf '\nAll checks passed.\n'
