@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 /// A committed event. `seq` is its position in the log: strictly increasing, never reused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
     pub id: Uuid,

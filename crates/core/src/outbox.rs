@@ -96,6 +96,8 @@ struct State {
 pub struct Outbox {
     state: Mutex<State>,
     ready: Notify,
+    /// Wakes `overflowed` waiters.
+    overflow: Notify,
     limits: OutboxLimits,
 }
 
@@ -113,6 +115,7 @@ impl Outbox {
         Self {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
+            overflow: Notify::new(),
             limits,
         }
     }
@@ -131,6 +134,7 @@ impl Outbox {
             s.closed = Some(CloseReason::SLOW_CONSUMER);
             drop(s);
             self.ready.notify_one();
+            self.overflow.notify_waiters();
             return false;
         }
         s.bytes += w;
@@ -151,6 +155,19 @@ impl Outbox {
         }
         drop(s);
         self.ready.notify_one();
+    }
+
+    /// Resolves once the queue has overflowed, so a writer blocked on a client that stopped
+    /// reading can give up at once instead of waiting for its write timeout.
+    pub async fn overflowed(&self) {
+        loop {
+            // Registered before the check, so a notification in between is not missed.
+            let notified = self.overflow.notified();
+            if self.state.lock().closed == Some(CloseReason::SLOW_CONSUMER) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub fn is_closed(&self) -> bool {
@@ -222,6 +239,31 @@ mod tests {
             Drained::Close(CloseReason::SLOW_CONSUMER)
         );
         assert!(b.is_empty());
+    }
+
+    #[tokio::test]
+    async fn overflowed_resolves_only_on_overflow() {
+        let o = Arc::new(Outbox::new(OutboxLimits {
+            max_messages: 1,
+            max_bytes: 1 << 20,
+        }));
+        let waiter = tokio::spawn({
+            let o = o.clone();
+            async move { o.overflowed().await }
+        });
+        assert!(o.push(msg()));
+        assert!(!o.push(msg()));
+        let within = std::time::Duration::from_secs(5);
+        tokio::time::timeout(within, waiter).await.unwrap().unwrap();
+
+        let other = Outbox::new(OutboxLimits::default());
+        other.close(CloseReason::RATE_LIMITED);
+        let brief = std::time::Duration::from_millis(50);
+        assert!(
+            tokio::time::timeout(brief, other.overflowed())
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]

@@ -118,6 +118,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SubscribeArgs {
     pub event_types: Vec<String>,
@@ -126,6 +127,7 @@ pub struct SubscribeArgs {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PublishArgs {
     #[serde(rename = "type")]

@@ -14,6 +14,7 @@ use crate::pattern::{TypePattern, prefixes_of};
 
 /// Filters narrowing a subscription, as sent by clients (`filters` in `subscribe`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Filters {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -27,19 +28,13 @@ pub struct Filters {
 
 impl Filters {
     pub fn matches(&self, event: &Event) -> bool {
-        if let Some(u) = &self.user_id {
-            if event.user_id.as_deref() != Some(u.as_str()) {
-                return false;
-            }
-        }
-        if let Some(r) = &self.room_id {
-            if event.room_id.as_deref() != Some(r.as_str()) {
-                return false;
-            }
-        }
-        self.custom
-            .iter()
-            .all(|(k, v)| event.data.get(k) == Some(v))
+        let equal = |want: &Option<String>, got: &Option<String>| want.is_none() || want == got;
+        equal(&self.user_id, &event.user_id)
+            && equal(&self.room_id, &event.room_id)
+            && self
+                .custom
+                .iter()
+                .all(|(k, v)| event.data.get(k) == Some(v))
     }
 }
 

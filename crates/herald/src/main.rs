@@ -41,6 +41,8 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: i64,
     },
+    /// Generate load against Herald (or a seed-004 room server) and measure it.
+    Bench(herald_bench::BenchArgs),
 }
 
 /// Flags override `herald.toml` and `HERALD_*` variables; unset flags leave them alone.
@@ -149,5 +151,6 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Bench(args) => herald_bench::run(args).await,
     }
 }

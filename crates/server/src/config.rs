@@ -73,16 +73,17 @@ impl Default for Config {
 impl Config {
     /// Layers defaults, the TOML file (if it exists, or fails if it was named explicitly and
     /// is missing), the environment, and `overrides` (the CLI flags that were given).
-    pub fn load(file: Option<&Path>, overrides: impl Serialize) -> Result<Self, figment::Error> {
+    pub fn load(
+        file: Option<&Path>,
+        overrides: impl Serialize,
+    ) -> Result<Self, Box<figment::Error>> {
         let (path, required) = match file {
             Some(p) => (p.to_owned(), true),
             None => (PathBuf::from("herald.toml"), false),
         };
         if required && !path.exists() {
-            return Err(figment::Error::from(format!(
-                "config file {} not found",
-                path.display()
-            )));
+            let missing = format!("config file {} not found", path.display());
+            return Err(Box::new(figment::Error::from(missing)));
         }
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if path.exists() {
@@ -97,5 +98,6 @@ impl Config {
             )
             .merge(Serialized::defaults(overrides))
             .extract()
+            .map_err(Box::new)
     }
 }

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use herald_core::protocol::{ServerMessage, code};
 use herald_core::{PublishError, StoreError};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 #[derive(Debug, Clone)]
 pub struct AppError {
@@ -69,12 +69,24 @@ impl From<PublishError> for AppError {
     }
 }
 
+/// Every HTTP error body: `{"error": "...", "code": "..."}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Human-readable reason.
+    pub error: String,
+    /// Machine-readable code (see docs/protocol.md).
+    pub code: &'static str,
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         metrics::counter!("herald_errors_total", "code" => self.code).increment(1);
         (
             self.status,
-            Json(json!({"error": self.message, "code": self.code})),
+            Json(ErrorBody {
+                error: self.message,
+                code: self.code,
+            }),
         )
             .into_response()
     }

@@ -98,7 +98,7 @@ impl SqliteStore {
 
     /// Runs `f` on a pooled read connection in the blocking thread pool.
     async fn read<T: Send + 'static>(
-        self: &Self,
+        &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
         let pooled = self.readers.lock().pop();

@@ -25,6 +25,8 @@ pub struct Server {
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     extra: Vec<String>,
+    /// Extra environment variables, kept for `restart()`.
+    extra_env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -42,6 +44,21 @@ impl Server {
 
     /// Starts on an existing data directory (for restarts).
     pub fn spawn(dir: &Path, args: &[&str]) -> Self {
+        Self::spawn_env(dir, args, &[])
+    }
+
+    /// Like `start_with`, with extra environment variables (e.g. `HERALD_*` keys that have no
+    /// flag); they are applied after the harness defaults, so they may override them.
+    pub fn start_env(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let mut s = Self::spawn_env(&dir, args, envs);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Like `spawn`, with extra environment variables.
+    pub fn spawn_env(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .arg("serve")
             .args(["--port", "0", "--host", "127.0.0.1"])
@@ -51,6 +68,7 @@ impl Server {
             .env("JWT_SECRET", SECRET)
             .env("HERALD_API_KEYS", format!("[\"{API_KEY}\"]"))
             .env("HERALD_LOG", "warn")
+            .envs(envs.iter().copied())
             .current_dir(dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -72,6 +90,10 @@ impl Server {
             dir: dir.to_owned(),
             _tmp: None,
             extra: args.iter().map(|s| s.to_string()).collect(),
+            extra_env: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
@@ -119,7 +141,12 @@ impl Server {
     pub fn restart(&mut self) -> Self {
         assert!(self.child.is_none(), "stop the server first");
         let args: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        Self::spawn(&self.dir, &args)
+        let envs: Vec<(&str, &str)> = self
+            .extra_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Self::spawn_env(&self.dir, &args, &envs)
     }
 }
 
@@ -308,6 +335,7 @@ pub struct Sse {
     body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
     buf: String,
     pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -331,12 +359,16 @@ impl Sse {
         if let Some(t) = bearer {
             req = req.bearer_auth(t);
         }
-        let res = req.send().await.unwrap();
-        let status = res.status().as_u16();
+        Sse::from_response(req.send().await.unwrap())
+    }
+
+    /// Wraps a response already requested (for custom headers, `?token=`, ...).
+    pub fn from_response(res: reqwest::Response) -> Sse {
         Sse {
+            status: res.status().as_u16(),
+            headers: res.headers().clone(),
             body: Box::pin(res.bytes_stream()),
             buf: String::new(),
-            status,
         }
     }
 
@@ -386,5 +418,22 @@ impl Sse {
                 return e;
             }
         }
+    }
+}
+
+/// Polls `GET /api/realtime/stats` (as admin) every 20 ms until `pred` holds; returns that
+/// answer, or panics with the last one after `WAIT`.
+pub async fn stats_until(server: &Server, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, stats) = get(server, "/api/realtime/stats", Some(&admin_token())).await;
+        assert_eq!(status, 200, "{stats}");
+        if pred(&stats) {
+            return stats;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("stats never reached the expected state: {stats}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -26,12 +26,24 @@ impl FromRequestParts<Arc<App>> for Caller {
     }
 }
 
+/// Stands for a credential header that is not valid text; no token or key can equal it.
+const UNREADABLE: &str = "\u{fffd}";
+
 fn credential<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) -> Option<&'a str> {
     headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim())
-        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        // A header that is not text is a bad credential (401), not an absent one.
+        .map(|v| v.to_str().unwrap_or(UNREADABLE))
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        .map(|v| match v.trim().split_once(' ') {
+            Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
+            _ => v.trim(),
+        })
+        .or_else(|| {
+            headers
+                .get("x-api-key")
+                .map(|v| v.to_str().unwrap_or(UNREADABLE))
+        })
         .or(query_token)
         .filter(|t| !t.is_empty())
 }

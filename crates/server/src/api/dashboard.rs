@@ -19,8 +19,12 @@ use super::auth::Caller;
 use super::json_body;
 use super::realtime::MAX_HISTORY;
 use crate::app::{App, check_id};
-use crate::error::AppError;
+use crate::error::{AppError, ErrorBody};
 
+/// Real figures of this node: connections, users, events today, process CPU and memory.
+#[utoipa::path(get, path = "/api/dashboard/live-data", tag = "dashboard", security(("bearer" = [])),
+    responses((status = 200, description = "`{activeUsers, totalConnections, connectionsByType, eventsToday, systemLoad, memoryUsage, uptime}`", body = Object),
+        (status = 401, body = ErrorBody)))]
 pub async fn live_data(
     State(app): State<Arc<App>>,
     Caller(_): Caller,
@@ -70,6 +74,11 @@ fn activity_message(e: &Event) -> String {
     }
 }
 
+/// Recent `user.login`, `user.action` and `system.alert` events as readable activity.
+#[utoipa::path(get, path = "/api/dashboard/activity", tag = "dashboard", security(("bearer" = [])),
+    params(("limit" = Option<usize>, Query, description = "1..=1000, default 20")),
+    responses((status = 200, description = "`{activities: [{id, seq, type, message, timestamp, userId}]}`", body = Object),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn activity(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,
@@ -95,6 +104,9 @@ pub async fn activity(
     Ok(Json(json!({"activities": activities})))
 }
 
+/// `system.error`, `system.warning`, `system.critical` of the last 24 h, grouped by type.
+#[utoipa::path(get, path = "/api/dashboard/alerts", tag = "dashboard", security(("bearer" = [])),
+    responses((status = 200, description = "`{alerts: {<type>: [Event]}, total}`", body = Object), (status = 401, body = ErrorBody)))]
 pub async fn alerts(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,
@@ -134,6 +146,11 @@ fn info() -> String {
 }
 
 /// Operators (admin token or API key) notify listed users, or everyone.
+#[utoipa::path(post, path = "/api/dashboard/notify", tag = "dashboard", security(("bearer" = [])),
+    request_body(content = Object, description = "`{message, type?, targetUsers?}`"),
+    responses((status = 201, description = "`{message, notification, connectionsReached}`", body = Object),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "Not an operator", body = ErrorBody)))]
 pub async fn notify(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,

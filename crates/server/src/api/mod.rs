@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod dashboard;
+pub mod openapi;
 pub mod realtime;
 pub mod system;
 
@@ -26,6 +27,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/ws", get(ws::events))
         .route("/health", get(system::health))
         .route("/metrics", get(system::metrics))
+        .route("/openapi.json", get(openapi::document))
         .route("/api/realtime/stream", get(sse::stream))
         .route("/api/realtime/subscribe", post(realtime::subscribe))
         .route("/api/realtime/publish", post(realtime::publish))
@@ -60,6 +62,7 @@ fn cors(origins: &[String]) -> CorsLayer {
             header::CONTENT_TYPE,
             header::CACHE_CONTROL,
             header::HeaderName::from_static("last-event-id"),
+            header::HeaderName::from_static("x-api-key"),
         ]);
     if origins.iter().any(|o| o == "*") {
         layer.allow_origin(Any)
@@ -90,7 +93,7 @@ pub fn json_body<T: DeserializeOwned>(
             AppError::bad_request(e.body_text())
         }
     })?;
-    serde_json::from_slice(&body).map_err(|e| {
+    let parsed = serde_json::from_slice(&body).map_err(|e| {
         let c = if e.is_syntax() || e.is_eof() {
             code::INVALID_JSON
         } else {
@@ -101,5 +104,10 @@ pub fn json_body<T: DeserializeOwned>(
             c,
             format!("invalid request body: {e}"),
         )
-    })
+    })?;
+    // serde also fills a struct from a JSON array, positionally; bodies are objects only.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(AppError::bad_request("request body must be a JSON object"));
+    }
+    Ok(parsed)
 }

@@ -8,34 +8,66 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use herald_core::Outgoing;
 use herald_core::protocol::{PublishArgs, ServerMessage, SubscribeArgs};
 use herald_core::store::{HistoryQuery, PrivateAccess};
+use herald_core::{Event, Outgoing};
+use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::auth::Caller;
 use super::json_body;
 use crate::app::App;
-use crate::error::AppError;
-use crate::transport::session;
+use crate::error::{AppError, ErrorBody};
+use crate::transport::session::{self, Published};
 
 pub const MAX_HISTORY: usize = 1000;
 
+#[derive(Serialize, ToSchema)]
+pub struct PublishResponse {
+    /// Always "Event published".
+    message: &'static str,
+    event: Published,
+}
+
+/// Publishes an event; answers once it is durable and fanned out.
+#[utoipa::path(post, path = "/api/realtime/publish", tag = "realtime", security(("bearer" = [])),
+    request_body = PublishArgs,
+    responses(
+        (status = 201, description = "Committed and delivered", body = PublishResponse),
+        (status = 400, description = "Invalid JSON or fields", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Publishing as another user", body = ErrorBody),
+        (status = 413, description = "Body over max_message_bytes", body = ErrorBody),
+        (status = 503, description = "Store unavailable or shutting down", body = ErrorBody)))]
 pub async fn publish(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,
     body: Result<bytes::Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), AppError> {
+) -> Result<(StatusCode, Json<PublishResponse>), AppError> {
     let args: PublishArgs = json_body(body)?;
     let event = app.publish(&caller, args).await?;
+    let event = Published::of(&event.event);
     Ok((
         StatusCode::CREATED,
-        Json(json!({"message": "Event published", "event": session::published(&event.event)})),
+        Json(PublishResponse {
+            message: "Event published",
+            event,
+        }),
     ))
 }
 
 /// Adds a subscription to an open connection (typically an SSE stream) named by `connectionId`.
+#[utoipa::path(post, path = "/api/realtime/subscribe", tag = "realtime", security(("bearer" = [])),
+    params(("connectionId" = Uuid, Query, description = "From the SSE `connection` event or WebSocket `connection.established`")),
+    request_body = SubscribeArgs,
+    responses(
+        (status = 200, description = "`{message, subscriptionId, eventTypes, filters}`", body = Object),
+        (status = 400, description = "Invalid body, patterns, or no connectionId (CONNECTION_ID_REQUIRED)", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, description = "Another user's connection", body = ErrorBody),
+        (status = 404, description = "No such open connection", body = ErrorBody),
+        (status = 429, description = "Subscription limit per connection reached", body = ErrorBody)))]
 pub async fn subscribe(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,
@@ -54,12 +86,11 @@ pub async fn subscribe(
         .ok()
         .and_then(|id| app.hub.get(id))
         .ok_or_else(|| AppError::not_found(format!("no open connection {raw_id}")))?;
-    if let Some(owner) = conn.user_id() {
-        if owner != caller.user_id && !caller.is_privileged() {
-            return Err(AppError::forbidden(
-                "that connection belongs to another user",
-            ));
-        }
+    let foreign = conn.user_id().is_some_and(|owner| owner != caller.user_id);
+    if foreign && !caller.is_privileged() {
+        return Err(AppError::forbidden(
+            "that connection belongs to another user",
+        ));
     }
     let created = session::subscribe(&app, &conn, args)?;
     conn.send(Outgoing::Message(ServerMessage::new(
@@ -114,16 +145,38 @@ pub fn history_query(
     Ok(q)
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct EventsPage {
+    count: usize,
+    /// Newest first.
+    events: Vec<Event>,
+}
+
+/// History, newest first; `user.*` events only to their user and operators.
+#[utoipa::path(get, path = "/api/realtime/events", tag = "realtime", security(("bearer" = [])),
+    params(
+        ("types" = Option<String>, Query, description = "Comma-separated type patterns (`a.b`, `a.*`, `*`)"),
+        ("userId" = Option<String>, Query), ("roomId" = Option<String>, Query),
+        ("since" = Option<String>, Query, description = "A seq (integer: events after it) or an RFC 3339 time"),
+        ("limit" = Option<usize>, Query, description = "1..=1000, default 50")),
+    responses((status = 200, body = EventsPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 pub async fn events(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<EventsPage>, AppError> {
     let q = history_query(&params, &caller, 50)?;
     let events = app.store.query(q).await?;
-    Ok(Json(json!({"count": events.len(), "events": events})))
+    Ok(Json(EventsPage {
+        count: events.len(),
+        events,
+    }))
 }
 
+/// Connection and event statistics.
+#[utoipa::path(get, path = "/api/realtime/stats", tag = "realtime", security(("bearer" = [])),
+    responses((status = 200, description = "`{connections, events, timestamp}`", body = Object), (status = 401, body = ErrorBody)))]
 pub async fn stats(
     State(app): State<Arc<App>>,
     Caller(_): Caller,

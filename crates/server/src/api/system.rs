@@ -40,6 +40,10 @@ const LANDING: &str = r#"<!doctype html>
 <p><a href="/health">/health</a> &middot; <a href="/metrics">/metrics</a></p>
 </body></html>"#;
 
+/// Liveness: 200 when the store answers, 503 otherwise.
+#[utoipa::path(get, path = "/health", tag = "system",
+    responses((status = 200, description = "`{status, timestamp, connections, events: {lastSeq}, uptime}`", body = Object),
+        (status = 503, description = "Store unavailable", body = Object)))]
 pub async fn health(State(app): State<Arc<App>>) -> Response {
     let hub = app.hub.stats();
     let last_seq = app.store.last_seq().await;
@@ -65,6 +69,8 @@ pub fn install_metrics() {
     PROMETHEUS.get_or_init(|| PrometheusBuilder::new().install_recorder().ok());
 }
 
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     let Some(handle) = PROMETHEUS.get().and_then(Option::as_ref) else {
         return AppError::unavailable("metrics recorder not installed").into_response();

@@ -149,9 +149,13 @@ impl Session {
                 let conn = self.conn.clone();
                 tokio::spawn(async move {
                     let reply = match app.publish(&identity, args).await {
-                        Ok(e) => {
-                            ServerMessage::reply("event.published", Some(published(&e.event)), id)
-                        }
+                        Ok(e) => ServerMessage::reply(
+                            "event.published",
+                            Some(
+                                serde_json::to_value(Published::of(&e.event)).expect("serialises"),
+                            ),
+                            id,
+                        ),
                         Err(e) => e.to_ws(id),
                     };
                     conn.send(Outgoing::Message(reply));
@@ -162,15 +166,28 @@ impl Session {
     }
 }
 
-/// The acknowledgement body shared by WebSocket `event.published` and HTTP 201.
-pub fn published(e: &herald_core::Event) -> Value {
-    json!({
-        "success": true,
-        "id": e.id,
-        "seq": e.seq,
-        "type": e.kind,
-        "timestamp": e.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-    })
+/// The acknowledgement shared by WebSocket `event.published` and HTTP 201.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Published {
+    pub success: bool,
+    pub id: Uuid,
+    pub seq: u64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(serialize_with = "herald_core::event::iso_millis")]
+    pub timestamp: chrono::DateTime<chrono::Utc>,
+}
+
+impl Published {
+    pub fn of(e: &herald_core::Event) -> Self {
+        Self {
+            success: true,
+            id: e.id,
+            seq: e.seq,
+            kind: e.kind.clone(),
+            timestamp: e.timestamp,
+        }
+    }
 }
 
 /// Adds a subscription to a connection; the body of `subscription.created`.

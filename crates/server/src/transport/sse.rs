@@ -25,6 +25,14 @@ use crate::error::AppError;
 /// Events every authenticated stream receives without asking (seed behaviour).
 const PERSONAL_TYPES: [&str; 2] = ["user.notification", "user.message"];
 
+/// The Server-Sent Events stream (events `connection`, `event`, `notification`, `heartbeat`, `close`).
+#[utoipa::path(get, path = "/api/realtime/stream", tag = "realtime",
+    params(("types" = Option<String>, Query, description = "Comma-separated type patterns; subscribes when present"),
+        ("roomId" = Option<String>, Query), ("userId" = Option<String>, Query),
+        ("token" = Option<String>, Query, description = "JWT or API key, for clients that cannot set headers")),
+    responses((status = 200, description = "text/event-stream", content_type = "text/event-stream"),
+        (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
+        (status = 429, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
 pub async fn stream(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

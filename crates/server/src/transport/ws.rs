@@ -25,6 +25,8 @@ const READ_BUFFER: usize = 4 * 1024;
 const WRITE_BUFFER: usize = 0;
 /// A client that does not accept a batch within this time is treated as a slow consumer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a server-initiated close waits for the client's half of the closing handshake.
+const LINGER: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy)]
 enum Mode {
@@ -108,7 +110,7 @@ async fn run(app: Arc<App>, registration: Registration, socket: WebSocket, mode:
     loop {
         tokio::select! {
             drained = conn.outbox.drain(&mut batch) => {
-                let close = match drained {
+                let mut close = match drained {
                     Drained::Batch => None,
                     Drained::Close(r) => Some(r),
                 };
@@ -118,7 +120,16 @@ async fn run(app: Arc<App>, registration: Registration, socket: WebSocket, mode:
                     }
                     sink.flush().await
                 };
-                match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+                let written = tokio::select! {
+                    r = tokio::time::timeout(WRITE_TIMEOUT, write) => r,
+                    // The queue overflowed while this write was blocked on a client that
+                    // stopped reading: disconnect it now, not when the write times out.
+                    () = conn.outbox.overflowed(), if close.is_none() => {
+                        close = Some(CloseReason::SLOW_CONSUMER);
+                        Ok(Ok(()))
+                    }
+                };
+                match written {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => break,
                     Err(_) => {
@@ -132,7 +143,9 @@ async fn run(app: Arc<App>, registration: Registration, socket: WebSocket, mode:
                         tracing::info!(connection = %conn.id, "outbound buffer overflowed; disconnecting");
                         metrics::counter!("herald_slow_consumers_total").increment(1);
                     }
-                    send_close(&mut sink, reason).await;
+                    if send_close(&mut sink, reason).await {
+                        linger(&mut stream).await;
+                    }
                     break;
                 }
             }
@@ -194,7 +207,8 @@ fn close_reason_for(e: &axum::Error) -> Option<CloseReason> {
     }
 }
 
-async fn send_close<S>(sink: &mut S, reason: CloseReason)
+/// Sends a close frame; true when it was flushed to the socket.
+async fn send_close<S>(sink: &mut S, reason: CloseReason) -> bool
 where
     S: SinkExt<Message> + Unpin,
 {
@@ -202,5 +216,26 @@ where
         code: reason.code,
         reason: Utf8Bytes::from(reason.reason),
     }));
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(frame)).await;
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), sink.send(frame)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// After the server's close frame, reads (and drops) what the client still sends until its
+/// closing reply or the end of the stream. Closing a socket with unread input makes the kernel
+/// reset the connection and discard output not yet transmitted, so the client could lose the
+/// close frame and the replies just before it (seen with a flooding client and 4029).
+async fn linger<S>(stream: &mut S)
+where
+    S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(frame)) = stream.next().await {
+            if let Message::Close(_) = frame {
+                break;
+            }
+        }
+    })
+    .await;
 }

@@ -1,0 +1,630 @@
+//! The clients: subscribers (Herald WebSocket or SSE, or room members), publishers (Herald
+//! WebSocket or HTTP, or the room protocol's WebSocket) and idle connections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Request, StatusCode};
+use memchr::memmem;
+use serde_json::json;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::args::{Protocol, PublishVia, Transport};
+use crate::net::{Http, Net, Ws, with_retries};
+use crate::payload::{self, now_us};
+use crate::stats::{self, DONE, ERRORS, inc, measuring, phase};
+
+/// Read buffer of a subscriber or publisher WebSocket (tungstenite allocates it up front).
+const ACTIVE_READ_BUFFER: usize = 16 * 1024;
+/// Read buffer of an idle WebSocket.
+const IDLE_READ_BUFFER: usize = 4 * 1024;
+/// Messages a publisher writes before one flush.
+const MAX_BATCH: usize = 256;
+/// A closed-loop window without progress for this long is refilled (messages presumed lost).
+const WINDOW_STALL: Duration = Duration::from_secs(2);
+
+/// What releases a closed-loop window slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// A designated subscriber of the message's room received it.
+    Delivery,
+    /// The server acknowledged the publish (Herald: HTTP 201 or `event.published`).
+    Ack,
+}
+
+/// A publisher's closed-loop window: K permits, one taken per message sent.
+pub struct Window {
+    sem: Semaphore,
+    size: usize,
+}
+
+impl Window {
+    pub fn new(size: usize) -> Arc<Self> {
+        Arc::new(Self {
+            sem: Semaphore::new(size),
+            size,
+        })
+    }
+
+    fn release(&self) {
+        if self.sem.available_permits() < self.size {
+            self.sem.add_permits(1);
+        }
+    }
+
+    fn refill(&self) {
+        let available = self.sem.available_permits();
+        if available < self.size {
+            self.sem.add_permits(self.size - available);
+        }
+    }
+}
+
+/// Everything the clients share.
+pub struct Ctx {
+    pub net: Net,
+    pub protocol: Protocol,
+    pub ws_path: String,
+    pub transport: Transport,
+    pub token: Option<String>,
+    pub event_type: String,
+    pub rooms: Vec<String>,
+    /// The room names as JSON strings (quoted, escaped), ready to splice into frames.
+    pub rooms_json: Vec<String>,
+    pub event_type_json: String,
+    pub payload_bytes: usize,
+    /// One per publisher (closed loop); empty in open loop.
+    pub windows: Vec<Arc<Window>>,
+    pub release: Release,
+}
+
+fn is_error(frame: &[u8]) -> bool {
+    frame.starts_with(b"{\"type\":\"error\"")
+}
+
+/// Reads frames until one contains `want` (any text frame when `want` is empty).
+async fn wait_for(ws: &mut Ws, want: &[u8]) -> anyhow::Result<()> {
+    let finder = memmem::Finder::new(want);
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                let f = t.as_bytes();
+                if finder.find(f).is_some() {
+                    return Ok(());
+                }
+                if is_error(f) {
+                    bail!("server answered {}", t.as_str());
+                }
+            }
+            Some(Ok(Message::Close(c))) => bail!("server closed the connection: {c:?}"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("server closed the connection"),
+        }
+    }
+}
+
+/// A message of ours arrived: record its latency, and release its publisher's window if this
+/// subscriber is the designated one of its room.
+fn on_frame(ctx: &Ctx, frame: &[u8], designated: bool) {
+    if let Some(ts) = payload::decode_ts(frame) {
+        if measuring() {
+            stats::record_delivery(now_us().saturating_sub(ts));
+        }
+        if designated
+            && ctx.release == Release::Delivery
+            && let Some(w) = payload::decode_publisher(frame).and_then(|p| ctx.windows.get(p))
+        {
+            w.release();
+        }
+    } else if is_error(frame) {
+        inc(&ERRORS.server);
+    }
+}
+
+fn note_disconnect() {
+    if phase() != DONE {
+        inc(&ERRORS.disconnect);
+    }
+}
+
+/// Percent-encodes a query parameter value.
+fn query_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subscribers
+
+enum Sub {
+    Ws(Box<Ws>),
+    Sse(Http, Incoming),
+}
+
+/// Opens a subscriber of `room` (ready: subscribed or joined) and spawns its reader.
+pub async fn subscriber(ctx: Arc<Ctx>, room: usize, designated: bool) -> Option<JoinHandle<()>> {
+    let sub = with_retries(|| open_subscriber(&ctx, Some(room), ACTIVE_READ_BUFFER)).await?;
+    Some(tokio::spawn(read_sub(ctx, sub, designated)))
+}
+
+/// Opens an idle connection (subscribed to `room` when given) and spawns its reader.
+pub async fn idle(ctx: Arc<Ctx>, room: Option<usize>) -> Option<JoinHandle<()>> {
+    let sub = with_retries(|| open_subscriber(&ctx, room, IDLE_READ_BUFFER)).await?;
+    Some(tokio::spawn(read_sub(ctx, sub, false)))
+}
+
+async fn open_subscriber(
+    ctx: &Ctx,
+    room: Option<usize>,
+    read_buffer: usize,
+) -> anyhow::Result<Sub> {
+    match (ctx.protocol, ctx.transport) {
+        (Protocol::Herald, Transport::Sse) => open_sse(ctx, room).await,
+        (Protocol::Herald, Transport::Ws) => {
+            let mut ws = ctx.net.ws(&ctx.ws_path, read_buffer).await?;
+            // The first message confirms that the server registered the connection.
+            wait_for(&mut ws, b"").await?;
+            if let Some(room) = room {
+                let subscribe = json!({"type": "subscribe", "data": {
+                    "eventTypes": [ctx.event_type], "filters": {"roomId": ctx.rooms[room]}}});
+                ws.send(Message::text(subscribe.to_string())).await?;
+                wait_for(&mut ws, b"\"type\":\"subscription.created\"").await?;
+            }
+            Ok(Sub::Ws(Box::new(ws)))
+        }
+        (Protocol::Rooms, _) => {
+            let mut ws = ctx.net.ws(&ctx.ws_path, read_buffer).await?;
+            wait_for(&mut ws, b"").await?; // {"type":"connected",…}
+            if let Some(room) = room {
+                // No reply to a join; the pong that follows it says it has been processed.
+                let join = format!("{{\"type\":\"join\",\"room\":{}}}", ctx.rooms_json[room]);
+                ws.feed(Message::text(join)).await?;
+                ws.feed(Message::text("{\"type\":\"ping\"}")).await?;
+                ws.flush().await?;
+                wait_for(&mut ws, b"\"type\":\"pong\"").await?;
+            }
+            Ok(Sub::Ws(Box::new(ws)))
+        }
+    }
+}
+
+async fn open_sse(ctx: &Ctx, room: Option<usize>) -> anyhow::Result<Sub> {
+    let mut http = ctx.net.http().await?;
+    let mut path = "/api/realtime/stream".to_owned();
+    if let Some(room) = room {
+        path += &format!(
+            "?types={}&roomId={}",
+            query_value(&ctx.event_type),
+            query_value(&ctx.rooms[room])
+        );
+    }
+    http.ready().await?;
+    let req = Request::get(path)
+        .header(HOST, &ctx.net.authority)
+        .header("accept", "text/event-stream")
+        .body(Full::new(Bytes::new()))?;
+    let resp = http.send_request(req).await?;
+    if resp.status() != StatusCode::OK {
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        bail!(
+            "SSE stream answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let mut body = resp.into_body();
+    // The `connection` record comes once the stream is registered (and subscribed).
+    loop {
+        match body.frame().await {
+            Some(Ok(f)) if f.data_ref().is_some_and(|d| !d.is_empty()) => break,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("SSE stream ended before its first record"),
+        }
+    }
+    Ok(Sub::Sse(http, body))
+}
+
+async fn read_sub(ctx: Arc<Ctx>, sub: Sub, designated: bool) {
+    match sub {
+        Sub::Ws(mut ws) => {
+            while let Some(m) = ws.next().await {
+                match m {
+                    Ok(Message::Text(t)) => on_frame(&ctx, t.as_bytes(), designated),
+                    Ok(Message::Close(_)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+        Sub::Sse(http, mut body) => {
+            let _keep = http;
+            let separator = memmem::Finder::new(b"\n\n");
+            let mut buf: Vec<u8> = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else { break };
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                buf.extend_from_slice(&data);
+                let mut start = 0;
+                while let Some(i) = separator.find(&buf[start..]) {
+                    on_frame(&ctx, &buf[start..start + i], designated);
+                    start += i + 2;
+                }
+                buf.drain(..start);
+            }
+        }
+    }
+    note_disconnect();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Publishers
+
+/// One HTTP publish waiting for a worker.
+pub struct Job {
+    ts: u64,
+    body: Bytes,
+}
+
+pub enum PubConn {
+    Ws(SplitSink<Ws, Message>),
+    Http(mpsc::Sender<Job>),
+}
+
+/// Opens publisher `id`: a WebSocket (authenticated for Herald) with a reader that counts acks,
+/// or `http_workers` HTTP connections fed from one queue.
+pub async fn publisher(
+    ctx: &Arc<Ctx>,
+    id: usize,
+    via: PublishVia,
+    http_workers: usize,
+) -> anyhow::Result<PubConn> {
+    match (ctx.protocol, via) {
+        (Protocol::Herald, PublishVia::Http) => {
+            let token = ctx
+                .token
+                .as_deref()
+                .context("publishing to Herald needs --token")?;
+            let auth = HeaderValue::from_str(&format!("Bearer {token}"))?;
+            let (tx, rx) = mpsc::channel::<Job>(http_workers.max(1) * 2);
+            let rx = Arc::new(tokio::sync::Mutex::new(rx));
+            for _ in 0..http_workers.max(1) {
+                let http = with_retries(|| ctx.net.http())
+                    .await
+                    .context("cannot open the publishers' HTTP connections")?;
+                tokio::spawn(http_worker(ctx.clone(), id, http, rx.clone(), auth.clone()));
+            }
+            Ok(PubConn::Http(tx))
+        }
+        (Protocol::Herald, PublishVia::Ws) => {
+            let token = ctx
+                .token
+                .as_deref()
+                .context("publishing to Herald needs --token")?;
+            let ws = with_retries(|| async {
+                let mut ws = ctx.net.ws(&ctx.ws_path, ACTIVE_READ_BUFFER).await?;
+                let auth = json!({"type": "authenticate", "data": {"token": token}});
+                ws.send(Message::text(auth.to_string())).await?;
+                wait_for(&mut ws, b"\"type\":\"authenticated\"").await?;
+                Ok(ws)
+            })
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open publisher {id}: {}",
+                    crate::net::last_connect_error().unwrap_or_default()
+                )
+            })?;
+            let (sink, stream) = ws.split();
+            tokio::spawn(herald_ack_reader(ctx.clone(), id, stream));
+            Ok(PubConn::Ws(sink))
+        }
+        (Protocol::Rooms, _) => {
+            let ws = with_retries(|| ctx.net.ws(&ctx.ws_path, ACTIVE_READ_BUFFER))
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot open publisher {id}: {}",
+                        crate::net::last_connect_error().unwrap_or_default()
+                    )
+                })?;
+            let (sink, mut stream) = ws.split();
+            tokio::spawn(async move {
+                while let Some(m) = stream.next().await {
+                    if matches!(m, Ok(Message::Close(_)) | Err(_)) {
+                        break;
+                    }
+                }
+                note_disconnect();
+            });
+            Ok(PubConn::Ws(sink))
+        }
+    }
+}
+
+async fn herald_ack_reader(ctx: Arc<Ctx>, id: usize, mut stream: SplitStream<Ws>) {
+    while let Some(m) = stream.next().await {
+        match m {
+            Ok(Message::Text(t)) => {
+                let f = t.as_bytes();
+                let acked = f.starts_with(b"{\"type\":\"event.published\"");
+                if acked && measuring() {
+                    let now = now_us();
+                    stats::record_ack(payload::decode_reply_id(f).map(|ts| now.saturating_sub(ts)));
+                }
+                if !acked && is_error(f) {
+                    inc(&ERRORS.server);
+                }
+                if (acked || is_error(f))
+                    && ctx.release == Release::Ack
+                    && let Some(w) = ctx.windows.get(id)
+                {
+                    w.release();
+                }
+            }
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    note_disconnect();
+}
+
+async fn http_worker(
+    ctx: Arc<Ctx>,
+    id: usize,
+    mut http: Http,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
+    auth: HeaderValue,
+) {
+    loop {
+        let job = { rx.lock().await.recv().await };
+        let Some(job) = job else { break };
+        match post(&ctx, &mut http, &auth, job.body).await {
+            Ok(true) => {
+                if measuring() {
+                    stats::record_ack(Some(now_us().saturating_sub(job.ts)));
+                }
+            }
+            Ok(false) => inc(&ERRORS.http),
+            Err(_) => {
+                inc(&ERRORS.http);
+                if phase() == DONE {
+                    break;
+                }
+                match with_retries(|| ctx.net.http()).await {
+                    Some(h) => http = h,
+                    None => break,
+                }
+            }
+        }
+        if ctx.release == Release::Ack
+            && let Some(w) = ctx.windows.get(id)
+        {
+            w.release();
+        }
+    }
+}
+
+/// One `POST /api/realtime/publish`; `Ok(true)` for 201.
+async fn post(ctx: &Ctx, http: &mut Http, auth: &HeaderValue, body: Bytes) -> anyhow::Result<bool> {
+    http.ready().await?;
+    let req = Request::post("/api/realtime/publish")
+        .header(HOST, &ctx.net.authority)
+        .header(CONTENT_TYPE, "application/json")
+        .header(AUTHORIZATION, auth.clone())
+        .body(Full::new(body))?;
+    let resp = http.send_request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    if status != StatusCode::CREATED {
+        note_error(format!(
+            "publish answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    Ok(status == StatusCode::CREATED)
+}
+
+static LAST_ERROR: parking_lot::Mutex<Option<String>> = parking_lot::Mutex::new(None);
+
+fn note_error(e: String) {
+    *LAST_ERROR.lock() = Some(e);
+}
+
+/// The last error a publisher saw, for the report.
+pub fn last_publish_error() -> Option<String> {
+    LAST_ERROR.lock().clone()
+}
+
+/// Where a publisher's send times come from.
+pub enum Feed {
+    /// Closed loop: send whenever the window has room; the send time is the actual one.
+    Closed(Arc<Window>),
+    /// Open loop: scheduled send times from the ticker.
+    Open(mpsc::UnboundedReceiver<u64>),
+}
+
+/// Publishes until `stop`, round-robin over `rooms`.
+pub async fn run_publisher(
+    ctx: Arc<Ctx>,
+    id: usize,
+    rooms: Vec<usize>,
+    mut conn: PubConn,
+    mut feed: Feed,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut batch: Vec<u64> = Vec::with_capacity(MAX_BATCH);
+    let mut next = 0usize;
+    let frame_capacity = ctx.payload_bytes + 160;
+    loop {
+        batch.clear();
+        match &mut feed {
+            Feed::Closed(w) => {
+                let got = tokio::select! {
+                    biased;
+                    _ = stop.changed() => break,
+                    r = tokio::time::timeout(WINDOW_STALL, w.sem.acquire()) => r,
+                };
+                match got {
+                    Ok(Ok(p)) => p.forget(),
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        if phase() == DONE {
+                            break;
+                        }
+                        inc(&ERRORS.window_reset);
+                        w.refill();
+                        continue;
+                    }
+                }
+                let now = now_us();
+                batch.push(now);
+                while batch.len() < MAX_BATCH {
+                    match w.sem.try_acquire() {
+                        Ok(p) => {
+                            p.forget();
+                            batch.push(now);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            Feed::Open(rx) => {
+                let first = tokio::select! {
+                    biased;
+                    _ = stop.changed() => break,
+                    t = rx.recv() => t,
+                };
+                let Some(t) = first else { break };
+                batch.push(t);
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(t) => batch.push(t),
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        let counted = measuring();
+        let mut sent = 0u64;
+        match &mut conn {
+            PubConn::Ws(sink) => {
+                let mut failed = false;
+                for &ts in &batch {
+                    let room = rooms[next % rooms.len()];
+                    next += 1;
+                    let mut frame = String::with_capacity(frame_capacity);
+                    encode(&ctx, &mut frame, false, room, ts, id);
+                    if sink.feed(Message::text(frame)).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                    sent += 1;
+                }
+                if failed || sink.flush().await.is_err() {
+                    if phase() != DONE {
+                        inc(&ERRORS.send);
+                    }
+                    break;
+                }
+            }
+            PubConn::Http(tx) => {
+                for &ts in &batch {
+                    let room = rooms[next % rooms.len()];
+                    next += 1;
+                    let mut body = String::with_capacity(frame_capacity);
+                    encode(&ctx, &mut body, true, room, ts, id);
+                    let job = Job {
+                        ts,
+                        body: Bytes::from(body),
+                    };
+                    let sent_ok = tokio::select! {
+                        biased;
+                        _ = stop.changed() => false,
+                        r = tx.send(job) => r.is_ok(),
+                    };
+                    if !sent_ok {
+                        break;
+                    }
+                    sent += 1;
+                }
+            }
+        }
+        if counted {
+            stats::count_published(sent);
+        }
+        if *stop.borrow() {
+            break;
+        }
+    }
+}
+
+fn encode(ctx: &Ctx, out: &mut String, http: bool, room: usize, ts: u64, id: usize) {
+    let room = &ctx.rooms_json[room];
+    match ctx.protocol {
+        Protocol::Herald if http => {
+            payload::herald_http_publish(out, &ctx.event_type_json, room, ts, id, ctx.payload_bytes)
+        }
+        Protocol::Herald => {
+            payload::herald_ws_publish(out, &ctx.event_type_json, room, ts, id, ctx.payload_bytes)
+        }
+        Protocol::Rooms => payload::rooms_message(out, room, ts, id, ctx.payload_bytes),
+    }
+}
+
+/// Open loop: a thread that hands scheduled send times to the publishers, message `k` at
+/// `start + k / rate` to publisher `k mod P`. An OS thread sleeps with microsecond precision
+/// (the async timer's resolution is a millisecond); when it wakes late, it hands out every
+/// message that is due, each stamped with its scheduled time.
+pub fn spawn_ticker(
+    rate: f64,
+    senders: Vec<mpsc::UnboundedSender<u64>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("bench-ticker".into())
+        .spawn(move || {
+            // Sleep to the microsecond: the default 50 µs timer slack would delay every tick.
+            // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
+            unsafe {
+                libc::prctl(libc::PR_SET_TIMERSLACK, 1_000 as libc::c_ulong);
+            }
+            let start = now_us();
+            let interval = 1e6 / rate;
+            let due = |k: u64| start + (k as f64 * interval) as u64;
+            let mut k: u64 = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = now_us();
+                while due(k) <= now {
+                    let _ = senders[(k % senders.len() as u64) as usize].send(due(k));
+                    k += 1;
+                }
+                let wait = due(k).saturating_sub(now_us());
+                std::thread::sleep(Duration::from_micros(wait.min(100_000)));
+            }
+        })
+        .expect("spawn the ticker thread")
+}

@@ -1,0 +1,43 @@
+//! The OpenAPI description of the HTTP API, generated from the handlers' annotations and
+//! served at `/openapi.json`; `docs/openapi.json` is a copy kept in sync by a test.
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{dashboard, realtime, system};
+use crate::transport::sse;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Herald HTTP API", license(name = "MIT"), description = "Publish, history, statistics and streams. WebSocket messages are described in docs/protocol.md."),
+    paths(
+        realtime::publish, realtime::subscribe, realtime::events, realtime::stats, sse::stream,
+        dashboard::live_data, dashboard::activity, dashboard::alerts, dashboard::notify,
+        system::health, system::metrics,
+    ),
+    modifiers(&BearerAuth),
+    tags((name = "realtime"), (name = "dashboard"), (name = "system"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "A JWT (HS256, `sub` = user id) or a server-side API key",
+            ))
+            .build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,63 @@
+//! The OpenAPI description covers every HTTP route, and docs/openapi.json is its current copy.
+
+use herald_server::api::openapi::ApiDoc;
+use utoipa::OpenApi;
+
+const DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
+
+#[test]
+fn every_http_route_is_described() {
+    let doc = ApiDoc::openapi();
+    let mut paths: Vec<&str> = doc.paths.paths.keys().map(String::as_str).collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "/api/dashboard/activity",
+            "/api/dashboard/alerts",
+            "/api/dashboard/live-data",
+            "/api/dashboard/notify",
+            "/api/realtime/events",
+            "/api/realtime/publish",
+            "/api/realtime/stats",
+            "/api/realtime/stream",
+            "/api/realtime/subscribe",
+            "/health",
+            "/metrics",
+        ]
+    );
+    let schemas = doc
+        .components
+        .as_ref()
+        .unwrap()
+        .schemas
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>();
+    for s in [
+        "Event",
+        "PublishArgs",
+        "SubscribeArgs",
+        "Filters",
+        "ErrorBody",
+        "EventsPage",
+    ] {
+        assert!(
+            schemas.iter().any(|k| k == s),
+            "schema {s} missing from {schemas:?}"
+        );
+    }
+}
+
+#[test]
+fn docs_copy_is_current() {
+    let generated = ApiDoc::openapi().to_pretty_json().unwrap() + "\n";
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(DOC, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(DOC).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/openapi.json is out of date: run UPDATE_OPENAPI=1 cargo test -p herald-server --test openapi"
+    );
+}
