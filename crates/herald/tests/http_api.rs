@@ -723,6 +723,12 @@ async fn metrics_are_prometheus_text_consistent_with_traffic() {
         text.contains("# TYPE herald_events_published_total counter"),
         "{text}"
     );
+    // Three publishes committed: the commit-latency summary has counted at least one batch.
+    assert!(
+        metric(&text, "herald_store_commit_seconds_count")
+            .is_some_and(|n| (1.0..=3.0).contains(&n)),
+        "{text}"
+    );
 
     subscriber.stream.close(None).await.unwrap();
     metrics_until(&server, |t| {

@@ -129,7 +129,12 @@ fn write_loop(mut conn: Connection, rx: std_mpsc::Receiver<Write>) {
     while let Ok(cmd) = rx.recv() {
         match cmd {
             Write::Append(batch, done) => {
-                let _ = done.send(append(&mut conn, &batch).map_err(backend));
+                let started = std::time::Instant::now();
+                let result = append(&mut conn, &batch).map_err(backend);
+                metrics::histogram!("herald_store_commit_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!("herald_store_batch_events").record(batch.len() as f64);
+                let _ = done.send(result);
             }
             Write::DeleteBefore(ts, done) => {
                 let r = conn

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::auth::Caller;
 use super::json_body;
-use super::realtime::MAX_HISTORY;
+use super::realtime::limit_param;
 use crate::app::{App, check_id};
 use crate::error::{AppError, ErrorBody};
 
@@ -46,17 +46,6 @@ pub async fn live_data(
         "memoryUsage": {"rss": process.rss_bytes, "virtual": process.virtual_bytes},
         "uptime": app.started.elapsed().as_secs_f64(),
     })))
-}
-
-fn limit_param(params: &HashMap<String, String>, default: usize) -> Result<usize, AppError> {
-    params.get("limit").map_or(Ok(default), |l| {
-        l.parse::<usize>()
-            .ok()
-            .filter(|l| (1..=MAX_HISTORY).contains(l))
-            .ok_or_else(|| {
-                AppError::bad_request(format!("limit must be an integer in 1..={MAX_HISTORY}"))
-            })
-    })
 }
 
 fn activity_message(e: &Event) -> String {

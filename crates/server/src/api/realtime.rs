@@ -104,6 +104,18 @@ pub async fn subscribe(
     Ok(Json(body))
 }
 
+/// The `limit` parameter of history routes: 1..=MAX_HISTORY, `default` when absent.
+pub fn limit_param(params: &HashMap<String, String>, default: usize) -> Result<usize, AppError> {
+    params.get("limit").map_or(Ok(default), |l| {
+        l.parse::<usize>()
+            .ok()
+            .filter(|l| (1..=MAX_HISTORY).contains(l))
+            .ok_or_else(|| {
+                AppError::bad_request(format!("limit must be an integer in 1..={MAX_HISTORY}"))
+            })
+    })
+}
+
 /// Parses the history parameters shared by the history routes.
 pub fn history_query(
     params: &HashMap<String, String>,
@@ -133,15 +145,7 @@ pub fn history_query(
             q.since_time = Some(t.with_timezone(&Utc));
         }
     }
-    if let Some(limit) = params.get("limit") {
-        q.limit = limit
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=MAX_HISTORY).contains(l))
-            .ok_or_else(|| {
-                AppError::bad_request(format!("limit must be an integer in 1..={MAX_HISTORY}"))
-            })?;
-    }
+    q.limit = limit_param(params, default_limit)?;
     Ok(q)
 }
 

@@ -4,16 +4,36 @@ pub mod session;
 pub mod sse;
 pub mod ws;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use herald_core::Hub;
 use herald_core::hub::Connection;
+use herald_core::{Hub, Transport};
+
+use crate::app::App;
+use crate::error::AppError;
 
 /// Unregisters a connection from the hub when its transport task ends, however it ends
 /// (client gone, error, upgrade never completed).
 pub struct Registration {
     pub hub: Arc<Hub>,
     pub conn: Arc<Connection>,
+}
+
+impl Registration {
+    /// Admits a new connection: the per-IP connection rate first (429), then the server's
+    /// connection limit (503).
+    pub fn open(app: &App, peer: IpAddr, transport: Transport) -> Result<Self, AppError> {
+        app.admit_connection(peer)?;
+        let conn = app
+            .hub
+            .connect(transport)
+            .map_err(|e| AppError::unavailable(format!("{e}; try again later")))?;
+        Ok(Self {
+            hub: app.hub.clone(),
+            conn,
+        })
+    }
 }
 
 impl Drop for Registration {

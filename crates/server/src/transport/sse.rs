@@ -40,15 +40,8 @@ pub async fn stream(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, AppError> {
     let identity = optional_identity(&app, &headers, params.get("token").map(String::as_str))?;
-    app.admit_connection(peer.ip())?;
-    let conn = app
-        .hub
-        .connect(Transport::Sse)
-        .map_err(|e| AppError::unavailable(format!("{e}; try again later")))?;
-    let registration = Registration {
-        hub: app.hub.clone(),
-        conn: conn.clone(),
-    };
+    let registration = Registration::open(&app, peer.ip(), Transport::Sse)?;
+    let conn = registration.conn.clone();
     conn.send(Outgoing::Message(ServerMessage::new(
         "connection",
         Some(json!({"connectionId": conn.id})),

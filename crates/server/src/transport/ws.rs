@@ -56,15 +56,7 @@ fn accept(
     upgrade: WebSocketUpgrade,
     mode: Mode,
 ) -> Result<Response, AppError> {
-    app.admit_connection(peer.ip())?;
-    let conn = app
-        .hub
-        .connect(Transport::WebSocket)
-        .map_err(|e| AppError::unavailable(format!("{e}; try again later")))?;
-    let registration = Registration {
-        hub: app.hub.clone(),
-        conn,
-    };
+    let registration = Registration::open(&app, peer.ip(), Transport::WebSocket)?;
     let max = app.config.max_message_bytes;
     Ok(upgrade
         .read_buffer_size(READ_BUFFER)
