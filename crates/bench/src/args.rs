@@ -18,13 +18,14 @@ time, so a stalled server cannot hide its queueing), or closed loop with --in-fl
 publisher keeps K messages outstanding; a message is done when one designated subscriber of
 its room has received it, or, in ingest, when it is acknowledged).
 
-Only the --duration window after --warmup counts. With --server-pid, the server's CPU time
+For latency at a moderate --rate, --threads 1 keeps the load generator off the server's cores
+and its tail steadier. Only the --duration window after --warmup counts. With --server-pid, the server's CPU time
 and RSS are read from /proc at the start and end of that window. For idle, start the server
 afresh: memory freed by earlier runs is reused and would hide the per-connection cost.
 
 Examples:
   herald bench --scenario fanout --subscribers 1000 --in-flight 64 --token $T --server-pid $PID
-  herald bench --scenario rooms --rate 1000 --token $T
+  herald bench --scenario rooms --rate 1000 --threads 1 --token $T --server-pid $PID
   herald bench --scenario ingest --concurrency 64 --token $T --json
   herald bench --scenario idle --connections 10000 --transport sse --server-pid $PID
   herald bench --protocol rooms --target 127.0.0.1:8080 --scenario fanout --server-pid $PID";
@@ -116,6 +117,17 @@ pub struct BenchArgs {
     /// idle: have every connection also subscribe (Herald) or join (rooms) one of --rooms rooms.
     #[arg(long)]
     pub idle_subscribe: bool,
+
+    /// Read buffer of each client WebSocket [default: 16384, or 4096 for idle]. tungstenite
+    /// allocates it per connection and zero-fills its free part before every read.
+    #[arg(long, value_name = "BYTES")]
+    pub ws_read_buffer: Option<usize>,
+
+    /// Worker threads of the load generator [default: 0 = one per core]. 1 runs everything
+    /// on one thread (no work stealing), which leaves the other cores to the server and gives
+    /// steadier latencies at moderate rates; fan-out at saturation needs more.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
 
     /// Connections being opened at once.
     #[arg(long, default_value_t = 200, value_name = "N")]

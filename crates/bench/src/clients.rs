@@ -23,10 +23,6 @@ use crate::net::{Http, Net, Ws, with_retries};
 use crate::payload::{self, now_us};
 use crate::stats::{self, DONE, ERRORS, inc, measuring, phase};
 
-/// Read buffer of a subscriber or publisher WebSocket (tungstenite allocates it up front).
-const ACTIVE_READ_BUFFER: usize = 16 * 1024;
-/// Read buffer of an idle WebSocket.
-const IDLE_READ_BUFFER: usize = 4 * 1024;
 /// Messages a publisher writes before one flush.
 const MAX_BATCH: usize = 256;
 /// A closed-loop window without progress for this long is refilled (messages presumed lost).
@@ -82,6 +78,9 @@ pub struct Ctx {
     pub rooms_json: Vec<String>,
     pub event_type_json: String,
     pub payload_bytes: usize,
+    /// Read buffer of every WebSocket (tungstenite allocates it up front and zero-fills the
+    /// free part before each read, so bigger is not cheaper).
+    pub ws_read_buffer: usize,
     /// One per publisher (closed loop); empty in open loop.
     pub windows: Vec<Arc<Window>>,
     pub release: Release,
@@ -160,13 +159,13 @@ enum Sub {
 
 /// Opens a subscriber of `room` (ready: subscribed or joined) and spawns its reader.
 pub async fn subscriber(ctx: Arc<Ctx>, room: usize, designated: bool) -> Option<JoinHandle<()>> {
-    let sub = with_retries(|| open_subscriber(&ctx, Some(room), ACTIVE_READ_BUFFER)).await?;
+    let sub = with_retries(|| open_subscriber(&ctx, Some(room), ctx.ws_read_buffer)).await?;
     Some(tokio::spawn(read_sub(ctx, sub, designated)))
 }
 
 /// Opens an idle connection (subscribed to `room` when given) and spawns its reader.
 pub async fn idle(ctx: Arc<Ctx>, room: Option<usize>) -> Option<JoinHandle<()>> {
-    let sub = with_retries(|| open_subscriber(&ctx, room, IDLE_READ_BUFFER)).await?;
+    let sub = with_retries(|| open_subscriber(&ctx, room, ctx.ws_read_buffer)).await?;
     Some(tokio::spawn(read_sub(ctx, sub, false)))
 }
 
@@ -325,7 +324,7 @@ pub async fn publisher(
                 .as_deref()
                 .context("publishing to Herald needs --token")?;
             let ws = with_retries(|| async {
-                let mut ws = ctx.net.ws(&ctx.ws_path, ACTIVE_READ_BUFFER).await?;
+                let mut ws = ctx.net.ws(&ctx.ws_path, ctx.ws_read_buffer).await?;
                 let auth = json!({"type": "authenticate", "data": {"token": token}});
                 ws.send(Message::text(auth.to_string())).await?;
                 wait_for(&mut ws, b"\"type\":\"authenticated\"").await?;
@@ -343,7 +342,7 @@ pub async fn publisher(
             Ok(PubConn::Ws(sink))
         }
         (Protocol::Rooms, _) => {
-            let ws = with_retries(|| ctx.net.ws(&ctx.ws_path, ACTIVE_READ_BUFFER))
+            let ws = with_retries(|| ctx.net.ws(&ctx.ws_path, ctx.ws_read_buffer))
                 .await
                 .with_context(|| {
                     format!(

@@ -16,7 +16,33 @@ pub use args::{BenchArgs, Protocol, PublishVia, Scenario, Transport};
 pub use report::Report;
 pub use run::execute;
 
-/// Runs the benchmark the flags describe and prints its report on stdout.
+/// Runs the benchmark the flags describe and prints its report on stdout. The load runs on a
+/// runtime of its own with `--threads` worker threads (the caller's runtime only waits).
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    run::run(args).await
+    let threads = match args.threads {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("bench".into())
+        .spawn(move || {
+            let runtime = if threads == 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(threads)
+                    .thread_name("bench-worker")
+                    .enable_all()
+                    .build()
+            };
+            let result = match runtime {
+                Ok(rt) => rt.block_on(run::run(args)),
+                Err(e) => Err(e.into()),
+            };
+            let _ = tx.send(result);
+        })?;
+    rx.await?
 }

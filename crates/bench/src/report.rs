@@ -243,7 +243,11 @@ impl Report {
                     mb(sv.rss_end_kb),
                     mb(sv.hwm_kb)
                 );
-                if let Some(b) = sv.rss_per_connection_bytes {
+                // Under load the growth is mostly buffers in flight: only idle reads cleanly.
+                if let Some(b) = sv
+                    .rss_per_connection_bytes
+                    .filter(|_| self.scenario == "idle")
+                {
                     let _ = writeln!(
                         s,
                         "  per conn   {:.2} KB of server RSS per connection",

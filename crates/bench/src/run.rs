@@ -66,6 +66,11 @@ fn validate(a: &BenchArgs) -> anyhow::Result<()> {
             bail!("--publish http is Herald's; the room protocol publishes over its WebSocket");
         }
     }
+    if a.protocol == Protocol::Herald && a.scenario != Scenario::Idle && a.token.is_none() {
+        bail!(
+            "publishing to Herald needs --token (or HERALD_TOKEN): herald token --user bench --role admin"
+        );
+    }
     if a.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         bail!("--rate must be a positive number of messages per second");
     }
@@ -176,6 +181,14 @@ fn make_ctx(
         rooms_json: rooms.iter().map(|r| quote(r)).collect(),
         rooms,
         payload_bytes: a.payload_bytes,
+        ws_read_buffer: a
+            .ws_read_buffer
+            .unwrap_or(if a.scenario == Scenario::Idle {
+                4096
+            } else {
+                16384
+            })
+            .max(256),
         windows,
         release,
     }
