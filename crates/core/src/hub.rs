@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use chrono::{DateTime, Utc};
 use parking_lot::{Mutex, RwLock};
@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::event::EncodedEvent;
 use crate::identity::Identity;
-use crate::outbox::{CloseReason, Outbox, OutboxLimits, Outgoing};
+use crate::outbox::{CloseReason, Outbox, OutboxLimits, Outgoing, Pushed};
 use crate::subscription::{Subscription, SubscriptionIndex, SubscriptionSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -33,6 +33,18 @@ pub struct Connection {
     /// The last `seq` queued here, so overlapping subscriptions deliver an event once.
     last_delivered: AtomicU64,
     last_activity_ms: AtomicI64,
+    /// Set (under the hub's write lock) while a resume replays history: live matches are held
+    /// in `held` instead of the outbox until the replay has been queued.
+    replaying: AtomicBool,
+    held: Mutex<Held>,
+}
+
+/// Live events that arrived while the connection was replaying; bounded like the outbox.
+#[derive(Debug, Default)]
+struct Held {
+    events: Vec<Arc<EncodedEvent>>,
+    bytes: usize,
+    overflowed: bool,
 }
 
 impl Connection {
@@ -58,7 +70,12 @@ impl Connection {
         self.subscriptions.lock().len()
     }
 
-    fn may_see(&self, encoded: &EncodedEvent) -> bool {
+    pub fn has_subscription(&self, id: Uuid) -> bool {
+        self.subscriptions.lock().contains(&id)
+    }
+
+    /// Whether this connection may receive the event (`user.*` privacy).
+    pub fn may_see(&self, encoded: &EncodedEvent) -> bool {
         let e = &encoded.event;
         !e.is_private()
             || self
@@ -70,6 +87,28 @@ impl Connection {
 
     pub fn send(&self, item: Outgoing) -> bool {
         self.outbox.push(item)
+    }
+
+    /// Holds a live event aside during a replay. Overflowing the bound closes the connection as
+    /// a slow consumer (it can resume again).
+    fn hold(&self, event: &Arc<EncodedEvent>, limits: OutboxLimits) -> bool {
+        let mut h = self.held.lock();
+        if h.overflowed {
+            return false;
+        }
+        let weight = event.json().len() + 32;
+        if h.events.len() >= limits.max_messages || h.bytes + weight > limits.max_bytes {
+            *h = Held {
+                overflowed: true,
+                ..Held::default()
+            };
+            drop(h);
+            self.outbox.close(CloseReason::SLOW_CONSUMER);
+            return false;
+        }
+        h.bytes += weight;
+        h.events.push(event.clone());
+        true
     }
 }
 
@@ -83,6 +122,8 @@ pub enum HubError {
     TooManySubscriptions(usize),
     #[error("subscription not found")]
     NoSubscription,
+    #[error("a resume is already replaying on this connection")]
+    Replaying,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -116,6 +157,18 @@ pub struct ConnectionInfo {
     pub connected_at: DateTime<Utc>,
 }
 
+/// What `Hub::begin_replay` registered.
+#[derive(Debug)]
+pub struct ReplayStart {
+    /// The new subscriptions, in the order of the specs.
+    pub ids: Vec<Uuid>,
+    /// The fan-out head when they were registered: every event up to it was fanned out before
+    /// they existed (so it is in the store), every later one is held for the connection.
+    pub head: u64,
+    /// The connection's other subscriptions at that moment.
+    pub others: Vec<Arc<Subscription>>,
+}
+
 #[derive(Default)]
 struct State {
     connections: HashMap<Uuid, Arc<Connection>>,
@@ -130,6 +183,8 @@ pub struct Hub {
     max_connections: usize,
     max_subscriptions: usize,
     outbox_limits: OutboxLimits,
+    /// The highest `seq` fanned out; advanced under the read lock by `deliver`.
+    head: AtomicU64,
 }
 
 impl Hub {
@@ -144,7 +199,22 @@ impl Hub {
             max_connections,
             max_subscriptions,
             outbox_limits,
+            head: AtomicU64::new(0),
         }
+    }
+
+    pub fn outbox_limits(&self) -> OutboxLimits {
+        self.outbox_limits
+    }
+
+    /// The highest `seq` fanned out so far (or the store's last `seq` at start-up).
+    pub fn head(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    /// Starts the fan-out head at the store's last `seq` (nothing newer has been fanned out).
+    pub fn advance_head(&self, seq: u64) {
+        self.head.fetch_max(seq, Ordering::AcqRel);
     }
 
     pub fn connection_count(&self) -> usize {
@@ -166,6 +236,8 @@ impl Hub {
             subscriptions: Mutex::new(Vec::new()),
             last_delivered: AtomicU64::new(0),
             last_activity_ms: AtomicI64::new(Utc::now().timestamp_millis()),
+            replaying: AtomicBool::new(false),
+            held: Mutex::new(Held::default()),
         });
         self.state.write().connections.insert(conn.id, conn.clone());
         Ok(conn)
@@ -226,11 +298,81 @@ impl Hub {
             id: Uuid::new_v4(),
             spec,
             connection: conn.clone(),
+            from_seq: AtomicU64::new(self.head()),
         });
         owned.push(sub.id);
         s.index.insert(sub.clone());
         s.subscriptions.insert(sub.id, sub.clone());
         Ok(sub.id)
+    }
+
+    /// Adds subscriptions that resume after `since`: from now until `end_replay`, the
+    /// connection's live matches (of every subscription) are held aside, and the caller replays
+    /// the store's events in `(since, head]`. Registering and reading the head happen under
+    /// the write lock, i.e. between two fan-outs, which is what makes the seam exact.
+    pub fn begin_replay(
+        &self,
+        conn: &Arc<Connection>,
+        specs: Vec<SubscriptionSpec>,
+        since: u64,
+    ) -> Result<ReplayStart, HubError> {
+        let mut s = self.state.write();
+        if !s.connections.contains_key(&conn.id) {
+            return Err(HubError::NoConnection);
+        }
+        if conn.replaying.load(Ordering::Relaxed) {
+            return Err(HubError::Replaying);
+        }
+        let mut owned = conn.subscriptions.lock();
+        if owned.len() + specs.len() > self.max_subscriptions {
+            return Err(HubError::TooManySubscriptions(self.max_subscriptions));
+        }
+        let others = owned
+            .iter()
+            .filter_map(|id| s.subscriptions.get(id).cloned())
+            .collect();
+        let mut ids = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let sub = Arc::new(Subscription {
+                id: Uuid::new_v4(),
+                spec,
+                connection: conn.clone(),
+                from_seq: AtomicU64::new(since),
+            });
+            owned.push(sub.id);
+            ids.push(sub.id);
+            s.index.insert(sub.clone());
+            s.subscriptions.insert(sub.id, sub);
+        }
+        *conn.held.lock() = Held::default();
+        conn.replaying.store(true, Ordering::Relaxed);
+        Ok(ReplayStart {
+            ids,
+            head: self.head(),
+            others,
+        })
+    }
+
+    /// Records where a resumed subscription's delivery really started (a resume that had to
+    /// start earlier than asked), so later replays on its connection do not repeat its events.
+    pub fn set_start(&self, sub_id: Uuid, from_seq: u64) {
+        if let Some(sub) = self.state.read().subscriptions.get(&sub_id) {
+            sub.from_seq.store(from_seq, Ordering::Relaxed);
+        }
+    }
+
+    /// Ends a replay whose events up to `replayed_to` are queued: queues the held live events
+    /// after it and switches the connection back to live delivery, atomically with fan-out.
+    /// `u64::MAX` drops what was held (an abandoned replay; the connection is being closed).
+    pub fn end_replay(&self, conn: &Connection, replayed_to: u64) {
+        let _s = self.state.write();
+        let held = std::mem::take(&mut *conn.held.lock());
+        conn.replaying.store(false, Ordering::Relaxed);
+        for e in held.events {
+            if e.event.seq > replayed_to && !conn.send(Outgoing::Event(e)) {
+                break;
+            }
+        }
     }
 
     /// Removes one of the connection's own subscriptions.
@@ -248,22 +390,45 @@ impl Hub {
         Ok(())
     }
 
-    /// Queues a committed event on every connection with a matching subscription that may see
-    /// it. Returns how many connections it was queued on.
-    pub fn deliver(&self, event: &Arc<EncodedEvent>) -> usize {
-        let seq = event.event.seq;
+    /// Queues a committed batch, in `seq` order, on every connection with a matching
+    /// subscription that may see each event. Writers are woken only after the whole batch is
+    /// queued, so each connection writes what it got with one flush. Returns how many
+    /// (event, connection) deliveries were queued.
+    pub fn deliver(&self, batch: &[Arc<EncodedEvent>]) -> usize {
         let mut delivered = 0;
-        let s = self.state.read();
-        s.index.for_each_match(&event.event, |sub| {
-            let conn = &sub.connection;
-            if conn.last_delivered.load(Ordering::Relaxed) == seq || !conn.may_see(event) {
-                return;
+        let mut to_wake: Vec<Arc<Connection>> = Vec::new();
+        {
+            let s = self.state.read();
+            for event in batch {
+                let seq = event.event.seq;
+                s.index.for_each_match(&event.event, |sub| {
+                    let conn = &sub.connection;
+                    if conn.last_delivered.load(Ordering::Relaxed) == seq || !conn.may_see(event) {
+                        return;
+                    }
+                    conn.last_delivered.store(seq, Ordering::Relaxed);
+                    if conn.replaying.load(Ordering::Relaxed) {
+                        // A resume is replaying history: hold live events until it is queued.
+                        delivered += usize::from(conn.hold(event, self.outbox_limits));
+                    } else if let Pushed::Queued { wake } =
+                        conn.outbox.push_deferred(Outgoing::Event(event.clone()))
+                    {
+                        delivered += 1;
+                        if wake {
+                            to_wake.push(conn.clone());
+                        }
+                    }
+                });
             }
-            conn.last_delivered.store(seq, Ordering::Relaxed);
-            if conn.send(Outgoing::Event(event.clone())) {
-                delivered += 1;
+            // Still under the read lock: a replay registered after this batch sees it as
+            // fanned out (and finds it in the store, which committed it first).
+            if let Some(last) = batch.last() {
+                self.head.fetch_max(last.event.seq, Ordering::AcqRel);
             }
-        });
+        }
+        for conn in to_wake {
+            conn.outbox.wake();
+        }
         delivered
     }
 
@@ -396,6 +561,10 @@ mod tests {
         .unwrap()
     }
 
+    fn deliver_one(hub: &Hub, e: Arc<EncodedEvent>) -> usize {
+        hub.deliver(&[e])
+    }
+
     fn queued(c: &Connection) -> usize {
         c.outbox.queued().0
     }
@@ -437,27 +606,21 @@ mod tests {
         .unwrap();
 
         assert_eq!(
-            hub.deliver(&event(1, "chat.message", None, Some("r1"), json!({}))),
+            deliver_one(&hub, event(1, "chat.message", None, Some("r1"), json!({}))),
             3
         );
         assert_eq!(
-            hub.deliver(&event(
-                2,
-                "chat.message",
-                None,
-                Some("r2"),
-                json!({"level":"high"})
-            )),
+            deliver_one(
+                &hub,
+                event(2, "chat.message", None, Some("r2"), json!({"level":"high"}))
+            ),
             3
         );
         assert_eq!(
-            hub.deliver(&event(
-                3,
-                "order.created",
-                None,
-                None,
-                json!({"level":"low"})
-            )),
+            deliver_one(
+                &hub,
+                event(3, "order.created", None, None, json!({"level":"low"}))
+            ),
             1
         );
         assert_eq!(
@@ -474,7 +637,7 @@ mod tests {
             .unwrap();
         hub.subscribe(&c, spec(&["a.b"], Filters::default()))
             .unwrap();
-        assert_eq!(hub.deliver(&event(1, "a.b", None, None, json!({}))), 1);
+        assert_eq!(deliver_one(&hub, event(1, "a.b", None, None, json!({}))), 1);
         assert_eq!(queued(&c), 1);
     }
 
@@ -498,13 +661,10 @@ mod tests {
             hub.subscribe(c, spec(&["*"], Filters::default())).unwrap();
         }
         assert_eq!(
-            hub.deliver(&event(
-                1,
-                "user.notification",
-                Some("alice"),
-                None,
-                json!({})
-            )),
+            deliver_one(
+                &hub,
+                event(1, "user.notification", Some("alice"), None, json!({}))
+            ),
             2
         );
         assert_eq!(

@@ -10,6 +10,7 @@ pub mod log;
 pub mod outbox;
 pub mod pattern;
 pub mod protocol;
+pub mod resume;
 pub mod store;
 pub mod subscription;
 
@@ -19,5 +20,5 @@ pub use identity::{Identity, Role};
 pub use log::{LocalLog, PublishError};
 pub use outbox::{CloseReason, Outbox, OutboxLimits, Outgoing};
 pub use pattern::TypePattern;
-pub use store::{EventStore, HistoryQuery, StoreError};
+pub use store::{EventStore, HistoryQuery, Order, StoreError};
 pub use subscription::{Filters, SubscriptionSpec};

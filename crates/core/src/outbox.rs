@@ -101,6 +101,15 @@ pub struct Outbox {
     limits: OutboxLimits,
 }
 
+/// The outcome of `push_deferred`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued; `wake` is true for the first frame of a batch (the writer may be asleep).
+    Queued { wake: bool },
+    /// The connection is closed or just overflowed.
+    Refused,
+}
+
 /// What the writer gets from one wake-up.
 #[derive(Debug, PartialEq)]
 pub enum Drained {
@@ -120,12 +129,33 @@ impl Outbox {
         }
     }
 
-    /// Queues a frame. Returns false when the connection is closed or the push overflowed the
-    /// bounds (the queue is then dropped and the connection closed as a slow consumer).
+    /// Queues a frame and wakes the writer. Returns false when the connection is closed or the
+    /// push overflowed the bounds (the queue is then dropped and the connection closed as a
+    /// slow consumer).
     pub fn push(&self, item: Outgoing) -> bool {
+        match self.push_deferred(item) {
+            Pushed::Queued { wake } => {
+                if wake {
+                    self.wake();
+                }
+                true
+            }
+            Pushed::Refused => false,
+        }
+    }
+
+    /// Wakes the writer after `push_deferred` said so.
+    pub fn wake(&self) {
+        self.ready.notify_one();
+    }
+
+    /// Queues a frame without waking the writer, so a producer queuing several frames (a
+    /// committed batch) wakes it once and the writer sends them in one flush. The caller must
+    /// call `wake` when told to.
+    pub fn push_deferred(&self, item: Outgoing) -> Pushed {
         let mut s = self.state.lock();
         if s.closed.is_some() {
-            return false;
+            return Pushed::Refused;
         }
         let w = item.weight();
         if s.items.len() >= self.limits.max_messages || s.bytes + w > self.limits.max_bytes {
@@ -135,16 +165,13 @@ impl Outbox {
             drop(s);
             self.ready.notify_one();
             self.overflow.notify_waiters();
-            return false;
+            return Pushed::Refused;
         }
         s.bytes += w;
         s.items.push_back(item);
-        let first = s.items.len() == 1;
-        drop(s);
-        if first {
-            self.ready.notify_one();
+        Pushed::Queued {
+            wake: s.items.len() == 1,
         }
-        true
     }
 
     /// Asks the writer to close after what is already queued. The first reason wins.

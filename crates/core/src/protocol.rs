@@ -124,6 +124,10 @@ pub struct SubscribeArgs {
     pub event_types: Vec<String>,
     #[serde(default)]
     pub filters: Option<Filters>,
+    /// WebSocket only: resume after this `seq` — the matching events after it are replayed,
+    /// then live delivery follows without gap or duplicate.
+    #[serde(default)]
+    pub since: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

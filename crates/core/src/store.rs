@@ -34,14 +34,28 @@ impl PrivateAccess {
     }
 }
 
-/// A history query. Results are newest first.
+/// The order of a history query's results.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Order {
+    /// Highest `seq` first: the latest `limit` events (history pages).
+    #[default]
+    NewestFirst,
+    /// Lowest `seq` first: the first `limit` events after `after_seq` (resume, long-poll).
+    OldestFirst,
+}
+
+/// A history query. Results are newest first unless `order` says otherwise.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistoryQuery {
     pub types: Vec<String>,
     pub user_id: Option<String>,
     pub room_id: Option<String>,
     pub since_time: Option<DateTime<Utc>>,
+    /// Only events with a greater `seq`.
     pub after_seq: Option<u64>,
+    /// Only events with this `seq` or a smaller one.
+    pub until_seq: Option<u64>,
+    pub order: Order,
     pub limit: usize,
     pub access: PrivateAccess,
 }
@@ -54,6 +68,8 @@ impl Default for HistoryQuery {
             room_id: None,
             since_time: None,
             after_seq: None,
+            until_seq: None,
+            order: Order::NewestFirst,
             limit: 50,
             access: PrivateAccess::All,
         }
@@ -78,6 +94,10 @@ pub trait EventStore: Send + Sync + 'static {
     async fn query(&self, query: HistoryQuery) -> Result<Vec<Event>, StoreError>;
     async fn count_since(&self, since: DateTime<Utc>) -> Result<u64, StoreError>;
     async fn summary(&self) -> Result<StoreSummary, StoreError>;
+    /// The lowest `seq` still stored (None when retention left nothing): where resume can start.
+    async fn oldest_seq(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.summary().await?.oldest_seq)
+    }
     /// Retention: deletes events older than `cutoff`, returns how many.
     async fn delete_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError>;
     /// Finishes pending writes; later appends fail.

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -67,6 +68,11 @@ impl SubscriptionSpec {
         Ok(Self { patterns, filters })
     }
 
+    /// Whether an event matches one of the patterns and every filter.
+    pub fn matches(&self, event: &Event) -> bool {
+        self.patterns.iter().any(|p| p.matches(&event.kind)) && self.filters.matches(event)
+    }
+
     pub fn event_types(&self) -> Vec<String> {
         self.patterns.iter().map(|p| p.to_string()).collect()
     }
@@ -78,6 +84,10 @@ pub struct Subscription {
     pub id: Uuid,
     pub spec: SubscriptionSpec,
     pub connection: Arc<Connection>,
+    /// Every matching event with a greater `seq` has been (or will be) queued on the
+    /// connection for this subscription: the fan-out head when it was made, or where its
+    /// resume started.
+    pub from_seq: AtomicU64,
 }
 
 /// Subscriptions grouped by the room they filter on, so an event in room R visits only the

@@ -13,6 +13,7 @@ use herald_core::protocol::PublishArgs;
 use herald_core::{EventStore, Hub, Identity, LocalLog, NewEvent, OutboxLimits};
 use parking_lot::Mutex;
 use serde_json::Value;
+use tokio::sync::watch;
 
 use crate::auth::Auth;
 use crate::config::Config;
@@ -27,6 +28,10 @@ pub struct App {
     pub started: Instant,
     connect_limiter: DefaultKeyedRateLimiter<IpAddr>,
     pub process: Mutex<ProcessMonitor>,
+    /// The highest committed and fanned-out `seq`: long-polls wait on it.
+    pub head: Arc<watch::Sender<u64>>,
+    /// Set when the server starts shutting down, so held long-polls answer at once.
+    pub stopping: watch::Sender<bool>,
 }
 
 pub const MAX_ID_LEN: usize = 256;
@@ -45,14 +50,18 @@ impl App {
                 max_bytes: config.outbox_max_bytes,
             },
         ));
+        let last_seq = store.last_seq().await?;
+        hub.advance_head(last_seq);
+        let head = Arc::new(watch::Sender::new(last_seq));
+        let committed = head.clone();
         let fanout = hub.clone();
         let sink: CommitSink = Arc::new(move |batch: &[Arc<EncodedEvent>]| {
-            let mut delivered = 0;
-            for e in batch {
-                delivered += fanout.deliver(e);
-            }
+            let delivered = fanout.deliver(batch);
             metrics::counter!("herald_events_published_total").increment(batch.len() as u64);
             metrics::counter!("herald_events_delivered_total").increment(delivered as u64);
+            if let Some(last) = batch.last() {
+                committed.send_replace(last.event.seq);
+            }
         });
         let log = LocalLog::start(store.clone(), sink).await?;
         let rate = nonzero(config.connection_rate_per_ip);
@@ -67,6 +76,8 @@ impl App {
             store,
             started: Instant::now(),
             process: Mutex::new(ProcessMonitor::new()),
+            head,
+            stopping: watch::Sender::new(false),
         }))
     }
 

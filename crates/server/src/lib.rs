@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use chrono::Utc;
 use herald_core::{CloseReason, EventStore};
 use herald_store::SqliteStore;
@@ -58,7 +59,15 @@ pub async fn serve(
     });
 
     let hub = app.hub.clone();
+    let stopping = app.stopping.clone();
     let router = api::router(app.clone());
+    // Small frames must leave at once: without TCP_NODELAY, Nagle's algorithm holds a write
+    // back until the previous one is acknowledged (milliseconds on a delayed-ACK peer).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -66,6 +75,7 @@ pub async fn serve(
     .with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: closing connections");
+        stopping.send_replace(true);
         hub.close_all(CloseReason::SHUTDOWN);
     })
     .await?;

@@ -18,6 +18,7 @@ fn every_http_route_is_described() {
             "/api/dashboard/live-data",
             "/api/dashboard/notify",
             "/api/realtime/events",
+            "/api/realtime/poll",
             "/api/realtime/publish",
             "/api/realtime/stats",
             "/api/realtime/stream",
@@ -41,6 +42,7 @@ fn every_http_route_is_described() {
         "Filters",
         "ErrorBody",
         "EventsPage",
+        "PollBatch",
     ] {
         assert!(
             schemas.iter().any(|k| k == s),

@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::event::{EncodedEvent, Event};
 use herald_core::pattern::TypePattern;
-use herald_core::store::{EventStore, HistoryQuery, PrivateAccess, StoreError, StoreSummary};
+use herald_core::store::{
+    EventStore, HistoryQuery, Order, PrivateAccess, StoreError, StoreSummary,
+};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, params_from_iter, types::Value as SqlValue};
 use tokio::sync::oneshot;
@@ -215,6 +217,10 @@ fn where_clause(q: &HistoryQuery) -> (String, Vec<SqlValue>) {
         sql.push_str(" AND seq > ?");
         args.push(SqlValue::Integer(s.min(i64::MAX as u64) as i64));
     }
+    if let Some(s) = q.until_seq {
+        sql.push_str(" AND seq <= ?");
+        args.push(SqlValue::Integer(s.min(i64::MAX as u64) as i64));
+    }
     if let PrivateAccess::OwnOnly(user) = &q.access {
         sql.push_str(" AND (NOT (type >= 'user.' AND type < 'user/')");
         if let Some(u) = user {
@@ -255,7 +261,11 @@ impl EventStore for SqliteStore {
 
     async fn query(&self, q: HistoryQuery) -> Result<Vec<Event>, StoreError> {
         let (clause, mut args) = where_clause(&q);
-        let sql = format!("SELECT body FROM events{clause} ORDER BY seq DESC LIMIT ?");
+        let order = match q.order {
+            Order::NewestFirst => "DESC",
+            Order::OldestFirst => "ASC",
+        };
+        let sql = format!("SELECT body FROM events{clause} ORDER BY seq {order} LIMIT ?");
         args.push(SqlValue::Integer(q.limit as i64));
         let bodies = self
             .read(move |c| {
@@ -303,6 +313,16 @@ impl EventStore for SqliteStore {
             })
         })
         .await
+    }
+
+    async fn oldest_seq(&self) -> Result<Option<u64>, StoreError> {
+        self.read(|c| {
+            c.query_row("SELECT min(seq) FROM events", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+        })
+        .await
+        .map(|s| s.map(|s| s as u64))
     }
 
     async fn delete_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {

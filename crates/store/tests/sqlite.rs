@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use herald_core::event::{EncodedEvent, NewEvent};
-use herald_core::store::{EventStore, HistoryQuery, PrivateAccess};
+use herald_core::store::{EventStore, HistoryQuery, Order, PrivateAccess};
 use herald_store::SqliteStore;
 use serde_json::json;
 
@@ -211,4 +211,54 @@ async fn a_failed_batch_commits_nothing() {
         seqs(&store.query(HistoryQuery::default()).await.unwrap()),
         vec![1]
     );
+}
+
+#[tokio::test]
+async fn ascending_pages_between_two_seqs_and_the_oldest_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("h.db")).unwrap();
+    assert_eq!(store.oldest_seq().await.unwrap(), None);
+    let old = Duration::hours(2);
+    store
+        .append(
+            (1..=10)
+                .map(|s| {
+                    let age = if s <= 3 { old } else { Duration::zero() };
+                    ev(
+                        s,
+                        if s % 2 == 0 { "a.even" } else { "a.odd" },
+                        None,
+                        None,
+                        age,
+                    )
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let page = |after, until, limit| HistoryQuery {
+        types: vec!["a.*".into()],
+        after_seq: Some(after),
+        until_seq: Some(until),
+        order: Order::OldestFirst,
+        limit,
+        ..Default::default()
+    };
+    assert_eq!(
+        seqs(&store.query(page(2, 8, 4)).await.unwrap()),
+        vec![3, 4, 5, 6]
+    );
+    assert_eq!(seqs(&store.query(page(6, 8, 4)).await.unwrap()), vec![7, 8]);
+    let mut even = page(0, 10, 100);
+    even.types = vec!["a.even".into()];
+    assert_eq!(
+        seqs(&store.query(even).await.unwrap()),
+        vec![2, 4, 6, 8, 10]
+    );
+    assert_eq!(store.oldest_seq().await.unwrap(), Some(1));
+    store
+        .delete_before(Utc::now() - Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(store.oldest_seq().await.unwrap(), Some(4));
 }

@@ -18,7 +18,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::app::App;
 use crate::error::AppError;
-use crate::transport::{sse, ws};
+use crate::transport::{poll, sse, ws};
 use herald_core::protocol::code;
 
 pub fn router(app: Arc<App>) -> Router {
@@ -29,6 +29,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(system::metrics))
         .route("/openapi.json", get(openapi::document))
         .route("/api/realtime/stream", get(sse::stream))
+        .route("/api/realtime/poll", get(poll::poll))
         .route("/api/realtime/subscribe", post(realtime::subscribe))
         .route("/api/realtime/publish", post(realtime::publish))
         .route("/api/realtime/events", get(realtime::events))

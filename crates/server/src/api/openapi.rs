@@ -6,13 +6,14 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{dashboard, realtime, system};
-use crate::transport::sse;
+use crate::transport::{poll, sse};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Herald HTTP API", license(name = "MIT"), description = "Publish, history, statistics and streams. WebSocket messages are described in docs/protocol.md."),
     paths(
         realtime::publish, realtime::subscribe, realtime::events, realtime::stats, sse::stream,
+        poll::poll,
         dashboard::live_data, dashboard::activity, dashboard::alerts, dashboard::notify,
         system::health, system::metrics,
     ),

@@ -75,6 +75,11 @@ pub async fn subscribe(
     body: Result<bytes::Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
     let args: SubscribeArgs = json_body(body)?;
+    if args.since.is_some() {
+        return Err(AppError::bad_request(
+            "since is for WebSocket subscribe; an SSE stream resumes with Last-Event-ID (or lastEventId)",
+        ));
+    }
     let Some(raw_id) = params.get("connectionId") else {
         return Err(AppError::new(
             StatusCode::BAD_REQUEST,

@@ -1,5 +1,7 @@
-//! Transports: WebSocket and Server-Sent Events, and the command session they share.
+//! Transports: WebSocket, Server-Sent Events and long-polling, and the command session the
+//! first two share.
 
+pub mod poll;
 pub mod session;
 pub mod sse;
 pub mod ws;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use herald_core::hub::{Connection, HubError};
 use herald_core::protocol::{Command, Envelope, ServerMessage, SubscribeArgs, code};
+use herald_core::resume::{Recovery, Replay};
 use herald_core::{Outgoing, SubscriptionSpec};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -20,6 +21,8 @@ pub struct Session {
     publish_limit: DefaultDirectRateLimiter,
     /// Publishes refused in a row; a client that keeps flooding is disconnected.
     refused: u32,
+    /// Resumes on one connection replay one at a time.
+    resuming: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Refusals in a row after which a flooding client is disconnected (close 4029).
@@ -43,6 +46,7 @@ impl Session {
             app,
             conn,
             refused: 0,
+            resuming: Arc::default(),
         }
     }
 
@@ -97,13 +101,17 @@ impl Session {
                     id,
                 ),
             },
-            Command::Subscribe(args) => match subscribe(&self.app, &self.conn, args) {
-                Ok(created) => self.reply(ServerMessage::reply(
-                    "subscription.created",
-                    Some(created),
-                    id,
-                )),
-                Err(e) => self.fail(&e, id),
+            Command::Subscribe(args) => match (args.since, parse_spec(&args)) {
+                (_, Err(e)) => self.fail(&e, id),
+                (Some(since), Ok(spec)) => self.resume(spec, since, id),
+                (None, Ok(spec)) => match self.app.hub.subscribe(&self.conn, spec.clone()) {
+                    Ok(sid) => self.reply(ServerMessage::reply(
+                        "subscription.created",
+                        Some(created_body(sid, &spec)),
+                        id,
+                    )),
+                    Err(e) => self.fail(&hub_error(e), id),
+                },
             },
             Command::Unsubscribe { subscription_id } => {
                 let removed = Uuid::parse_str(&subscription_id)
@@ -166,6 +174,56 @@ impl Session {
     }
 }
 
+impl Session {
+    /// `subscribe` with `since`: replays what the client missed, then goes live. Runs beside
+    /// the session (the writer keeps draining the outbox while the replay fills it); the reply
+    /// `subscription.created` (with `recovered`) precedes the replayed events.
+    fn resume(&self, spec: SubscriptionSpec, since: u64, id: Option<Value>) {
+        let (app, conn, resuming) = (self.app.clone(), self.conn.clone(), self.resuming.clone());
+        tokio::spawn(async move {
+            let _one_at_a_time = resuming.lock().await;
+            let replay = match Replay::begin(&app.hub, &conn, vec![spec.clone()], since) {
+                Ok(r) => r,
+                Err(e) => {
+                    conn.send(Outgoing::Message(hub_error(e).to_ws(id)));
+                    return;
+                }
+            };
+            let sid = replay.ids()[0];
+            let replied = replay.run(&*app.store, |started| {
+                let reply = match started {
+                    Ok(r) => {
+                        count_resume("websocket", &r);
+                        let mut body = created_body(sid, &spec);
+                        add_recovery(&mut body, &r);
+                        ServerMessage::reply("subscription.created", Some(body), id)
+                    }
+                    Err(e) => AppError::unavailable(e.to_string()).to_ws(id),
+                };
+                conn.send(Outgoing::Message(reply));
+            });
+            if let Err(e) = replied.await {
+                tracing::warn!(connection = %conn.id, error = %e, "resume failed; connection closed");
+            }
+        });
+    }
+}
+
+/// `recovered` (and `oldestSeq` when history was lost) on a resumed subscription's reply.
+pub fn add_recovery(body: &mut Value, r: &Recovery) {
+    let obj = body.as_object_mut().expect("an object");
+    obj.insert("recovered".into(), r.recovered.into());
+    if let Some(oldest) = r.oldest_seq {
+        obj.insert("oldestSeq".into(), oldest.into());
+    }
+}
+
+pub fn count_resume(transport: &'static str, r: &Recovery) {
+    let recovered = if r.recovered { "true" } else { "false" };
+    metrics::counter!("herald_resumes_total", "transport" => transport, "recovered" => recovered)
+        .increment(1);
+}
+
 /// The acknowledgement shared by WebSocket `event.published` and HTTP 201.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct Published {
@@ -190,22 +248,34 @@ impl Published {
     }
 }
 
-/// Adds a subscription to a connection; the body of `subscription.created`.
+/// Validates a subscription request (patterns, filter lengths).
+pub fn parse_spec(args: &SubscribeArgs) -> Result<SubscriptionSpec, AppError> {
+    let filters = args.filters.clone().unwrap_or_default();
+    crate::app::check_id("filters.userId", filters.user_id.as_deref())?;
+    crate::app::check_id("filters.roomId", filters.room_id.as_deref())?;
+    SubscriptionSpec::parse(&args.event_types, filters).map_err(AppError::bad_request)
+}
+
+/// The body of `subscription.created`.
+pub fn created_body(sid: Uuid, spec: &SubscriptionSpec) -> Value {
+    let filters = serde_json::to_value(&spec.filters).expect("filters serialise");
+    json!({"subscriptionId": sid, "eventTypes": spec.event_types(), "filters": filters})
+}
+
+pub fn hub_error(e: HubError) -> AppError {
+    match e {
+        HubError::TooManySubscriptions(_) => AppError::rate_limited(e.to_string()),
+        other => AppError::not_found(other.to_string()),
+    }
+}
+
+/// Adds a (live) subscription to a connection; the body of `subscription.created`.
 pub fn subscribe(
     app: &App,
     conn: &Arc<Connection>,
     args: SubscribeArgs,
 ) -> Result<Value, AppError> {
-    let filters = args.filters.unwrap_or_default();
-    crate::app::check_id("filters.userId", filters.user_id.as_deref())?;
-    crate::app::check_id("filters.roomId", filters.room_id.as_deref())?;
-    let spec =
-        SubscriptionSpec::parse(&args.event_types, filters).map_err(AppError::bad_request)?;
-    let event_types = spec.event_types();
-    let filters = serde_json::to_value(&spec.filters).expect("filters serialise");
-    let sid = app.hub.subscribe(conn, spec).map_err(|e| match e {
-        HubError::TooManySubscriptions(_) => AppError::rate_limited(e.to_string()),
-        other => AppError::not_found(other.to_string()),
-    })?;
-    Ok(json!({"subscriptionId": sid, "eventTypes": event_types, "filters": filters}))
+    let spec = parse_spec(&args)?;
+    let sid = app.hub.subscribe(conn, spec.clone()).map_err(hub_error)?;
+    Ok(created_body(sid, &spec))
 }

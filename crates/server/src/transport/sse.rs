@@ -13,11 +13,12 @@ use bytes::{Bytes, BytesMut};
 use chrono::{SecondsFormat, Utc};
 use herald_core::outbox::Drained;
 use herald_core::protocol::{ServerMessage, SubscribeArgs};
-use herald_core::{CloseReason, Filters, Outgoing, Transport};
+use herald_core::resume::Replay;
+use herald_core::{CloseReason, Filters, Identity, Outgoing, SubscriptionSpec, Transport};
 use serde_json::json;
 
 use super::Registration;
-use super::session::subscribe;
+use super::session::{count_resume, hub_error, parse_spec};
 use crate::api::auth::optional_identity;
 use crate::app::App;
 use crate::error::AppError;
@@ -25,11 +26,13 @@ use crate::error::AppError;
 /// Events every authenticated stream receives without asking (seed behaviour).
 const PERSONAL_TYPES: [&str; 2] = ["user.notification", "user.message"];
 
-/// The Server-Sent Events stream (events `connection`, `event`, `notification`, `heartbeat`, `close`).
+/// The Server-Sent Events stream (events `connection`, `recovery`, `event`, `notification`, `heartbeat`, `close`).
 #[utoipa::path(get, path = "/api/realtime/stream", tag = "realtime",
     params(("types" = Option<String>, Query, description = "Comma-separated type patterns; subscribes when present"),
         ("roomId" = Option<String>, Query), ("userId" = Option<String>, Query),
-        ("token" = Option<String>, Query, description = "JWT or API key, for clients that cannot set headers")),
+        ("token" = Option<String>, Query, description = "JWT or API key, for clients that cannot set headers"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume: replay the matching events after this seq, then go live"),
+        ("lastEventId" = Option<u64>, Query, description = "Resume position for clients that cannot set headers; the header wins")),
     responses((status = 200, description = "text/event-stream", content_type = "text/event-stream"),
         (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
         (status = 429, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
@@ -40,6 +43,8 @@ pub async fn stream(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, AppError> {
     let identity = optional_identity(&app, &headers, params.get("token").map(String::as_str))?;
+    let specs = stream_specs(identity.as_ref(), &params)?;
+    let since = last_event_id(&headers, &params)?;
     let registration = Registration::open(&app, peer.ip(), Transport::Sse)?;
     let conn = registration.conn.clone();
     conn.send(Outgoing::Message(ServerMessage::new(
@@ -47,35 +52,36 @@ pub async fn stream(
         Some(json!({"connectionId": conn.id})),
     )));
     if let Some(identity) = identity {
-        let user = identity.user_id.clone();
         app.hub.authenticate(&conn, identity);
-        subscribe(
-            &app,
-            &conn,
-            SubscribeArgs {
-                event_types: PERSONAL_TYPES.map(String::from).to_vec(),
-                filters: Some(Filters {
-                    user_id: Some(user),
-                    ..Default::default()
-                }),
-            },
-        )?;
     }
-    if let Some(types) = params.get("types").filter(|t| !t.is_empty()) {
-        let filters = Filters {
-            user_id: params.get("userId").cloned(),
-            room_id: params.get("roomId").cloned(),
-            ..Default::default()
-        };
-        let event_types = types.split(',').map(|t| t.trim().to_owned()).collect();
-        subscribe(
-            &app,
-            &conn,
-            SubscribeArgs {
-                event_types,
-                filters: Some(filters),
-            },
-        )?;
+    match since {
+        // Resume: replay, then live (see herald_core::resume); `recovery` first when events
+        // after the position are gone.
+        Some(since) if !specs.is_empty() => {
+            let replay = Replay::begin(&app.hub, &conn, specs, since).map_err(hub_error)?;
+            let (store, conn) = (app.store.clone(), conn.clone());
+            tokio::spawn(async move {
+                let replayed = replay.run(&*store, |started| {
+                    if let Ok(r) = started {
+                        count_resume("sse", &r);
+                        if !r.recovered {
+                            conn.send(Outgoing::Message(ServerMessage::new(
+                                "recovery",
+                                Some(json!({"recovered": false, "oldestSeq": r.oldest_seq})),
+                            )));
+                        }
+                    }
+                });
+                if let Err(e) = replayed.await {
+                    tracing::warn!(connection = %conn.id, error = %e, "SSE resume failed; stream closed");
+                }
+            });
+        }
+        _ => {
+            for spec in specs {
+                app.hub.subscribe(&conn, spec).map_err(hub_error)?;
+            }
+        }
     }
 
     let period = Duration::from_secs(app.config.ping_interval_secs.max(1));
@@ -96,6 +102,57 @@ pub async fn stream(
     // Tells nginx-style proxies not to buffer the stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
+}
+
+/// The subscriptions a stream or long-poll makes from its request: the authenticated user's
+/// personal events, and `types` (with `userId`, `roomId`) when present.
+pub fn stream_specs(
+    identity: Option<&Identity>,
+    params: &HashMap<String, String>,
+) -> Result<Vec<SubscriptionSpec>, AppError> {
+    let mut specs = Vec::new();
+    if let Some(identity) = identity {
+        specs.push(parse_spec(&SubscribeArgs {
+            event_types: PERSONAL_TYPES.map(String::from).to_vec(),
+            filters: Some(Filters {
+                user_id: Some(identity.user_id.clone()),
+                ..Default::default()
+            }),
+            since: None,
+        })?);
+    }
+    if let Some(types) = params.get("types").filter(|t| !t.is_empty()) {
+        specs.push(parse_spec(&SubscribeArgs {
+            event_types: types.split(',').map(|t| t.trim().to_owned()).collect(),
+            filters: Some(Filters {
+                user_id: params.get("userId").cloned(),
+                room_id: params.get("roomId").cloned(),
+                ..Default::default()
+            }),
+            since: None,
+        })?);
+    }
+    Ok(specs)
+}
+
+/// The resume position: the `Last-Event-ID` header (sent by `EventSource` when it reconnects),
+/// else the `lastEventId` query parameter.
+fn last_event_id(
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+) -> Result<Option<u64>, AppError> {
+    let raw = headers
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap_or("?"))
+        .or(params.get("lastEventId").map(String::as_str))
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
+    raw.map(|v| {
+        v.parse::<u64>().map_err(|_| {
+            AppError::bad_request("Last-Event-ID (or lastEventId) must be an event seq")
+        })
+    })
+    .transpose()
 }
 
 struct StreamState {

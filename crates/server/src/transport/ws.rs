@@ -21,7 +21,7 @@ use crate::error::AppError;
 
 /// Small socket buffers: most messages are a few hundred bytes, and idle connections should
 /// cost little memory. Larger messages still work; the buffers grow as needed.
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 512;
 const WRITE_BUFFER: usize = 0;
 /// A client that does not accept a batch within this time is treated as a slow consumer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);

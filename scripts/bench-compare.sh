@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Measures Herald against the benchmark peers (Node `ws`, Bun) on the same scenarios, in one
+# run, each repeated REPS times with a freshly started server, and prints a Markdown table of
+# medians and ranges (the table in docs/performance.md). Raw JSON goes to target/bench-results.
+#   scripts/bench-compare.sh            # REPS=3 SERVERS="herald node-ws bun" DURATION=10
+# The peers come from ../shared/bench/peers (PEERS_DIR to override) and are installed with npm.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPS=${REPS:-3}
+SERVERS=${SERVERS:-"herald node-ws bun"}
+DURATION=${DURATION:-10}
+PEERS_DIR=${PEERS_DIR:-../shared/bench/peers}
+out=target/bench-results
+mkdir -p "$out" target/bench-peers
+cargo build --release --locked --bin herald >/dev/null
+herald=$PWD/target/release/herald
+export JWT_SECRET=bench-compare
+token=$("$herald" token --user bench --role admin --ttl 86400)
+ulimit -n "$(ulimit -Hn)"
+
+install_peer() {  # copies a peer out of the read-only share and installs its packages once
+  local name=$1 dir=target/bench-peers/$1
+  [ -d "$dir/node_modules" ] && return
+  cp -r "$PEERS_DIR/$name/." "$dir/"
+  chmod -R u+w "$dir"
+  (cd "$dir" && npm ci --no-audit --no-fund >/dev/null)
+}
+
+pid=
+start() {  # start SERVER PORT: a fresh server, its pid in $pid
+  local server=$1 port=$2
+  case $server in
+    herald)
+      rm -f /tmp/bench-compare.db*
+      HERALD_LOG=warn "$herald" serve --host 127.0.0.1 --port "$port" --database /tmp/bench-compare.db \
+        --max-connections 19500 --connection-rate-per-ip 1000000 --publish-rate-per-connection 1000000 \
+        --outbox-max-messages 100000 >/dev/null 2>&1 &
+      ;;
+    node-ws) install_peer node-ws; (cd target/bench-peers/node-ws && PORT=$port exec node server.js >/dev/null 2>&1) & ;;
+    bun) install_peer bun; (cd target/bench-peers/bun && PORT=$port exec node_modules/.bin/bun server.js >/dev/null 2>&1) & ;;
+  esac
+  pid=$!
+  for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return; sleep 0.1; done
+  echo "$server did not start" >&2; exit 1
+}
+stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
+
+bench() {  # bench NAME SERVER ARGS...: one run against a fresh server, JSON saved
+  local name=$1 server=$2; shift 2
+  local port=3300 protocol=herald
+  [ "$server" != herald ] && protocol=rooms
+  start "$server" $port
+  local real=$pid
+  # node/bun run under a subshell: measure the runtime process itself
+  [ "$server" != herald ] && real=$(pgrep -P "$pid" -n || echo "$pid")
+  "$herald" bench --target 127.0.0.1:$port --protocol $protocol --token "$token" --server-pid "$real" \
+    --duration "$DURATION" --json "$@" >"$out/$name.$server.$rep.json" || echo "run $name/$server failed" >&2
+  stop
+}
+
+for rep in $(seq "$REPS"); do
+  for server in $SERVERS; do
+    echo "rep $rep: $server" >&2
+    bench fanout "$server" --scenario fanout --subscribers 1000 --in-flight 64
+    bench rooms-rate "$server" --scenario rooms --rooms 100 --members 10 --rate 1000 --threads 1
+    bench rooms-max "$server" --scenario rooms --rooms 100 --members 10 --in-flight 16
+    bench idle-10k "$server" --scenario idle --connections 10000 --duration 3
+    bench idle-19k "$server" --scenario idle --connections 19000 --duration 3
+    if [ "$server" = herald ]; then
+      bench idle-sse-10k herald --scenario idle --transport sse --connections 10000 --duration 3
+      bench ingest herald --scenario ingest --publish http --concurrency 64
+    fi
+  done
+done
+python3 scripts/bench-table.py "$out" "$REPS"

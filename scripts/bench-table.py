@@ -1,0 +1,58 @@
+"""Summarises target/bench-results/*.json (written by bench-compare.sh) as a Markdown table:
+the median of the repetitions, with the range in brackets."""
+import glob
+import json
+import os
+import statistics
+import sys
+
+out, reps = sys.argv[1], int(sys.argv[2])
+runs = {}
+for path in glob.glob(os.path.join(out, "*.json")):
+    name, server, _rep, _ = os.path.basename(path).split(".")
+    try:
+        runs.setdefault((name, server), []).append(json.load(open(path)))
+    except json.JSONDecodeError:
+        pass
+
+def stat(values, fmt):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    med = statistics.median(values)
+    return f"{fmt(med)} [{fmt(min(values))}–{fmt(max(values))}]" if len(values) > 1 else fmt(med)
+
+k = lambda v: f"{v / 1000:.0f} k" if v < 1e6 else f"{v / 1e6:.2f} M"
+us = lambda v: f"{v:.0f}"
+f2 = lambda v: f"{v:.2f}"
+kb = lambda v: f"{v / 1000:.2f}"
+rows = [
+    ("fan-out 1×1000, 64 in flight: delivered msgs/s", "fanout", lambda r: r["delivered_per_sec"], k),
+    ("fan-out: server CPU %", "fanout", lambda r: r["server"]["cpu_percent"], us),
+    ("fan-out: server µs CPU per delivered msg", "fanout", lambda r: r["server"]["cpu_us_per_delivered"], f2),
+    ("100 rooms × 10, 1 000 msgs/s: p50 latency µs", "rooms-rate", lambda r: r["latency_us"]["p50"], us),
+    ("100 rooms × 10, 1 000 msgs/s: p99 latency µs", "rooms-rate", lambda r: r["latency_us"]["p99"], us),
+    ("100 rooms × 10, 1 000 msgs/s: server µs CPU per delivered msg", "rooms-rate", lambda r: r["server"]["cpu_us_per_delivered"], f2),
+    ("100 rooms × 10, as fast as possible: delivered msgs/s", "rooms-max", lambda r: r["delivered_per_sec"], k),
+    ("100 rooms × 10, as fast as possible: server µs CPU per delivered msg", "rooms-max", lambda r: r["server"]["cpu_us_per_delivered"], f2),
+    ("10 000 idle WebSockets: server KB RSS per connection", "idle-10k", lambda r: r["server"]["rss_per_connection_bytes"], kb),
+    ("19 000 idle WebSockets: server KB RSS per connection", "idle-19k", lambda r: r["server"]["rss_per_connection_bytes"], kb),
+    ("10 000 idle SSE streams: server KB RSS per connection", "idle-sse-10k", lambda r: r["server"]["rss_per_connection_bytes"], kb),
+    ("HTTP publish ingest (durable), 64 in flight: events/s", "ingest", lambda r: r["acked_per_sec"], k),
+    ("HTTP publish ingest: p99 ack latency µs", "ingest", lambda r: r["ack_latency_us"]["p99"], us),
+]
+servers = ["herald", "node-ws", "bun"]
+print(f"| scenario (median of {reps} [min–max]) | " + " | ".join(servers) + " |")
+print("|---|" + "---|" * len(servers))
+for label, name, get, fmt in rows:
+    cells = []
+    for s in servers:
+        rs = runs.get((name, s), [])
+        vals = []
+        for r in rs:
+            try:
+                vals.append(get(r))
+            except (KeyError, TypeError):
+                pass
+        cells.append(stat(vals, fmt))
+    print(f"| {label} | " + " | ".join(cells) + " |")
