@@ -2,13 +2,13 @@
 # Measures Herald against the benchmark peers (Node `ws`, Bun) on the same scenarios, in one
 # run, each repeated REPS times with a freshly started server, and prints a Markdown table of
 # medians and ranges (the table in docs/performance.md). Raw JSON goes to target/bench-results.
-#   scripts/bench-compare.sh            # REPS=3 SERVERS="herald node-ws bun" DURATION=10
+#   scripts/bench-compare.sh            # REPS=3 SERVERS="herald node-ws bun" DURATION=5
 # The peers come from ../shared/bench/peers (PEERS_DIR to override) and are installed with npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${REPS:-3}
 SERVERS=${SERVERS:-"herald node-ws bun"}
-DURATION=${DURATION:-10}
+DURATION=${DURATION:-5}
 PEERS_DIR=${PEERS_DIR:-../shared/bench/peers}
 out=target/bench-results
 mkdir -p "$out" target/bench-peers
@@ -43,10 +43,14 @@ start() {  # start SERVER PORT: a fresh server, its pid in $pid
   for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return; sleep 0.1; done
   echo "$server did not start" >&2; exit 1
 }
-stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
+stop() {  # no graceful shutdown needed between runs: kill the server and any child
+  pkill -9 -P "$pid" 2>/dev/null || true
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
 
-bench() {  # bench NAME SERVER ARGS...: one run against a fresh server, JSON saved
-  local name=$1 server=$2; shift 2
+bench() {  # bench NAME SERVER SECS ARGS...: one run against a fresh server, JSON saved
+  local name=$1 server=$2 secs=$3; shift 3
   local port=3300 protocol=herald
   [ "$server" != herald ] && protocol=rooms
   start "$server" $port
@@ -54,21 +58,21 @@ bench() {  # bench NAME SERVER ARGS...: one run against a fresh server, JSON sav
   # node/bun run under a subshell: measure the runtime process itself
   [ "$server" != herald ] && real=$(pgrep -P "$pid" -n || echo "$pid")
   "$herald" bench --target 127.0.0.1:$port --protocol $protocol --token "$token" --server-pid "$real" \
-    --duration "$DURATION" --json "$@" >"$out/$name.$server.$rep.json" || echo "run $name/$server failed" >&2
+    --duration "$secs" --json "$@" >"$out/$name.$server.$rep.json" || echo "run $name/$server failed" >&2
   stop
 }
 
 for rep in $(seq "$REPS"); do
   for server in $SERVERS; do
     echo "rep $rep: $server" >&2
-    bench fanout "$server" --scenario fanout --subscribers 1000 --in-flight 64
-    bench rooms-rate "$server" --scenario rooms --rooms 100 --members 10 --rate 1000 --threads 1
-    bench rooms-max "$server" --scenario rooms --rooms 100 --members 10 --in-flight 16
-    bench idle-10k "$server" --scenario idle --connections 10000 --duration 3
-    bench idle-19k "$server" --scenario idle --connections 19000 --duration 3
+    bench fanout "$server" "$DURATION" --scenario fanout --subscribers 1000 --in-flight 64
+    bench rooms-rate "$server" "$DURATION" --scenario rooms --rooms 100 --members 10 --rate 1000 --threads 1
+    bench rooms-max "$server" "$DURATION" --scenario rooms --rooms 100 --members 10 --in-flight 16
+    bench idle-10k "$server" 2 --scenario idle --connections 10000
+    bench idle-19k "$server" 2 --scenario idle --connections 19000
     if [ "$server" = herald ]; then
-      bench idle-sse-10k herald --scenario idle --transport sse --connections 10000 --duration 3
-      bench ingest herald --scenario ingest --publish http --concurrency 64
+      bench idle-sse-10k herald 2 --scenario idle --transport sse --connections 10000
+      bench ingest herald "$DURATION" --scenario ingest --publish http --concurrency 64
     fi
   done
 done

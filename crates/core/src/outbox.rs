@@ -294,6 +294,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn deferred_pushes_ask_for_one_wake_per_batch() {
+        let o = Outbox::new(OutboxLimits::default());
+        assert_eq!(o.push_deferred(msg()), Pushed::Queued { wake: true });
+        assert_eq!(o.push_deferred(msg()), Pushed::Queued { wake: false });
+        o.wake();
+        let mut b = Vec::new();
+        assert_eq!(o.drain(&mut b).await, Drained::Batch);
+        assert_eq!(b.len(), 2);
+        assert_eq!(o.push_deferred(msg()), Pushed::Queued { wake: true });
+        o.close(CloseReason::NORMAL);
+        assert_eq!(o.push_deferred(msg()), Pushed::Refused);
+    }
+
+    #[tokio::test]
     async fn byte_bound_applies() {
         let o = Outbox::new(OutboxLimits {
             max_messages: 100,
