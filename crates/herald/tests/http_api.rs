@@ -986,13 +986,9 @@ async fn dashboard_notify_reaches_targets_or_everyone() {
 // ---------------------------------------------------------------------------------------------
 // CORS, unknown routes, the landing page
 
-async fn cors_origin_for(server: &Server, origin: &str) -> (Option<String>, Option<String>) {
-    let header = |res: &reqwest::Response| {
-        res.headers()
-            .get("access-control-allow-origin")
-            .map(|v| v.to_str().unwrap().to_owned())
-    };
-    let preflight = http()
+/// A CORS preflight for a POST to the publish route from `origin`.
+async fn preflight(server: &Server, origin: &str) -> reqwest::Response {
+    http()
         .request(
             reqwest::Method::OPTIONS,
             server.url("/api/realtime/publish"),
@@ -1005,7 +1001,16 @@ async fn cors_origin_for(server: &Server, origin: &str) -> (Option<String>, Opti
         )
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn cors_origin_for(server: &Server, origin: &str) -> (Option<String>, Option<String>) {
+    let header = |res: &reqwest::Response| {
+        res.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let preflight = preflight(server, origin).await;
     assert!(preflight.status().is_success(), "{}", preflight.status());
     let get = http()
         .get(server.url("/health"))
@@ -1024,20 +1029,7 @@ async fn cors_allows_listed_origins_only() {
     let (pre, get) = cors_origin_for(&server, local).await;
     assert_eq!(pre.as_deref(), Some(local));
     assert_eq!(get.as_deref(), Some(local));
-    let res = http()
-        .request(
-            reqwest::Method::OPTIONS,
-            server.url("/api/realtime/publish"),
-        )
-        .header("origin", local)
-        .header("access-control-request-method", "POST")
-        .header(
-            "access-control-request-headers",
-            "authorization, content-type",
-        )
-        .send()
-        .await
-        .unwrap();
+    let res = preflight(&server, local).await;
     let h = res.headers();
     assert_eq!(h["access-control-allow-credentials"], "true");
     let methods = h["access-control-allow-methods"]
