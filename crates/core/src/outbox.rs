@@ -56,6 +56,16 @@ impl CloseReason {
         code: 1009,
         reason: "message too big",
     };
+    /// The store failed during a resume: closed rather than left with a gap.
+    pub const RESUME_STORE_FAILED: Self = Self {
+        code: 1011,
+        reason: "event store unavailable: resume from your last seq",
+    };
+    /// A resume that was dropped before it finished.
+    pub const RESUME_INTERRUPTED: Self = Self {
+        code: 1011,
+        reason: "resume interrupted: resume from your last seq",
+    };
     pub const IDLE: Self = Self {
         code: 4000,
         reason: "idle timeout",

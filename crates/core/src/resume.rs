@@ -27,18 +27,6 @@ use crate::subscription::SubscriptionSpec;
 /// Events read from the store per query.
 pub const PAGE: usize = 500;
 
-/// The store failed during a replay: the connection is closed rather than left with a gap.
-pub const STORE_FAILED: CloseReason = CloseReason {
-    code: 1011,
-    reason: "event store unavailable: resume from your last seq",
-};
-
-/// A replay that was dropped before it finished (its task was cancelled).
-pub const INTERRUPTED: CloseReason = CloseReason {
-    code: 1011,
-    reason: "resume interrupted: resume from your last seq",
-};
-
 /// Whether a resume position could be honoured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recovery {
@@ -167,8 +155,9 @@ impl Replay {
 
     /// Replays, then switches to live delivery. `on_start` runs once, before any replayed
     /// event is queued, with the recovery status (to queue the reply that precedes the events)
-    /// or the store error. A store failure closes the connection (`STORE_FAILED`): it is never
-    /// left with a gap. If the connection closes meanwhile, the replay just stops.
+    /// or the store error. A store failure closes the connection
+    /// (`CloseReason::RESUME_STORE_FAILED`): it is never left with a gap. If the connection
+    /// closes meanwhile, the replay just stops.
     pub async fn run(
         mut self,
         store: &dyn EventStore,
@@ -181,7 +170,7 @@ impl Replay {
             Ok(opened) => opened,
             Err(e) => {
                 on_start(Err(&e));
-                self.abandon(STORE_FAILED);
+                self.abandon(CloseReason::RESUME_STORE_FAILED);
                 return Err(e);
             }
         };
@@ -216,7 +205,7 @@ impl Replay {
             events = match page(store, &query, cursor, head).await {
                 Ok(p) => p,
                 Err(e) => {
-                    self.abandon(STORE_FAILED);
+                    self.abandon(CloseReason::RESUME_STORE_FAILED);
                     return Err(e);
                 }
             };
@@ -277,7 +266,7 @@ impl Replay {
 impl Drop for Replay {
     fn drop(&mut self) {
         if !self.done {
-            self.abandon(INTERRUPTED);
+            self.abandon(CloseReason::RESUME_INTERRUPTED);
         }
     }
 }
@@ -453,7 +442,7 @@ mod tests {
         let mut batch = Vec::new();
         assert_eq!(
             conn.outbox.drain(&mut batch).await,
-            Drained::Close(INTERRUPTED)
+            Drained::Close(CloseReason::RESUME_INTERRUPTED)
         );
     }
 
