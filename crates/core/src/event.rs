@@ -73,6 +73,7 @@ pub struct EncodedEvent {
     json: Bytes,
     ws_frame: OnceLock<Bytes>,
     sse_frame: OnceLock<Bytes>,
+    sse_plain_frame: OnceLock<Bytes>,
 }
 
 impl EncodedEvent {
@@ -83,6 +84,7 @@ impl EncodedEvent {
             json,
             ws_frame: OnceLock::new(),
             sse_frame: OnceLock::new(),
+            sse_plain_frame: OnceLock::new(),
         })
     }
 
@@ -113,6 +115,24 @@ impl EncodedEvent {
             out.extend_from_slice(&self.json);
             out.extend_from_slice(b"\n\n");
             Bytes::from(out)
+        })
+    }
+
+    /// The seeds' plain SSE record, for `EventSource` pages that listen by name: the event's
+    /// type as the SSE event name (without the private `user.` prefix, so `user.message`
+    /// reaches `onmessage`) and only its `data` as the payload; `id:` still carries `seq`.
+    pub fn sse_plain_frame(&self) -> &Bytes {
+        self.sse_plain_frame.get_or_init(|| {
+            let name = self
+                .event
+                .kind
+                .strip_prefix("user.")
+                .unwrap_or(&self.event.kind);
+            let data = serde_json::to_string(&self.event.data).expect("json values serialise");
+            Bytes::from(format!(
+                "id: {}\nevent: {name}\ndata: {data}\n\n",
+                self.event.seq
+            ))
         })
     }
 }
@@ -155,5 +175,10 @@ mod tests {
         let sse = std::str::from_utf8(e.sse_frame()).unwrap();
         assert!(sse.starts_with("id: 7\nevent: event\ndata: {"));
         assert!(sse.ends_with("}\n\n"));
+        let plain = std::str::from_utf8(e.sse_plain_frame()).unwrap();
+        assert_eq!(
+            plain,
+            "id: 7\nevent: chat.message\ndata: {\"text\":\"hi\"}\n\n"
+        );
     }
 }

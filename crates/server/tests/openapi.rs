@@ -23,8 +23,12 @@ fn every_http_route_is_described() {
             "/api/realtime/stats",
             "/api/realtime/stream",
             "/api/realtime/subscribe",
+            "/events",
+            "/events/user/{userId}",
             "/health",
             "/metrics",
+            "/notifications",
+            "/updates",
         ]
     );
     let schemas = doc

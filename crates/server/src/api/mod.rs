@@ -2,6 +2,7 @@
 //! `/metrics`, and the WebSocket endpoints.
 
 pub mod auth;
+pub mod compat;
 pub mod dashboard;
 pub mod openapi;
 pub mod realtime;
@@ -29,6 +30,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(system::metrics))
         .route("/openapi.json", get(openapi::document))
         .route("/api/realtime/stream", get(sse::stream))
+        .route("/events", get(compat::events))
+        .route("/events/user/{user_id}", get(compat::user_events))
+        .route("/notifications", post(compat::notifications))
+        .route("/updates", post(compat::updates))
         .route("/api/realtime/poll", get(poll::poll))
         .route("/api/realtime/subscribe", post(realtime::subscribe))
         .route("/api/realtime/publish", post(realtime::publish))

@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{dashboard, realtime, system};
+use super::{compat, dashboard, realtime, system};
 use crate::transport::{poll, sse};
 
 #[derive(OpenApi)]
@@ -16,9 +16,10 @@ use crate::transport::{poll, sse};
         poll::poll,
         dashboard::live_data, dashboard::activity, dashboard::alerts, dashboard::notify,
         system::health, system::metrics,
+        compat::events, compat::user_events, compat::notifications, compat::updates,
     ),
     modifiers(&BearerAuth),
-    tags((name = "realtime"), (name = "dashboard"), (name = "system"))
+    tags((name = "realtime"), (name = "dashboard"), (name = "system"), (name = "seed-compatible"))
 )]
 pub struct ApiDoc;
 

@@ -44,13 +44,77 @@ pub async fn stream(
 ) -> Result<Response, AppError> {
     let identity = optional_identity(&app, &headers, params.get("token").map(String::as_str))?;
     let specs = stream_specs(identity.as_ref(), &params)?;
-    let since = last_event_id(&headers, &params)?;
+    open(
+        app,
+        peer,
+        &headers,
+        &params,
+        identity,
+        specs,
+        Flavor::HERALD,
+    )
+}
+
+/// How a stream looks on the wire. Herald's own stream wraps events (`event: event`, the whole
+/// event as data); the seeds' pages listen for events by name with only their data.
+#[derive(Clone, Copy)]
+pub struct Flavor {
+    /// The record that opens the stream.
+    pub hello: Hello,
+    pub keep_alive: KeepAlive,
+    /// Events as `EncodedEvent::sse_plain_frame` rather than `sse_frame`.
+    pub plain: bool,
+}
+
+#[derive(Clone, Copy)]
+pub enum Hello {
+    /// `event: connection` with `{connectionId}`.
+    ConnectionId,
+    /// `event: connect` with `{type: "connected", timestamp}` (seed 001).
+    Connected,
+    Nothing,
+}
+
+#[derive(Clone, Copy)]
+pub enum KeepAlive {
+    /// A named event with `{timestamp}`.
+    Event(&'static str),
+    /// A `: keep-alive` comment, invisible to `EventSource` handlers (seed 004).
+    Comment,
+}
+
+impl Flavor {
+    pub const HERALD: Self = Self {
+        hello: Hello::ConnectionId,
+        keep_alive: KeepAlive::Event("heartbeat"),
+        plain: false,
+    };
+}
+
+/// Opens an SSE stream with these subscriptions (resuming after `Last-Event-ID` when given).
+pub fn open(
+    app: Arc<App>,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+    identity: Option<Identity>,
+    specs: Vec<SubscriptionSpec>,
+    flavor: Flavor,
+) -> Result<Response, AppError> {
+    let since = last_event_id(headers, params)?;
     let registration = Registration::open(&app, peer.ip(), Transport::Sse)?;
     let conn = registration.conn.clone();
-    conn.send(Outgoing::Message(ServerMessage::new(
-        "connection",
-        Some(json!({"connectionId": conn.id})),
-    )));
+    match flavor.hello {
+        Hello::ConnectionId => conn.send(Outgoing::Message(ServerMessage::new(
+            "connection",
+            Some(json!({"connectionId": conn.id})),
+        ))),
+        Hello::Connected => conn.send(Outgoing::Message(ServerMessage::new(
+            "connect",
+            Some(json!({"type": "connected", "connectionId": conn.id, "timestamp": now()})),
+        ))),
+        Hello::Nothing => true,
+    };
     if let Some(identity) = identity {
         app.hub.authenticate(&conn, identity);
     }
@@ -86,6 +150,7 @@ pub async fn stream(
 
     let period = Duration::from_secs(app.config.ping_interval_secs.max(1));
     let state = StreamState {
+        flavor,
         registration,
         heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + period, period),
         batch: Vec::new(),
@@ -155,7 +220,12 @@ fn last_event_id(
     .transpose()
 }
 
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
 struct StreamState {
+    flavor: Flavor,
     registration: Registration,
     heartbeat: tokio::time::Interval,
     batch: Vec<Outgoing>,
@@ -173,6 +243,7 @@ async fn next_chunk(mut s: StreamState) -> Option<(Result<Bytes, std::io::Error>
             let mut out = BytesMut::new();
             for item in s.batch.drain(..) {
                 match item {
+                    Outgoing::Event(e) if s.flavor.plain => out.extend_from_slice(e.sse_plain_frame()),
                     Outgoing::Event(e) => out.extend_from_slice(e.sse_frame()),
                     Outgoing::Message(m) => out.extend_from_slice(m.sse_frame()),
                     Outgoing::Raw { payload, .. } => out.extend_from_slice(&payload),
@@ -191,9 +262,11 @@ async fn next_chunk(mut s: StreamState) -> Option<(Result<Bytes, std::io::Error>
         }
         _ = s.heartbeat.tick() => {
             conn.touch();
-            let ts = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
-            let beat = ServerMessage::new("heartbeat", Some(json!({"timestamp": ts})));
-            Some((Ok(beat.sse_frame().clone()), s))
+            let beat = match s.flavor.keep_alive {
+                KeepAlive::Event(name) => ServerMessage::new(name, Some(json!({"timestamp": now()}))).sse_frame().clone(),
+                KeepAlive::Comment => Bytes::from_static(b": keep-alive\n\n"),
+            };
+            Some((Ok(beat), s))
         }
     }
 }
