@@ -1117,3 +1117,51 @@ async fn root_without_upgrade_serves_the_landing_page() {
     assert!(body.contains("<h1>Herald is running</h1>"), "{body}");
     assert!(body.contains("/api/realtime/stream"));
 }
+
+#[tokio::test]
+async fn history_honours_if_modified_since_like_the_seed_activity_feed() {
+    let server = Server::start();
+    let admin = admin_token();
+    let before = chrono::Utc::now().to_rfc3339();
+    let first = publish(
+        &server,
+        &admin,
+        json!({"type": "user.action", "data": {"action": "a"}}),
+    )
+    .await;
+    let get_since = |since: String| {
+        http()
+            .get(server.url("/api/realtime/events"))
+            .bearer_auth(&admin)
+            .header("if-modified-since", since)
+            .send()
+    };
+    let res = get_since(before).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["events"][0]["id"], first["id"]);
+
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let res = get_since("Thu, 01 Jan 1970 00:00:00 GMT".into())
+        .await
+        .unwrap();
+    let last_modified = res.headers()["last-modified"].to_str().unwrap().to_owned();
+    assert!(last_modified.ends_with(" GMT"), "{last_modified}");
+    let second = publish(
+        &server,
+        &admin,
+        json!({"type": "user.action", "data": {"action": "b"}}),
+    )
+    .await;
+    let body: Value = get_since(last_modified)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["count"], 1, "{body}");
+    assert_eq!(body["events"][0]["id"], second["id"]);
+
+    let res = get_since("yesterday".into()).await.unwrap();
+    assert_eq!(res.status(), 400);
+}

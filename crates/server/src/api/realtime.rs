@@ -6,7 +6,8 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::header::{self, HeaderName};
+use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use herald_core::protocol::{PublishArgs, ServerMessage, SubscribeArgs};
 use herald_core::store::{HistoryQuery, PrivateAccess};
@@ -167,20 +168,45 @@ pub struct EventsPage {
         ("types" = Option<String>, Query, description = "Comma-separated type patterns (`a.b`, `a.*`, `*`)"),
         ("userId" = Option<String>, Query), ("roomId" = Option<String>, Query),
         ("since" = Option<String>, Query, description = "A seq (integer: events after it) or an RFC 3339 time"),
-        ("limit" = Option<usize>, Query, description = "1..=1000, default 50")),
+        ("limit" = Option<usize>, Query, description = "1..=1000, default 50"),
+        ("If-Modified-Since" = Option<String>, Header, description = "Only events after this time (HTTP date or RFC 3339), when `since` is absent; the response's `Last-Modified` is the time to send next")),
     responses((status = 200, body = EventsPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 pub async fn events(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,
+    headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<EventsPage>, AppError> {
-    let q = history_query(&params, &caller, 50)?;
+) -> Result<([(HeaderName, String); 1], Json<EventsPage>), AppError> {
+    let mut q = history_query(&params, &caller, 50)?;
+    // Seed 003's activity feed polls with If-Modified-Since and keeps the Last-Modified it
+    // gets back; `since` wins when both are given.
+    if q.since_time.is_none() && q.after_seq.is_none() {
+        q.since_time = if_modified_since(&headers)?;
+    }
+    let served_at = Utc::now();
     let events = app.store.query(q).await?;
-    Ok(Json(EventsPage {
+    let last_modified = served_at.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    let page = EventsPage {
         count: events.len(),
         events,
-    }))
+    };
+    Ok(([(header::LAST_MODIFIED, last_modified)], Json(page)))
+}
+
+/// `If-Modified-Since` as an HTTP date (what browsers send back from `Last-Modified`) or an
+/// RFC 3339 time (what seed 003's page sends on its first poll).
+fn if_modified_since(headers: &HeaderMap) -> Result<Option<DateTime<Utc>>, AppError> {
+    let Some(raw) = headers.get(header::IF_MODIFIED_SINCE) else {
+        return Ok(None);
+    };
+    let raw = raw.to_str().unwrap_or_default().trim();
+    DateTime::parse_from_rfc2822(raw)
+        .or_else(|_| DateTime::parse_from_rfc3339(raw))
+        .map(|t| Some(t.with_timezone(&Utc)))
+        .map_err(|_| {
+            AppError::bad_request("If-Modified-Since must be an HTTP date or an RFC 3339 time")
+        })
 }
 
 /// Connection and event statistics.
