@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::error::AppError;
+use crate::transport::mailbox::Mailboxes;
 
 pub struct App {
     pub config: Config,
@@ -32,6 +33,8 @@ pub struct App {
     pub head: Arc<watch::Sender<u64>>,
     /// Set when the server starts shutting down, so held long-polls answer at once.
     pub stopping: watch::Sender<bool>,
+    /// Seed 003's polling mailboxes (cursors into the log).
+    pub mailboxes: Mailboxes,
 }
 
 pub const MAX_ID_LEN: usize = 256;
@@ -78,6 +81,7 @@ impl App {
             process: Mutex::new(ProcessMonitor::new()),
             head,
             stopping: watch::Sender::new(false),
+            mailboxes: Mailboxes::default(),
         }))
     }
 

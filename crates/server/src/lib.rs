@@ -124,6 +124,10 @@ fn spawn_background_jobs(app: Arc<App>) -> tokio::task::JoinHandle<()> {
                         tracing::info!(closed, "closed idle connections");
                     }
                     app.forget_idle_limits();
+                    let forgotten = app.mailboxes.forget_idle(Duration::from_secs(app.config.idle_timeout_secs));
+                    if forgotten > 0 {
+                        tracing::debug!(forgotten, "forgot idle polling mailboxes");
+                    }
                 }
             }
         }

@@ -17,6 +17,7 @@ fn every_http_route_is_described() {
             "/api/dashboard/alerts",
             "/api/dashboard/live-data",
             "/api/dashboard/notify",
+            "/api/messages",
             "/api/realtime/events",
             "/api/realtime/poll",
             "/api/realtime/publish",

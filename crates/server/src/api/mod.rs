@@ -19,7 +19,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::app::App;
 use crate::error::AppError;
-use crate::transport::{poll, sse, ws};
+use crate::transport::{mailbox, poll, sse, ws};
 use herald_core::protocol::code;
 
 pub fn router(app: Arc<App>) -> Router {
@@ -34,6 +34,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/events/user/{user_id}", get(compat::user_events))
         .route("/notifications", post(compat::notifications))
         .route("/updates", post(compat::updates))
+        .route("/api/messages", get(mailbox::poll).post(mailbox::send))
         .route("/api/realtime/poll", get(poll::poll))
         .route("/api/realtime/subscribe", post(realtime::subscribe))
         .route("/api/realtime/publish", post(realtime::publish))

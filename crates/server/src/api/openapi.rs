@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{compat, dashboard, realtime, system};
-use crate::transport::{poll, sse};
+use crate::transport::{mailbox, poll, sse};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +17,7 @@ use crate::transport::{poll, sse};
         dashboard::live_data, dashboard::activity, dashboard::alerts, dashboard::notify,
         system::health, system::metrics,
         compat::events, compat::user_events, compat::notifications, compat::updates,
+        mailbox::poll, mailbox::send,
     ),
     modifiers(&BearerAuth),
     tags((name = "realtime"), (name = "dashboard"), (name = "system"), (name = "seed-compatible"))

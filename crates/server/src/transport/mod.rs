@@ -1,6 +1,7 @@
 //! Transports: WebSocket, Server-Sent Events and long-polling, and the command session the
 //! first two share.
 
+pub mod mailbox;
 pub mod poll;
 pub mod session;
 pub mod sse;
