@@ -639,3 +639,49 @@ async fn bad_resume_positions_are_rejected() {
     .await;
     assert_eq!(status, 400, "{body}");
 }
+
+#[tokio::test]
+async fn a_client_resumes_across_a_kill_9_and_restart_with_nothing_lost() {
+    let mut server = Server::start();
+    let alice = token("alice");
+    let (mut ws, _) = ws_resume(&server, last_seq(&server).await).await;
+    let mut acked = Vec::new();
+    for i in 0..40 {
+        let e = publish(
+            &server,
+            &alice,
+            json!({"type": "chat.message", "roomId": ROOM, "data": {"i": i}}),
+        )
+        .await;
+        acked.push(seq_of(&e));
+    }
+    // The client reads part of the stream, then the server dies without warning.
+    let mut got = Vec::new();
+    while got.len() < 15 {
+        let v = ws.recv_type("event").await;
+        got.push(seq_of(&v["data"]));
+    }
+    server.kill9();
+    drop(ws);
+
+    let restarted = server.restart();
+    let (mut ws, created) = ws_resume(&restarted, *got.last().unwrap()).await;
+    assert_eq!(created["data"]["recovered"], true, "{created}");
+    let live = publish(
+        &restarted,
+        &alice,
+        json!({"type": "chat.message", "roomId": ROOM, "data": {"i": "live"}}),
+    )
+    .await;
+    assert!(
+        seq_of(&live) > *acked.last().unwrap(),
+        "seq reused after kill -9"
+    );
+    acked.push(seq_of(&live));
+    let deadline = Instant::now() + WAIT;
+    got.extend(ws_read(&mut ws, deadline, Some(seq_of(&live))).await);
+    assert_eq!(
+        got, acked,
+        "every acknowledged event exactly once, in order, across the crash"
+    );
+}
