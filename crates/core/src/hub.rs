@@ -26,7 +26,6 @@ pub enum Transport {
 pub struct Connection {
     pub id: Uuid,
     pub transport: Transport,
-    pub connected_at: DateTime<Utc>,
     pub outbox: Outbox,
     identity: RwLock<Option<Identity>>,
     subscriptions: Mutex<Vec<Uuid>>,
@@ -144,19 +143,6 @@ pub struct HubStats {
     pub average_subscriptions: f64,
 }
 
-/// A connection as the operator sees it.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ConnectionInfo {
-    pub id: Uuid,
-    #[serde(rename = "type")]
-    pub transport: Transport,
-    pub user_id: Option<String>,
-    pub subscriptions: usize,
-    #[serde(serialize_with = "crate::event::iso_millis")]
-    pub connected_at: DateTime<Utc>,
-}
-
 /// What `Hub::begin_replay` registered.
 #[derive(Debug)]
 pub struct ReplayStart {
@@ -230,7 +216,6 @@ impl Hub {
         let conn = Arc::new(Connection {
             id: Uuid::new_v4(),
             transport,
-            connected_at: Utc::now(),
             outbox: Outbox::new(self.outbox_limits),
             identity: RwLock::new(None),
             subscriptions: Mutex::new(Vec::new()),
@@ -492,29 +477,6 @@ impl Hub {
                 subs as f64 / total as f64
             },
         }
-    }
-
-    /// Connections per user, most connected first.
-    pub fn users(&self) -> Vec<(String, usize)> {
-        let s = self.state.read();
-        let mut v: Vec<_> = s.users.iter().map(|(u, c)| (u.clone(), c.len())).collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        v
-    }
-
-    pub fn connections(&self) -> Vec<ConnectionInfo> {
-        self.state
-            .read()
-            .connections
-            .values()
-            .map(|c| ConnectionInfo {
-                id: c.id,
-                transport: c.transport,
-                user_id: c.user_id(),
-                subscriptions: c.subscription_count(),
-                connected_at: c.connected_at,
-            })
-            .collect()
     }
 }
 

@@ -15,7 +15,7 @@ pub mod store;
 pub mod subscription;
 
 pub use event::{EncodedEvent, Event, NewEvent};
-pub use hub::{ConnectionInfo, Hub, HubStats, Transport};
+pub use hub::{Hub, HubStats, Transport};
 pub use identity::{Identity, Role};
 pub use log::{LocalLog, PublishError};
 pub use outbox::{CloseReason, Outbox, OutboxLimits, Outgoing};
