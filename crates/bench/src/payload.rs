@@ -49,12 +49,9 @@ pub fn herald_ws_publish(
     publisher: usize,
     size: usize,
 ) {
-    let _ = write!(
-        out,
-        "{{\"type\":\"publish\",\"data\":{{\"type\":{event_type},\"roomId\":{room},\"data\":"
-    );
-    write_payload(out, ts, publisher, size, false);
-    let _ = write!(out, "}},\"id\":{ts}}}");
+    out.push_str("{\"type\":\"publish\",\"data\":");
+    herald_http_publish(out, event_type, room, ts, publisher, size);
+    let _ = write!(out, ",\"id\":{ts}}}");
 }
 
 /// `{"type":T,"roomId":R,"data":{…}}` — the body of `POST /api/realtime/publish`.

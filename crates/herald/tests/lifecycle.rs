@@ -38,6 +38,22 @@ fn seq_of(event: &Value) -> u64 {
         .unwrap_or_else(|| panic!("no seq in {event}"))
 }
 
+/// Publishes one more event and asserts its seq is above every earlier one (never reused).
+async fn publish_above(server: &Server, token: &str, max_seq: u64) -> Value {
+    let next = publish(
+        server,
+        token,
+        json!({"type": "chat.message", "data": {"n": "after"}}),
+    )
+    .await;
+    assert!(
+        seq_of(&next) > max_seq,
+        "seq reused: {} <= {max_seq}",
+        seq_of(&next)
+    );
+    next
+}
+
 fn id_of(event: &Value) -> String {
     event["id"]
         .as_str()
@@ -160,17 +176,7 @@ async fn history_and_seq_survive_a_graceful_restart() {
         assert_eq!(stored["roomId"], "lobby");
     }
 
-    let next = publish(
-        &restarted,
-        &alice,
-        json!({"type": "chat.message", "data": {"n": "after"}}),
-    )
-    .await;
-    assert!(
-        seq_of(&next) > max_seq,
-        "seq reused after restart: {} <= {max_seq}",
-        seq_of(&next)
-    );
+    let next = publish_above(&restarted, &alice, max_seq).await;
     let ids: HashSet<String> = acked.iter().map(id_of).collect();
     assert!(!ids.contains(&id_of(&next)), "event id reused");
 }
@@ -427,17 +433,7 @@ async fn retention_deletes_old_events_but_never_reuses_their_seq() {
 
     server.kill9();
     let restarted = server.restart();
-    let next = publish(
-        &restarted,
-        &alice,
-        json!({"type": "chat.message", "data": {"n": "after"}}),
-    )
-    .await;
-    assert!(
-        seq_of(&next) > max_seq,
-        "seq of a deleted event reused: {} <= {max_seq}",
-        seq_of(&next)
-    );
+    publish_above(&restarted, &alice, max_seq).await;
 }
 
 // ---------------------------------------------------------------------------------------------
