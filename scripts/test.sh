@@ -13,6 +13,14 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
   rustup component add rustfmt clippy
 fi
 
+step "Node packages for the seed-client tests"
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "installing Node.js (the seeds' clients run under Node in the tests)"
+  sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  sudo_if_needed apt-get update -qq && sudo_if_needed apt-get install -y -qq nodejs npm
+fi
+[ -d tests/seed-clients/node_modules/ws ] || npm ci --prefix tests/seed-clients --no-audit --no-fund
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

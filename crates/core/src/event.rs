@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::protocol::Dialect;
+
 /// A committed event. `seq` is its position in the log: strictly increasing, never reused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -58,10 +60,42 @@ impl NewEvent {
     }
 }
 
+/// The type of chat messages sent in rooms (`chat`, `message`).
+pub const CHAT_MESSAGE: &str = "chat.message";
+/// The type of private messages (`private_message`), published to the recipient's personal room.
+pub const CHAT_PRIVATE: &str = "chat.private";
+
 impl Event {
-    /// `user.*` events are private: only their user (and privileged identities) may see them.
-    pub fn is_private(&self) -> bool {
-        self.kind.starts_with("user.")
+    /// The only user (besides privileged identities) who may see a private event: `user.*`
+    /// events belong to their `userId`, events in a personal room `user:{id}` to that user.
+    /// `None` for public events; `Some(None)` for a private event nobody owns.
+    pub fn private_to(&self) -> Option<Option<&str>> {
+        if self.kind.starts_with("user.") {
+            Some(self.user_id.as_deref())
+        } else {
+            self.room_id
+                .as_deref()
+                .and_then(crate::room::personal_owner)
+                .map(Some)
+        }
+    }
+
+    /// The text of a chat message: `data.text` (or seed 004's `data.content`), else the data.
+    fn chat_text(&self) -> Value {
+        match self.data.get("text").or_else(|| self.data.get("content")) {
+            Some(t) => t.clone(),
+            None => self.data.clone(),
+        }
+    }
+
+    /// Who sent a chat message, as shown to others: `data.user` (a name or a profile object),
+    /// else the author's id.
+    fn chat_author(&self) -> Value {
+        match (self.data.get("user"), &self.user_id) {
+            (Some(u @ (Value::String(_) | Value::Object(_))), _) => u.clone(),
+            (_, Some(u)) => Value::String(u.clone()),
+            _ => Value::Null,
+        }
     }
 }
 
@@ -70,22 +104,103 @@ impl Event {
 #[derive(Debug)]
 pub struct EncodedEvent {
     pub event: Event,
+    /// The connection that sent it, when it must not receive it back (seed 004's `message`
+    /// goes to everyone in the room but the sender). Not part of the event.
+    pub skip: Option<Uuid>,
     json: Bytes,
     ws_frame: OnceLock<Bytes>,
     sse_frame: OnceLock<Bytes>,
     sse_plain_frame: OnceLock<Bytes>,
+    chat_frame: OnceLock<Bytes>,
+    rooms_frame: OnceLock<Bytes>,
 }
 
 impl EncodedEvent {
     pub fn new(event: Event) -> Arc<Self> {
+        Self::skipping(event, None)
+    }
+
+    pub fn skipping(event: Event, skip: Option<Uuid>) -> Arc<Self> {
         let json = Bytes::from(serde_json::to_vec(&event).expect("events serialise"));
         Arc::new(Self {
             event,
+            skip,
             json,
             ws_frame: OnceLock::new(),
             sse_frame: OnceLock::new(),
             sse_plain_frame: OnceLock::new(),
+            chat_frame: OnceLock::new(),
+            rooms_frame: OnceLock::new(),
         })
+    }
+
+    /// The WebSocket frame in a connection's dialect: the room dialects render chat and
+    /// private messages as the seeds' flat messages; everything else is an `event` frame.
+    pub fn ws_frame_in(&self, dialect: Dialect) -> &Bytes {
+        let chat = matches!(self.event.kind.as_str(), CHAT_MESSAGE | CHAT_PRIVATE);
+        match dialect {
+            Dialect::Chat if chat => self.chat_frame.get_or_init(|| self.flat_frame(dialect)),
+            Dialect::Rooms if chat => self.rooms_frame.get_or_init(|| self.flat_frame(dialect)),
+            _ => self.ws_frame(),
+        }
+    }
+
+    fn flat_frame(&self, dialect: Dialect) -> Bytes {
+        Bytes::from(serde_json::to_vec(&self.flat(dialect)).expect("json values serialise"))
+    }
+
+    /// A chat message as a room's history lists it in a dialect: the flat message of the room
+    /// dialects, the event itself in Herald's.
+    pub fn history_entry(&self, dialect: Dialect) -> Value {
+        match dialect {
+            Dialect::Herald => serde_json::from_slice(&self.json).expect("events are JSON"),
+            _ => self.flat(dialect),
+        }
+    }
+
+    /// Seed 001: `{"type":"chat","user","text","timestamp","room",..}`; seed 004:
+    /// `{"type":"message","from","content","timestamp" (ms),"room",..}`; a private message is
+    /// `private_message` in both. `id`, `seq` and `userId` ride along.
+    fn flat(&self, dialect: Dialect) -> Value {
+        let e = &self.event;
+        let private = e.kind == CHAT_PRIVATE;
+        let mut m = serde_json::Map::new();
+        let kind = match (private, dialect) {
+            (true, _) => "private_message",
+            (false, Dialect::Chat) => "chat",
+            (false, _) => "message",
+        };
+        m.insert("type".into(), kind.into());
+        m.insert("id".into(), e.id.to_string().into());
+        m.insert("seq".into(), e.seq.into());
+        match dialect {
+            Dialect::Chat => {
+                m.insert(
+                    if private { "from" } else { "user" }.into(),
+                    e.chat_author(),
+                );
+                m.insert("text".into(), e.chat_text());
+                m.insert(
+                    "timestamp".into(),
+                    e.timestamp
+                        .to_rfc3339_opts(SecondsFormat::Millis, true)
+                        .into(),
+                );
+            }
+            _ => {
+                m.insert("from".into(), e.chat_author());
+                m.insert("content".into(), e.chat_text());
+                m.insert("timestamp".into(), e.timestamp.timestamp_millis().into());
+            }
+        }
+        if let Some(u) = &e.user_id {
+            m.insert("userId".into(), u.clone().into());
+        }
+        if let (Some(r), false) = (&e.room_id, private) {
+            m.insert("room".into(), r.clone().into());
+            m.insert("roomId".into(), r.clone().into());
+        }
+        Value::Object(m)
     }
 
     /// The event object as JSON.

@@ -13,6 +13,8 @@ use uuid::Uuid;
 use crate::event::EncodedEvent;
 use crate::identity::Identity;
 use crate::outbox::{CloseReason, Outbox, OutboxLimits, Outgoing, Pushed};
+use crate::protocol::ServerMessage;
+use crate::room::{self, Joined, Left, Member, Presence, RoomDirectory, RoomStats};
 use crate::subscription::{Subscription, SubscriptionIndex, SubscriptionSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -73,15 +75,16 @@ impl Connection {
         self.subscriptions.lock().contains(&id)
     }
 
-    /// Whether this connection may receive the event (`user.*` privacy).
+    /// Whether this connection may receive the event (`user.*` and personal-room privacy).
     pub fn may_see(&self, encoded: &EncodedEvent) -> bool {
-        let e = &encoded.event;
-        !e.is_private()
-            || self
+        match encoded.event.private_to() {
+            None => true,
+            Some(owner) => self
                 .identity
                 .read()
                 .as_ref()
-                .is_some_and(|i| i.may_read_private_of(e.user_id.as_deref()))
+                .is_some_and(|i| i.may_read_private_of(owner)),
+        }
     }
 
     pub fn send(&self, item: Outgoing) -> bool {
@@ -123,6 +126,10 @@ pub enum HubError {
     NoSubscription,
     #[error("a resume is already replaying on this connection")]
     Replaying,
+    #[error("not in that room; join it first")]
+    NotInRoom,
+    #[error("room limit reached ({0} per connection)")]
+    TooManyRooms(usize),
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -141,6 +148,7 @@ pub struct HubStats {
     pub unique_users: usize,
     pub subscriptions: usize,
     pub average_subscriptions: f64,
+    pub rooms: RoomStats,
 }
 
 /// What `Hub::begin_replay` registered.
@@ -161,6 +169,7 @@ struct State {
     users: HashMap<String, HashSet<Uuid>>,
     subscriptions: HashMap<Uuid, Arc<Subscription>>,
     index: SubscriptionIndex,
+    rooms: RoomDirectory,
 }
 
 pub struct Hub {
@@ -242,6 +251,9 @@ impl Hub {
         }
         if let Some(user) = conn.user_id() {
             remove_user_conn(&mut s.users, &user, id);
+        }
+        for left in s.rooms.leave_all(id) {
+            announce_leave(&s.rooms, &left);
         }
         conn.outbox.close(CloseReason::NORMAL);
     }
@@ -380,30 +392,27 @@ impl Hub {
     /// queued, so each connection writes what it got with one flush. Returns how many
     /// (event, connection) deliveries were queued.
     pub fn deliver(&self, batch: &[Arc<EncodedEvent>]) -> usize {
-        let mut delivered = 0;
-        let mut to_wake: Vec<Arc<Connection>> = Vec::new();
+        let mut fanout = Fanout {
+            limits: self.outbox_limits,
+            delivered: 0,
+            to_wake: Vec::new(),
+        };
         {
             let s = self.state.read();
             for event in batch {
-                let seq = event.event.seq;
-                s.index.for_each_match(&event.event, |sub| {
-                    let conn = &sub.connection;
-                    if conn.last_delivered.load(Ordering::Relaxed) == seq || !conn.may_see(event) {
-                        return;
+                s.index
+                    .for_each_match(&event.event, |sub| fanout.offer(&sub.connection, event));
+                if let Some(room) = &event.event.room_id {
+                    for conn in s.rooms.connections(room) {
+                        fanout.offer(conn, event);
                     }
-                    conn.last_delivered.store(seq, Ordering::Relaxed);
-                    if conn.replaying.load(Ordering::Relaxed) {
-                        // A resume is replaying history: hold live events until it is queued.
-                        delivered += usize::from(conn.hold(event, self.outbox_limits));
-                    } else if let Pushed::Queued { wake } =
-                        conn.outbox.push_deferred(Outgoing::Event(event.clone()))
-                    {
-                        delivered += 1;
-                        if wake {
-                            to_wake.push(conn.clone());
+                    let owner = room::personal_owner(room).and_then(|u| s.users.get(u));
+                    for id in owner.into_iter().flatten() {
+                        if let Some(conn) = s.connections.get(id) {
+                            fanout.offer(conn, event);
                         }
                     }
-                });
+                }
             }
             // Still under the read lock: a replay registered after this batch sees it as
             // fanned out (and finds it in the store, which committed it first).
@@ -411,10 +420,94 @@ impl Hub {
                 self.head.fetch_max(last.event.seq, Ordering::AcqRel);
             }
         }
-        for conn in to_wake {
+        for conn in fanout.to_wake {
             conn.outbox.wake();
         }
-        delivered
+        fanout.delivered
+    }
+
+    /// Puts a connection in a room. The others are told when the member arrived. With
+    /// `hold_live`, the connection's live events are held (as during a resume) until
+    /// `end_replay`, so the room's history can be queued first; the returned head is the
+    /// last `seq` fanned out before the join — history up to it is in the store, every later
+    /// event of the room is delivered live.
+    pub fn join_room(
+        &self,
+        conn: &Arc<Connection>,
+        room: &str,
+        member: Member,
+        hold_live: bool,
+    ) -> Result<(Joined, u64), HubError> {
+        let mut s = self.state.write();
+        if !s.connections.contains_key(&conn.id) {
+            return Err(HubError::NoConnection);
+        }
+        let in_room = s.rooms.contains(conn.id, room);
+        if !in_room && s.rooms.rooms_of(conn.id).len() >= self.max_subscriptions {
+            return Err(HubError::TooManyRooms(self.max_subscriptions));
+        }
+        if hold_live && conn.replaying.load(Ordering::Relaxed) {
+            return Err(HubError::Replaying);
+        }
+        let joined = s.rooms.join(conn, room, member.clone());
+        if joined.arrived {
+            let msg = room::notice(
+                "user_joined",
+                room,
+                &member,
+                serde_json::json!({"users": joined.users}),
+            );
+            to_room(&s.rooms, room, &msg, Some(conn.id));
+        }
+        if hold_live {
+            *conn.held.lock() = Held::default();
+            conn.replaying.store(true, Ordering::Relaxed);
+        }
+        Ok((joined, self.head()))
+    }
+
+    /// Takes a connection out of a room, telling the others when the member departed.
+    pub fn leave_room(&self, conn: Uuid, room: &str) -> Option<Left> {
+        let mut s = self.state.write();
+        let left = s.rooms.leave(conn, room)?;
+        announce_leave(&s.rooms, &left);
+        Some(left)
+    }
+
+    /// Who a connection is in a room as, if it is in it.
+    pub fn member_in(&self, conn: Uuid, room: &str) -> Option<Member> {
+        self.state.read().rooms.member_of(conn, room).cloned()
+    }
+
+    /// The rooms a connection is in, in the order it joined them.
+    pub fn rooms_of(&self, conn: Uuid) -> Vec<String> {
+        self.state.read().rooms.rooms_of(conn).to_vec()
+    }
+
+    /// Records a typing indicator and tells the room's other connections when it changed.
+    /// Fails when the connection is not in the room.
+    pub fn set_typing(&self, conn: Uuid, room: &str, typing: bool) -> Result<bool, HubError> {
+        let mut s = self.state.write();
+        let member = s
+            .rooms
+            .member_of(conn, room)
+            .cloned()
+            .ok_or(HubError::NotInRoom)?;
+        if !s.rooms.set_typing(conn, room, typing) {
+            return Ok(false);
+        }
+        let msg = room::notice(
+            "typing",
+            room,
+            &member,
+            serde_json::json!({"isTyping": typing}),
+        );
+        to_room(&s.rooms, room, &msg, Some(conn));
+        Ok(true)
+    }
+
+    pub fn presence(&self, room: &str) -> Vec<Presence> {
+        self.state.read().rooms.presence(room)
     }
 
     /// Sends to every connection of a user; returns how many.
@@ -476,7 +569,73 @@ impl Hub {
             } else {
                 subs as f64 / total as f64
             },
+            rooms: s.rooms.stats(),
         }
+    }
+}
+
+/// The fan-out of one batch: what was queued, and which writers to wake at the end.
+struct Fanout {
+    limits: OutboxLimits,
+    delivered: usize,
+    to_wake: Vec<Arc<Connection>>,
+}
+
+impl Fanout {
+    /// Queues `event` on `conn` unless it already has it (several subscriptions or a room
+    /// matched), sent it itself, or may not see it.
+    fn offer(&mut self, conn: &Arc<Connection>, event: &Arc<EncodedEvent>) {
+        let seq = event.event.seq;
+        if conn.last_delivered.load(Ordering::Relaxed) == seq
+            || event.skip == Some(conn.id)
+            || !conn.may_see(event)
+        {
+            return;
+        }
+        conn.last_delivered.store(seq, Ordering::Relaxed);
+        if conn.replaying.load(Ordering::Relaxed) {
+            // A resume is replaying history: hold live events until it is queued.
+            self.delivered += usize::from(conn.hold(event, self.limits));
+        } else if let Pushed::Queued { wake } =
+            conn.outbox.push_deferred(Outgoing::Event(event.clone()))
+        {
+            self.delivered += 1;
+            if wake {
+                self.to_wake.push(conn.clone());
+            }
+        }
+    }
+}
+
+/// Sends a room notice to every connection in the room but `except`.
+fn to_room(rooms: &RoomDirectory, room: &str, msg: &Arc<ServerMessage>, except: Option<Uuid>) {
+    for conn in rooms.connections(room) {
+        if Some(conn.id) != except {
+            conn.send(Outgoing::Message(msg.clone()));
+        }
+    }
+}
+
+/// Tells a room that a connection stopped typing (if it was) and that its member left (if
+/// that was its last connection there).
+fn announce_leave(rooms: &RoomDirectory, left: &Left) {
+    if left.was_typing {
+        let msg = room::notice(
+            "typing",
+            &left.room,
+            &left.member,
+            serde_json::json!({"isTyping": false}),
+        );
+        to_room(rooms, &left.room, &msg, None);
+    }
+    if left.departed {
+        let msg = room::notice(
+            "user_left",
+            &left.room,
+            &left.member,
+            serde_json::json!({"users": left.users}),
+        );
+        to_room(rooms, &left.room, &msg, None);
     }
 }
 
@@ -612,13 +771,7 @@ mod tests {
         let admin = hub.connect(Transport::WebSocket).unwrap();
         hub.authenticate(&alice, Identity::user("alice"));
         hub.authenticate(&bob, Identity::user("bob"));
-        hub.authenticate(
-            &admin,
-            Identity {
-                user_id: "ops".into(),
-                role: crate::Role::Admin,
-            },
-        );
+        hub.authenticate(&admin, Identity::with_role("ops", crate::Role::Admin));
         for c in [&alice, &bob, &anon, &admin] {
             hub.subscribe(c, spec(&["*"], Filters::default())).unwrap();
         }

@@ -14,6 +14,8 @@ pub enum Role {
 pub struct Identity {
     pub user_id: String,
     pub role: Role,
+    /// The rooms a token grants (names or `prefix*` patterns); `None` when it does not limit them.
+    pub rooms: Option<Vec<String>>,
 }
 
 impl Identity {
@@ -21,6 +23,14 @@ impl Identity {
         Self {
             user_id: user_id.into(),
             role: Role::User,
+            rooms: None,
+        }
+    }
+
+    pub fn with_role(user_id: impl Into<String>, role: Role) -> Self {
+        Self {
+            role,
+            ..Self::user(user_id)
         }
     }
 

@@ -11,7 +11,9 @@ pub mod outbox;
 pub mod pattern;
 pub mod protocol;
 pub mod resume;
+pub mod room;
 pub mod store;
+pub mod stream;
 pub mod subscription;
 
 pub use event::{EncodedEvent, Event, NewEvent};

@@ -9,6 +9,7 @@ use chrono::Utc;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use uuid::Uuid;
 
 use crate::event::{EncodedEvent, NewEvent};
 use crate::store::{EventStore, StoreError};
@@ -22,6 +23,8 @@ pub enum PublishError {
 }
 
 type Ack = oneshot::Sender<Result<Arc<EncodedEvent>, PublishError>>;
+/// An event to commit, the connection that must not receive it back, and its publisher's ack.
+type Publish = (NewEvent, Option<Uuid>, Ack);
 pub type CommitSink = Arc<dyn Fn(&[Arc<EncodedEvent>]) + Send + Sync>;
 
 /// How many publishes one transaction may hold at most. Larger batches amortise the commit;
@@ -30,7 +33,7 @@ pub const MAX_BATCH: usize = 2048;
 const QUEUE: usize = 16 * 1024;
 
 pub struct LocalLog {
-    tx: Mutex<Option<mpsc::Sender<(NewEvent, Ack)>>>,
+    tx: Mutex<Option<mpsc::Sender<Publish>>>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -48,9 +51,18 @@ impl LocalLog {
 
     /// Resolves once the event is durable and has been handed to every local subscriber.
     pub async fn publish(&self, event: NewEvent) -> Result<Arc<EncodedEvent>, PublishError> {
+        self.publish_skipping(event, None).await
+    }
+
+    /// Publishes an event that the connection `skip` does not receive (it sent it).
+    pub async fn publish_skipping(
+        &self,
+        event: NewEvent,
+        skip: Option<Uuid>,
+    ) -> Result<Arc<EncodedEvent>, PublishError> {
         let tx = self.tx.lock().clone().ok_or(PublishError::Closed)?;
         let (ack, done) = oneshot::channel();
-        tx.send((event, ack))
+        tx.send((event, skip, ack))
             .await
             .map_err(|_| PublishError::Closed)?;
         done.await.map_err(|_| PublishError::Closed)?
@@ -69,7 +81,7 @@ impl LocalLog {
 async fn run(
     store: Arc<dyn EventStore>,
     sink: CommitSink,
-    mut rx: mpsc::Receiver<(NewEvent, Ack)>,
+    mut rx: mpsc::Receiver<Publish>,
     mut next_seq: u64,
 ) {
     let mut pending = Vec::with_capacity(MAX_BATCH);
@@ -78,8 +90,9 @@ async fn run(
         let (batch, acks): (Vec<_>, Vec<_>) = pending
             .drain(..)
             .enumerate()
-            .map(|(i, (e, ack)): (usize, (NewEvent, Ack))| {
-                (EncodedEvent::new(e.commit(next_seq + i as u64, now)), ack)
+            .map(|(i, (e, skip, ack))| {
+                let event = e.commit(next_seq + i as u64, now);
+                (EncodedEvent::skipping(event, skip), ack)
             })
             .unzip();
         match store.append(batch.clone()).await {

@@ -21,10 +21,24 @@ pub mod code {
     pub const AUTH_FAILED: &str = "AUTH_FAILED";
     pub const AUTH_REQUIRED: &str = "AUTH_REQUIRED";
     pub const FORBIDDEN: &str = "FORBIDDEN";
+    pub const ACCESS_DENIED: &str = "ACCESS_DENIED";
+    pub const NOT_IN_ROOM: &str = "NOT_IN_ROOM";
+    pub const CONFLICT: &str = "CONFLICT";
     pub const NOT_FOUND: &str = "NOT_FOUND";
     pub const RATE_LIMITED: &str = "RATE_LIMITED";
     pub const UNAVAILABLE: &str = "UNAVAILABLE";
     pub const INTERNAL: &str = "INTERNAL_ERROR";
+}
+
+/// How a WebSocket client wants chat rendered, chosen by the path it connected to: Herald's
+/// own protocol (`/ws`: chat messages are `event` frames), seed 001's chat (`/`: `chat`
+/// messages, greeted with `welcome`) or seed 004's rooms (`/rooms`: `message` messages,
+/// greeted with `connected`). Every dialect accepts every command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Herald,
+    Chat,
+    Rooms,
 }
 
 /// A message from the server that is not an event: replies, errors, notifications. Encoded
@@ -33,6 +47,9 @@ pub mod code {
 pub struct ServerMessage {
     pub kind: Cow<'static, str>,
     pub data: Option<Value>,
+    /// Fields written beside `type` rather than under `data`: the room protocol's messages are
+    /// flat, as the seeds' clients read them (`message.users`, `message.user`).
+    pub fields: Option<Map<String, Value>>,
     /// Echo of the client's `id`, so a reply can be matched to its command.
     pub reply_to: Option<Value>,
     ws: OnceLock<Bytes>,
@@ -49,29 +66,64 @@ impl ServerMessage {
         data: Option<Value>,
         reply_to: Option<Value>,
     ) -> Arc<Self> {
+        Self::build(kind, data, None, reply_to)
+    }
+
+    fn build(
+        kind: impl Into<Cow<'static, str>>,
+        data: Option<Value>,
+        fields: Option<Map<String, Value>>,
+        reply_to: Option<Value>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             kind: kind.into(),
             data,
+            fields,
             reply_to,
             ws: OnceLock::new(),
             sse: OnceLock::new(),
         })
     }
 
+    /// A flat room-protocol message: `{"type":kind, ...fields}`.
+    pub fn flat(
+        kind: impl Into<Cow<'static, str>>,
+        fields: Value,
+        reply_to: Option<Value>,
+    ) -> Arc<Self> {
+        let fields = match fields {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        Self::build(kind, None, Some(fields), reply_to)
+    }
+
+    /// `{"type":"error","message":..,"data":{"error":..,"code":..}}`: the `data` of Herald's
+    /// protocol, and the flat `message` seed 001's client shows.
     pub fn error(message: impl Into<String>, code: &str, reply_to: Option<Value>) -> Arc<Self> {
-        Self::reply(
+        let message = message.into();
+        let mut fields = Map::new();
+        fields.insert("message".into(), message.clone().into());
+        Self::build(
             "error",
-            Some(json!({"error": message.into(), "code": code})),
+            Some(json!({"error": message, "code": code})),
+            Some(fields),
             reply_to,
         )
     }
 
-    /// `{"type":..,"data":..,"id":..}`
+    /// `{"type":..,<fields>,"data":..,"id":..}`
     pub fn ws_frame(&self) -> &Bytes {
         self.ws.get_or_init(|| {
             let mut out = Vec::with_capacity(64);
             out.extend_from_slice(b"{\"type\":");
             write_json(&mut out, &self.kind.as_ref());
+            for (k, v) in self.fields.iter().flatten() {
+                out.push(b',');
+                write_json(&mut out, k);
+                out.push(b':');
+                write_json(&mut out, v);
+            }
             if let Some(d) = &self.data {
                 out.extend_from_slice(b",\"data\":");
                 write_json(&mut out, d);
@@ -88,10 +140,11 @@ impl ServerMessage {
     /// `event: <type>` / `data: <data>`
     pub fn sse_frame(&self) -> &Bytes {
         self.sse.get_or_init(|| {
-            let data = self
-                .data
-                .as_ref()
-                .map_or_else(|| "{}".to_owned(), Value::to_string);
+            let data = match (&self.data, &self.fields) {
+                (Some(d), _) => d.to_string(),
+                (None, Some(f)) => serde_json::to_string(f).expect("json values serialise"),
+                (None, None) => "{}".to_owned(),
+            };
             Bytes::from(format!("event: {}\ndata: {}\n\n", self.kind, data))
         })
     }
@@ -110,11 +163,90 @@ pub struct Envelope {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    Authenticate { token: String },
+    Authenticate {
+        token: String,
+    },
     Subscribe(SubscribeArgs),
-    Unsubscribe { subscription_id: String },
+    Unsubscribe {
+        subscription_id: String,
+    },
     Publish(PublishArgs),
     Ping,
+    Join(JoinArgs),
+    Leave {
+        room: Option<String>,
+    },
+    /// Seed 001's `chat {text}` (to the current room, or `room`), seed 004's
+    /// `message {room, content}` (`to_others`: everyone in the room but the sender).
+    Chat {
+        room: Option<String>,
+        text: String,
+        to_others: bool,
+    },
+    Typing {
+        room: Option<String>,
+        typing: bool,
+    },
+    PrivateMessage {
+        target: String,
+        text: String,
+    },
+    /// Subscribe to a stream route; with `lastId`, only its retained messages after that one.
+    StreamSubscribe {
+        stream: String,
+        last_id: Option<String>,
+    },
+    StreamUnsubscribe {
+        stream: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StreamArgs {
+    stream: String,
+    #[serde(default)]
+    last_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct JoinArgs {
+    #[serde(alias = "roomId")]
+    pub room: String,
+    /// How the client wants to be shown (seed 001): a name, or an object with a `name`.
+    #[serde(default)]
+    pub user: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RoomArgs {
+    #[serde(default, alias = "roomId")]
+    room: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ChatArgs {
+    #[serde(default, alias = "roomId")]
+    room: Option<String>,
+    #[serde(alias = "content")]
+    text: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TypingArgs {
+    #[serde(default, alias = "roomId")]
+    room: Option<String>,
+    is_typing: bool,
+}
+
+#[derive(Deserialize)]
+struct PrivateArgs {
+    #[serde(alias = "to", alias = "userId")]
+    target: String,
+    #[serde(alias = "content")]
+    text: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -206,6 +338,34 @@ impl Envelope {
             }),
             "publish" => args_as(args).map(Command::Publish),
             "ping" => Ok(Command::Ping),
+            "join" | "join_room" => args_as(args).map(Command::Join),
+            "leave" | "leave_room" => {
+                args_as::<RoomArgs>(args).map(|a| Command::Leave { room: a.room })
+            }
+            "chat" | "message" => args_as::<ChatArgs>(args).map(|a| Command::Chat {
+                room: a.room,
+                text: a.text,
+                to_others: kind == "message",
+            }),
+            "typing" => args_as::<TypingArgs>(args).map(|a| Command::Typing {
+                room: a.room,
+                typing: a.is_typing,
+            }),
+            "typing_start" | "typing_stop" => args_as::<RoomArgs>(args).map(|a| Command::Typing {
+                room: a.room,
+                typing: kind == "typing_start",
+            }),
+            "stream.subscribe" => args_as::<StreamArgs>(args).map(|a| Command::StreamSubscribe {
+                stream: a.stream,
+                last_id: a.last_id,
+            }),
+            "stream.unsubscribe" => {
+                args_as::<StreamArgs>(args).map(|a| Command::StreamUnsubscribe { stream: a.stream })
+            }
+            "private_message" => args_as::<PrivateArgs>(args).map(|a| Command::PrivateMessage {
+                target: a.target,
+                text: a.text,
+            }),
             other => {
                 return Err(fail(
                     format!("unknown message type: {other}"),
@@ -284,6 +444,49 @@ mod tests {
         assert_eq!((e.code, e.id), (code::UNKNOWN_TYPE, Some(json!("x"))));
         let e = Envelope::parse(r#"{"type":"subscribe","data":{"filters":{}}}"#).unwrap_err();
         assert_eq!(e.code, code::VALIDATION_ERROR);
+    }
+
+    #[test]
+    fn room_commands_in_both_forms() {
+        let flat = Envelope::parse(r#"{"type":"join","room":"general","user":"JohnDoe"}"#).unwrap();
+        let env = Envelope::parse(r#"{"type":"join","data":{"room":"general","user":"JohnDoe"}}"#)
+            .unwrap();
+        assert_eq!(flat.command, env.command);
+        let m = Envelope::parse(r#"{"type":"message","room":"r","content":"hi"}"#).unwrap();
+        assert_eq!(
+            m.command,
+            Command::Chat {
+                room: Some("r".into()),
+                text: "hi".into(),
+                to_others: true
+            }
+        );
+        let t = Envelope::parse(r#"{"type":"typing_stop","room":"r"}"#).unwrap();
+        assert_eq!(
+            t.command,
+            Command::Typing {
+                room: Some("r".into()),
+                typing: false
+            }
+        );
+        let e = Envelope::parse(r#"{"type":"chat"}"#).unwrap_err();
+        assert_eq!(e.code, code::VALIDATION_ERROR);
+    }
+
+    #[test]
+    fn flat_messages_and_errors() {
+        let m = ServerMessage::flat("user_left", json!({"user":"bob"}), None);
+        assert_eq!(&m.ws_frame()[..], br#"{"type":"user_left","user":"bob"}"#);
+        assert_eq!(
+            &m.sse_frame()[..],
+            b"event: user_left\ndata: {\"user\":\"bob\"}\n\n"
+        );
+        let e = ServerMessage::error("nope", code::ACCESS_DENIED, None);
+        let v: Value = serde_json::from_slice(e.ws_frame()).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"error","message":"nope","data":{"error":"nope","code":"ACCESS_DENIED"}})
+        );
     }
 
     #[test]

@@ -37,6 +37,9 @@ enum Command {
         /// `admin` for an operator token.
         #[arg(long)]
         role: Option<String>,
+        /// Limit the rooms the user may join (names or `prefix*` patterns; repeat or comma-separate).
+        #[arg(long, value_delimiter = ',')]
+        rooms: Option<Vec<String>>,
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: i64,
@@ -62,6 +65,10 @@ struct ServeFlags {
     #[arg(long = "cors-origin")]
     #[serde(skip_serializing_if = "Option::is_none", rename = "cors_origins")]
     cors_origin: Option<Vec<String>>,
+    /// A room anonymous connections may join (repeatable or comma-separated; `prefix*` patterns).
+    #[arg(long = "public-room", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "public_rooms")]
+    public_room: Option<Vec<String>>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     retention_hours: Option<u64>,
@@ -140,14 +147,19 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
         }
-        Command::Token { user, role, ttl } => {
+        Command::Token {
+            user,
+            role,
+            rooms,
+            ttl,
+        } => {
             let config = Config::load(cli.config.as_deref(), ServeFlags::default())?;
             let secret = config.jwt_secret.filter(|s| !s.is_empty()).context(
                 "set JWT_SECRET (or jwt_secret in herald.toml) to mint tokens the server accepts",
             )?;
             println!(
                 "{}",
-                Auth::new(&secret, &[]).mint(&user, role.as_deref(), ttl)
+                Auth::new(&secret, &[]).mint(&user, role.as_deref(), rooms, ttl)
             );
             Ok(())
         }

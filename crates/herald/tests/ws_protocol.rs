@@ -56,12 +56,14 @@ fn assert_error(v: &Value, code: &str, id: Option<Value>) {
         "error text: {v}"
     );
     assert_eq!(sorted_keys(&v["data"]), ["code", "error"], "{v}");
+    // The flat `message` is what seed 001's client shows.
+    assert_eq!(v["message"], v["data"]["error"], "{v}");
     match id {
         Some(id) => {
             assert_eq!(v["id"], id, "{v}");
-            assert_eq!(sorted_keys(v), ["data", "id", "type"], "{v}");
+            assert_eq!(sorted_keys(v), ["data", "id", "message", "type"], "{v}");
         }
-        None => assert_eq!(sorted_keys(v), ["data", "type"], "{v}"),
+        None => assert_eq!(sorted_keys(v), ["data", "message", "type"], "{v}"),
     }
 }
 

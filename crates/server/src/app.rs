@@ -10,6 +10,7 @@ use herald_core::event::EncodedEvent;
 use herald_core::log::CommitSink;
 use herald_core::pattern::validate_type;
 use herald_core::protocol::PublishArgs;
+use herald_core::stream::Streams;
 use herald_core::{EventStore, Hub, Identity, LocalLog, NewEvent, OutboxLimits};
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -35,6 +36,9 @@ pub struct App {
     pub stopping: watch::Sender<bool>,
     /// Seed 003's polling mailboxes (cursors into the log).
     pub mailboxes: Mailboxes,
+    /// Streams (seed 002's stream routes): in memory, declared in the configuration or created
+    /// through the API.
+    pub streams: Streams,
 }
 
 pub const MAX_ID_LEN: usize = 256;
@@ -67,6 +71,12 @@ impl App {
             }
         });
         let log = LocalLog::start(store.clone(), sink).await?;
+        let streams = Streams::new(crate::api::streams::is_reserved_path);
+        for declared in &config.streams {
+            streams.create(declared.spec()).map_err(|e| {
+                AppError::bad_request(format!("invalid [[streams]] configuration: {e}"))
+            })?;
+        }
         let rate = nonzero(config.connection_rate_per_ip);
         Ok(Arc::new(Self {
             auth: Auth::new(secret, &config.api_keys),
@@ -82,6 +92,7 @@ impl App {
             head,
             stopping: watch::Sender::new(false),
             mailboxes: Mailboxes::default(),
+            streams,
         }))
     }
 
@@ -94,6 +105,17 @@ impl App {
 
     pub fn forget_idle_limits(&self) {
         self.connect_limiter.retain_recent();
+    }
+
+    /// Whether `who` may join and read `room` (token `rooms` claim, public rooms, personal rooms).
+    pub fn check_room_access(&self, who: Option<&Identity>, room: &str) -> Result<(), AppError> {
+        herald_core::room::check_access(who, room, &self.config.public_rooms).map_err(|e| {
+            AppError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                herald_core::protocol::code::ACCESS_DENIED,
+                e.to_string(),
+            )
+        })
     }
 
     /// Validates and publishes on behalf of `publisher`; resolves when the event is durable.

@@ -1,5 +1,5 @@
 //! Authentication: HS256 JWTs (`sub` is the user id, `exp` enforced, `role: "admin"` for
-//! operators) and server-side API keys for backends.
+//! operators, `rooms` limiting the rooms a user may join) and server-side API keys for backends.
 
 use std::collections::HashSet;
 
@@ -14,6 +14,9 @@ pub struct Claims {
     pub exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Room names or `prefix*` patterns the user may join; absent means any room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,10 +48,7 @@ impl Auth {
 
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         if self.api_keys.contains(token) {
-            return Ok(Identity {
-                user_id: SERVICE_USER.into(),
-                role: Role::Service,
-            });
+            return Ok(Identity::with_role(SERVICE_USER, Role::Service));
         }
         let data = decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| AuthError(e.to_string()))?;
@@ -63,15 +63,23 @@ impl Auth {
         Ok(Identity {
             user_id: c.sub,
             role,
+            rooms: c.rooms,
         })
     }
 
     /// Signs a token for `user` valid for `ttl_secs`.
-    pub fn mint(&self, user: &str, role: Option<&str>, ttl_secs: i64) -> String {
+    pub fn mint(
+        &self,
+        user: &str,
+        role: Option<&str>,
+        rooms: Option<Vec<String>>,
+        ttl_secs: i64,
+    ) -> String {
         let claims = Claims {
             sub: user.to_owned(),
             exp: Utc::now().timestamp() + ttl_secs,
             role: role.map(str::to_owned),
+            rooms,
         };
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing cannot fail")
@@ -85,12 +93,12 @@ mod tests {
     #[test]
     fn round_trip_and_rejections() {
         let auth = Auth::new("s3cret", &["key-1".into()]);
-        let t = auth.mint("alice", None, 60);
+        let t = auth.mint("alice", None, None, 60);
         assert_eq!(auth.verify(&t).unwrap(), Identity::user("alice"));
-        let admin = auth.mint("ops", Some("admin"), 60);
+        let admin = auth.mint("ops", Some("admin"), None, 60);
         assert_eq!(auth.verify(&admin).unwrap().role, Role::Admin);
         assert!(
-            auth.verify(&auth.mint("alice", None, -3600)).is_err(),
+            auth.verify(&auth.mint("alice", None, None, -3600)).is_err(),
             "expired"
         );
         assert!(
@@ -98,6 +106,11 @@ mod tests {
             "wrong signature"
         );
         assert_eq!(auth.verify("key-1").unwrap().role, Role::Service);
+        let limited = auth.mint("carol", None, Some(vec!["team-*".into()]), 60);
+        assert_eq!(
+            auth.verify(&limited).unwrap().rooms,
+            Some(vec!["team-*".to_owned()])
+        );
         assert!(auth.verify("garbage").is_err());
         // {"alg":"none"} with an empty signature.
         let none =

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use herald_core::stream::StreamSpec;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -41,8 +42,43 @@ pub struct Config {
     pub publish_rate_per_connection: u32,
     /// New connections per second per client IP (burst twice this).
     pub connection_rate_per_ip: u32,
+    /// Rooms anonymous connections may join (names or `prefix*` patterns; `*` for all).
+    pub public_rooms: Vec<String>,
     /// Serves `/echo`, a WebSocket echo on the same connection machinery, for conformance runs.
     pub ws_echo: bool,
+    /// Streams served from start-up (`[[streams]]` tables); more can be created at run time.
+    pub streams: Vec<StreamConfig>,
+}
+
+/// One `[[streams]]` table of `herald.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    pub name: String,
+    /// Default `/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Messages retained for new subscribers (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<usize>,
+    /// Deliver at most the latest message per this many ms (0: every message).
+    #[serde(default)]
+    pub throttle_ms: u64,
+    /// Deliver one JSON array of the messages per this many ms (0: no batching).
+    #[serde(default)]
+    pub batch_ms: u64,
+}
+
+impl StreamConfig {
+    pub fn spec(&self) -> StreamSpec {
+        StreamSpec::new(
+            self.name.clone(),
+            self.path.clone(),
+            self.history,
+            self.throttle_ms,
+            self.batch_ms,
+        )
+    }
 }
 
 impl Default for Config {
@@ -65,7 +101,9 @@ impl Default for Config {
             outbox_max_bytes: 4 << 20,
             publish_rate_per_connection: 200,
             connection_rate_per_ip: 200,
+            public_rooms: Vec::new(),
             ws_echo: false,
+            streams: Vec::new(),
         }
     }
 }

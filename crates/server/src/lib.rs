@@ -4,6 +4,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod chat;
 pub mod config;
 pub mod error;
 pub mod transport;
@@ -54,7 +55,7 @@ pub async fn serve(
 
     on_started(&Started {
         addr: listener.local_addr()?,
-        admin_token: app.auth.mint("admin", Some("admin"), 30 * 24 * 3600),
+        admin_token: app.auth.mint("admin", Some("admin"), None, 30 * 24 * 3600),
         generated_secret,
     });
 
@@ -85,6 +86,7 @@ pub async fn serve(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     background.abort();
+    app.streams.shutdown();
     app.log.shutdown().await;
     store.close().await?;
     tracing::info!("stopped");

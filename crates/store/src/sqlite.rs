@@ -221,11 +221,18 @@ fn where_clause(q: &HistoryQuery) -> (String, Vec<SqlValue>) {
         sql.push_str(" AND seq <= ?");
         args.push(SqlValue::Integer(s.min(i64::MAX as u64) as i64));
     }
+    // Private events: `user.*` types belong to their user_id, personal rooms `user:{id}`
+    // (`room_id >= 'user:' AND room_id < 'user;'`) to their id.
     if let PrivateAccess::OwnOnly(user) = &q.access {
         sql.push_str(" AND (NOT (type >= 'user.' AND type < 'user/')");
         if let Some(u) = user {
             sql.push_str(" OR user_id = ?");
             args.push(SqlValue::Text(u.clone()));
+        }
+        sql.push_str(") AND (room_id IS NULL OR NOT (room_id >= 'user:' AND room_id < 'user;')");
+        if let Some(u) = user {
+            sql.push_str(" OR room_id = ?");
+            args.push(SqlValue::Text(format!("user:{u}")));
         }
         sql.push(')');
     }

@@ -165,6 +165,8 @@ struct Claims<'a> {
     exp: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     role: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rooms: Option<&'a [&'a str]>,
 }
 
 pub fn token_with(user: &str, role: Option<&str>, ttl_secs: i64, secret: &str) -> String {
@@ -179,8 +181,24 @@ pub fn token_with(user: &str, role: Option<&str>, ttl_secs: i64, secret: &str) -
             sub: user,
             exp,
             role,
+            rooms: None,
         },
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A user token whose `rooms` claim limits the rooms it may join.
+pub fn token_for_rooms(user: &str, rooms: &[&str]) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &Claims {
+            sub: user,
+            exp: 4_000_000_000,
+            role: None,
+            rooms: Some(rooms),
+        },
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .unwrap()
 }
@@ -234,8 +252,8 @@ pub struct Ws {
 }
 
 impl Ws {
-    /// Connects to `path` (`/ws` or `/`) and reads `connection.established`.
-    pub async fn connect(server: &Server, path: &str) -> Ws {
+    /// Opens a WebSocket on `path` and returns it with its first message (the greeting).
+    async fn open(server: &Server, path: &str) -> (Ws, Value) {
         let (stream, _) = tokio_tungstenite::connect_async(server.ws_url(path))
             .await
             .unwrap();
@@ -244,8 +262,31 @@ impl Ws {
             connection_id: String::new(),
         };
         let hello = ws.recv().await;
+        (ws, hello)
+    }
+
+    /// Connects to `path` (`/ws` or `/`) and reads `connection.established`.
+    pub async fn connect(server: &Server, path: &str) -> Ws {
+        let (mut ws, hello) = Ws::open(server, path).await;
         assert_eq!(hello["type"], "connection.established", "{hello}");
         ws.connection_id = hello["data"]["connectionId"].as_str().unwrap().to_owned();
+        ws
+    }
+
+    /// Connects to a room dialect's path (`/ws/chat` greets with `welcome`, `/ws/rooms` with
+    /// `connected`), authenticated as `user` when given.
+    pub async fn dialect(server: &Server, path: &str, user: Option<&str>) -> Ws {
+        let (mut ws, hello) = Ws::open(server, path).await;
+        assert!(
+            hello["type"] == "welcome" || hello["type"] == "connected",
+            "{hello}"
+        );
+        ws.connection_id = hello["clientId"].as_str().unwrap().to_owned();
+        if let Some(user) = user {
+            ws.send(json!({"type": "authenticate", "token": token(user)}))
+                .await;
+            assert_eq!(ws.recv().await["type"], "authenticated");
+        }
         ws
     }
 

@@ -6,6 +6,8 @@ pub mod compat;
 pub mod dashboard;
 pub mod openapi;
 pub mod realtime;
+pub mod rooms;
+pub mod streams;
 pub mod system;
 
 use std::sync::Arc;
@@ -26,6 +28,9 @@ pub fn router(app: Arc<App>) -> Router {
     let mut router = Router::new()
         .route("/", get(system::root))
         .route("/ws", get(ws::events))
+        .route("/ws/chat", get(ws::events))
+        .route("/ws/rooms", get(ws::events))
+        .route("/api/rooms/{room}/presence", get(rooms::presence))
         .route("/health", get(system::health))
         .route("/metrics", get(system::metrics))
         .route("/openapi.json", get(openapi::document))
@@ -43,12 +48,19 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/dashboard/live-data", get(dashboard::live_data))
         .route("/api/dashboard/activity", get(dashboard::activity))
         .route("/api/dashboard/alerts", get(dashboard::alerts))
-        .route("/api/dashboard/notify", post(dashboard::notify));
+        .route("/api/dashboard/notify", post(dashboard::notify))
+        .route("/api/streams", get(streams::list).post(streams::create))
+        .route(
+            "/api/streams/{name}",
+            get(streams::subscribe)
+                .post(streams::publish)
+                .delete(streams::delete),
+        );
     if app.config.ws_echo {
         router = router.route("/echo", get(ws::echo));
     }
     router
-        .fallback(|| async { AppError::not_found("no such route") })
+        .fallback(streams::by_path)
         .method_not_allowed_fallback(|| async {
             AppError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -63,7 +75,7 @@ pub fn router(app: Arc<App>) -> Router {
 
 fn cors(origins: &[String]) -> CorsLayer {
     let layer = CorsLayer::new()
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
@@ -89,7 +101,26 @@ fn cors(origins: &[String]) -> CorsLayer {
 pub fn json_body<T: DeserializeOwned>(
     body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<T, AppError> {
-    let body = body.map_err(|e| {
+    let body = body_bytes(body)?;
+    let parsed = parse_json(&body)?;
+    // serde also fills a struct from a JSON array, positionally; bodies are objects only.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(AppError::bad_request("request body must be a JSON object"));
+    }
+    Ok(parsed)
+}
+
+/// Like `json_body`, for bodies that may be any JSON value.
+pub fn any_json_body(
+    body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<serde_json::Value, AppError> {
+    parse_json(&body_bytes(body)?)
+}
+
+fn body_bytes(
+    body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<bytes::Bytes, AppError> {
+    body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             AppError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -99,8 +130,11 @@ pub fn json_body<T: DeserializeOwned>(
         } else {
             AppError::bad_request(e.body_text())
         }
-    })?;
-    let parsed = serde_json::from_slice(&body).map_err(|e| {
+    })
+}
+
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
+    serde_json::from_slice(body).map_err(|e| {
         let c = if e.is_syntax() || e.is_eof() {
             code::INVALID_JSON
         } else {
@@ -111,10 +145,5 @@ pub fn json_body<T: DeserializeOwned>(
             c,
             format!("invalid request body: {e}"),
         )
-    })?;
-    // serde also fills a struct from a JSON array, positionally; bodies are objects only.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(AppError::bad_request("request body must be a JSON object"));
-    }
-    Ok(parsed)
+    })
 }

@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{compat, dashboard, realtime, system};
+use super::{compat, dashboard, realtime, rooms, streams, system};
 use crate::transport::{mailbox, poll, sse};
 
 #[derive(OpenApi)]
@@ -18,9 +18,11 @@ use crate::transport::{mailbox, poll, sse};
         system::health, system::metrics,
         compat::events, compat::user_events, compat::notifications, compat::updates,
         mailbox::poll, mailbox::send,
+        rooms::presence,
+        streams::list, streams::create, streams::subscribe, streams::publish, streams::delete,
     ),
     modifiers(&BearerAuth),
-    tags((name = "realtime"), (name = "dashboard"), (name = "system"), (name = "seed-compatible"))
+    tags((name = "realtime"), (name = "dashboard"), (name = "system"), (name = "seed-compatible"), (name = "rooms"), (name = "streams"))
 )]
 pub struct ApiDoc;
 

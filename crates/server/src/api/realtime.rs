@@ -179,6 +179,9 @@ pub async fn events(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<([(HeaderName, String); 1], Json<EventsPage>), AppError> {
     let mut q = history_query(&params, &caller, 50)?;
+    if let Some(room) = &q.room_id {
+        app.check_room_access(Some(&caller), room)?;
+    }
     // Seed 003's activity feed polls with If-Modified-Since and keeps the Last-Modified it
     // gets back; `since` wins when both are given.
     if q.since_time.is_none() && q.after_seq.is_none() {

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use axum::Json;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, MatchedPath, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use chrono::{SecondsFormat, Utc};
@@ -23,10 +23,11 @@ use crate::transport::ws;
 pub async fn root(
     State(app): State<Arc<App>>,
     peer: ConnectInfo<SocketAddr>,
+    path: MatchedPath,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
     match upgrade {
-        Ok(upgrade) => ws::events(State(app), peer, upgrade).await,
+        Ok(upgrade) => ws::events(State(app), peer, path, upgrade).await,
         Err(_) => Ok(Html(LANDING).into_response()),
     }
 }

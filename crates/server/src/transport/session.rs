@@ -5,25 +5,40 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use herald_core::event::{CHAT_MESSAGE, CHAT_PRIVATE, EncodedEvent};
 use herald_core::hub::{Connection, HubError};
-use herald_core::protocol::{Command, Envelope, ServerMessage, SubscribeArgs, code};
+use herald_core::protocol::{
+    Command, Dialect, Envelope, JoinArgs, ServerMessage, SubscribeArgs, code,
+};
 use herald_core::resume::{Recovery, Replay};
-use herald_core::{Outgoing, SubscriptionSpec};
+use herald_core::room::{self, Member, validate_room};
+use herald_core::store::PrivateAccess;
+use herald_core::{HistoryQuery, NewEvent, Outgoing, SubscriptionSpec};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::app::App;
+use crate::chat;
 use crate::error::AppError;
 
 pub struct Session {
     app: Arc<App>,
     conn: Arc<Connection>,
+    dialect: Dialect,
     publish_limit: DefaultDirectRateLimiter,
+    typing_limit: DefaultDirectRateLimiter,
     /// Publishes refused in a row; a client that keeps flooding is disconnected.
     refused: u32,
-    /// Resumes on one connection replay one at a time.
+    /// Resumes and room joins (which queue history first) on one connection replay one at a
+    /// time.
     resuming: Arc<tokio::sync::Mutex<()>>,
 }
+
+/// Typing notices per second per connection (burst the same): enough for a UI that sends one
+/// per keystroke burst, not enough to flood a room.
+const TYPING_RATE: u32 = 5;
+/// Messages in `room_history`, sent on join.
+pub const ROOM_HISTORY: usize = 50;
 
 /// Refusals in a row after which a flooding client is disconnected (close 4029).
 const MAX_REFUSED: u32 = 100;
@@ -36,15 +51,18 @@ pub enum Flow {
 }
 
 impl Session {
-    pub fn new(app: Arc<App>, conn: Arc<Connection>) -> Self {
+    pub fn new(app: Arc<App>, conn: Arc<Connection>, dialect: Dialect) -> Self {
         let rate = NonZeroU32::new(app.config.publish_rate_per_connection.max(1)).expect("nonzero");
+        let typing = NonZeroU32::new(TYPING_RATE).expect("nonzero");
         Self {
             publish_limit: RateLimiter::direct(
                 Quota::per_second(rate)
                     .allow_burst(rate.saturating_mul(NonZeroU32::new(2).expect("2"))),
             ),
+            typing_limit: RateLimiter::direct(Quota::per_second(typing)),
             app,
             conn,
+            dialect,
             refused: 0,
             resuming: Arc::default(),
         }
@@ -139,39 +157,326 @@ impl Session {
                     );
                     return Flow::Continue;
                 };
-                if self.publish_limit.check().is_err() {
-                    self.refused += 1;
-                    self.fail(
-                        &AppError::rate_limited("publish rate limit exceeded; slow down"),
-                        id,
-                    );
-                    return if self.refused >= MAX_REFUSED {
-                        Flow::Flooding
-                    } else {
-                        Flow::Continue
-                    };
+                if let Some(flow) = self.over_publish_rate(&id) {
+                    return flow;
                 }
-                self.refused = 0;
                 // The acknowledgement waits for the commit; the session keeps reading meanwhile.
                 let app = self.app.clone();
                 let conn = self.conn.clone();
                 tokio::spawn(async move {
                     let reply = match app.publish(&identity, args).await {
-                        Ok(e) => ServerMessage::reply(
-                            "event.published",
-                            Some(
-                                serde_json::to_value(Published::of(&e.event)).expect("serialises"),
-                            ),
-                            id,
-                        ),
+                        Ok(e) => published(&e.event, id),
                         Err(e) => e.to_ws(id),
                     };
                     conn.send(Outgoing::Message(reply));
                 });
             }
+            Command::Join(args) => self.join(args, id),
+            Command::Leave { room } => self.leave(room, id),
+            Command::Chat {
+                room,
+                text,
+                to_others,
+            } => {
+                if let Some(flow) = self.over_publish_rate(&id) {
+                    return flow;
+                }
+                self.chat(room, &text, to_others, id);
+            }
+            Command::Typing { room, typing } => self.typing(room, typing, id),
+            Command::StreamSubscribe { stream, last_id } => {
+                self.stream_subscribe(&stream, last_id.as_deref(), id);
+            }
+            Command::StreamUnsubscribe { stream } => {
+                let removed = self
+                    .app
+                    .streams
+                    .get(&stream)
+                    .is_some_and(|s| s.unsubscribe(self.conn.id));
+                if removed {
+                    self.reply(ServerMessage::reply(
+                        "stream.unsubscribed",
+                        Some(json!({"stream": stream})),
+                        id,
+                    ));
+                } else {
+                    self.fail(
+                        &AppError::not_found(format!("not subscribed to stream {stream}")),
+                        id,
+                    );
+                }
+            }
+            Command::PrivateMessage { target, text } => {
+                if let Some(flow) = self.over_publish_rate(&id) {
+                    return flow;
+                }
+                self.private_message(target, &text, id);
+            }
         }
         Flow::Continue
     }
+
+    /// Queues the stream's snapshot, then `stream.subscribed` (so the snapshot comes first and
+    /// nothing published meanwhile is missed).
+    fn stream_subscribe(&self, name: &str, last_id: Option<&str>, id: Option<Value>) {
+        let Some(stream) = self.app.streams.get(name) else {
+            return self.fail(&AppError::not_found(format!("no stream {name}")), id);
+        };
+        match stream.subscribe(&self.conn, last_id) {
+            Ok(snapshot) => self.reply(ServerMessage::reply(
+                "stream.subscribed",
+                Some(json!({"stream": name, "snapshot": snapshot})),
+                id,
+            )),
+            Err(e) => self.fail(&crate::api::streams::stream_error(e), id),
+        }
+    }
+
+    /// Counts a publish against the connection's rate; when over it, answers the refusal and
+    /// says whether the client is flooding.
+    fn over_publish_rate(&mut self, id: &Option<Value>) -> Option<Flow> {
+        if self.publish_limit.check().is_ok() {
+            self.refused = 0;
+            return None;
+        }
+        self.refused += 1;
+        self.fail(
+            &AppError::rate_limited("publish rate limit exceeded; slow down"),
+            id.clone(),
+        );
+        Some(if self.refused >= MAX_REFUSED {
+            Flow::Flooding
+        } else {
+            Flow::Continue
+        })
+    }
+}
+
+/// Rooms and chat (seeds 001 and 004).
+impl Session {
+    /// The room a command names, or seed 001's "current room": the one joined last that the
+    /// connection is still in.
+    fn room_or_current(&self, room: Option<String>) -> Result<String, AppError> {
+        match room {
+            Some(r) => {
+                validate_room(&r).map_err(AppError::bad_request)?;
+                Ok(r)
+            }
+            None => self
+                .app
+                .hub
+                .rooms_of(self.conn.id)
+                .pop()
+                .ok_or_else(not_in_room),
+        }
+    }
+
+    fn check_room_access(&self, room: &str) -> Result<(), AppError> {
+        self.app
+            .check_room_access(self.conn.identity().as_ref(), room)
+    }
+
+    /// Joins now (so the next command already sees the room), then queues `room_joined` and
+    /// `room_history` before any live event of the room.
+    fn join(&self, args: JoinArgs, id: Option<Value>) {
+        let member = validate_room(&args.room)
+            .map_err(AppError::bad_request)
+            .and_then(|()| self.check_room_access(&args.room))
+            .and_then(|()| chat::profile(args.user))
+            .map(|profile| Member::of(&self.conn, profile));
+        let member = match member {
+            Ok(m) => m,
+            Err(e) => return self.fail(&e, id),
+        };
+        let (app, conn, resuming, dialect) = (
+            self.app.clone(),
+            self.conn.clone(),
+            self.resuming.clone(),
+            self.dialect,
+        );
+        let room = args.room;
+        // A resume in progress holds live events itself; wait for it before holding again.
+        let joined = match self.resuming.clone().try_lock_owned() {
+            Ok(guard) => app
+                .hub
+                .join_room(&conn, &room, member, true)
+                .map(|j| (j, Some(guard))),
+            Err(_) => app
+                .hub
+                .join_room(&conn, &room, member, false)
+                .map(|j| (j, None)),
+        };
+        let ((joined, head), guard) = match joined {
+            Ok(j) => j,
+            Err(e) => return self.fail(&hub_error(e), id),
+        };
+        let holding = guard.is_some();
+        tokio::spawn(async move {
+            let _one_at_a_time = match guard {
+                Some(g) => g,
+                None => resuming.lock_owned().await,
+            };
+            conn.send(Outgoing::Message(ServerMessage::flat(
+                "room_joined",
+                json!({"room": room, "users": joined.users}),
+                id,
+            )));
+            let history = app
+                .store
+                .query(HistoryQuery {
+                    types: vec![CHAT_MESSAGE.to_owned()],
+                    room_id: Some(room.clone()),
+                    until_seq: Some(head),
+                    limit: ROOM_HISTORY,
+                    access: PrivateAccess::for_reader(conn.identity().as_ref()),
+                    ..Default::default()
+                })
+                .await;
+            match history {
+                Ok(mut events) => {
+                    events.reverse();
+                    let messages: Vec<Value> = events
+                        .into_iter()
+                        .map(|e| EncodedEvent::new(e).history_entry(dialect))
+                        .collect();
+                    conn.send(Outgoing::Message(ServerMessage::flat(
+                        "room_history",
+                        json!({"room": room, "roomId": room, "messages": messages}),
+                        None,
+                    )));
+                }
+                Err(e) => {
+                    conn.send(Outgoing::Message(AppError::from(e).to_ws(None)));
+                }
+            }
+            if holding {
+                app.hub.end_replay(&conn, head);
+            }
+        });
+    }
+
+    /// Leaves one room, or every room when none is named (seed 001's `leave`).
+    fn leave(&self, room: Option<String>, id: Option<Value>) {
+        let rooms = match room {
+            Some(r) => vec![r],
+            None => self.app.hub.rooms_of(self.conn.id),
+        };
+        let left: Vec<String> = rooms
+            .into_iter()
+            .filter_map(|r| self.app.hub.leave_room(self.conn.id, &r).map(|l| l.room))
+            .collect();
+        if left.is_empty() {
+            return self.fail(&not_in_room(), id);
+        }
+        for room in left {
+            self.reply(ServerMessage::flat(
+                "room_left",
+                json!({"room": room}),
+                id.clone(),
+            ));
+        }
+    }
+
+    /// A chat message, stored as a `chat.message` event of the room. Members get it; so does
+    /// the sender, except for seed 004's `message` (`to_others`). Sending needs access to the
+    /// room, not membership (seed 004's publishers need not join).
+    fn chat(&self, room: Option<String>, text: &str, to_others: bool, id: Option<Value>) {
+        let prepared = self.room_or_current(room).and_then(|room| {
+            self.check_room_access(&room)?;
+            Ok((room, chat::sanitize(text)?))
+        });
+        let (room, text) = match prepared {
+            Ok(p) => p,
+            Err(e) => return self.fail(&e, id),
+        };
+        let author = self
+            .app
+            .hub
+            .member_in(self.conn.id, &room)
+            .unwrap_or_else(|| Member::of(&self.conn, None))
+            .profile;
+        let event = NewEvent {
+            kind: CHAT_MESSAGE.into(),
+            data: json!({"text": text, "user": author}),
+            user_id: self.conn.user_id(),
+            room_id: Some(room),
+            metadata: None,
+        };
+        self.commit(event, to_others.then_some(self.conn.id), id);
+    }
+
+    /// A direct message to every connection of `target`, through its personal room.
+    fn private_message(&self, target: String, text: &str, id: Option<Value>) {
+        let Some(sender) = self.conn.user_id() else {
+            return self.fail(
+                &AppError::unauthorized("authenticate to send private messages"),
+                id,
+            );
+        };
+        let text = match crate::app::check_id("target", Some(&target))
+            .and_then(|()| chat::sanitize(text))
+        {
+            Ok(t) => t,
+            Err(e) => return self.fail(&e, id),
+        };
+        let event = NewEvent {
+            kind: CHAT_PRIVATE.into(),
+            data: json!({"text": text, "user": sender, "to": target}),
+            user_id: Some(sender),
+            room_id: Some(format!("{}{target}", room::PERSONAL_PREFIX)),
+            metadata: None,
+        };
+        self.commit(event, None, id);
+    }
+
+    /// Commits a chat event; the sender hears back only about failures, or with
+    /// `event.published` when its command carried an `id`.
+    fn commit(&self, event: NewEvent, skip: Option<uuid::Uuid>, id: Option<Value>) {
+        let (app, conn) = (self.app.clone(), self.conn.clone());
+        tokio::spawn(async move {
+            let reply = match app.log.publish_skipping(event, skip).await {
+                Ok(e) => id.is_some().then(|| published(&e.event, id)),
+                Err(e) => Some(AppError::from(e).to_ws(id)),
+            };
+            if let Some(reply) = reply {
+                conn.send(Outgoing::Message(reply));
+            }
+        });
+    }
+
+    /// Typing indicators are volatile: relayed to the room's other connections, never stored.
+    fn typing(&self, room: Option<String>, typing: bool, id: Option<Value>) {
+        let result = self.room_or_current(room).and_then(|room| {
+            if self.typing_limit.check().is_err() {
+                return Err(AppError::rate_limited(
+                    "typing notices are limited; slow down",
+                ));
+            }
+            self.app
+                .hub
+                .set_typing(self.conn.id, &room, typing)
+                .map_err(hub_error)
+        });
+        if let Err(e) = result {
+            self.fail(&e, id);
+        }
+    }
+}
+
+fn not_in_room() -> AppError {
+    AppError::new(
+        axum::http::StatusCode::BAD_REQUEST,
+        code::NOT_IN_ROOM,
+        "not in a room; join one first",
+    )
+}
+
+fn published(e: &herald_core::Event, id: Option<Value>) -> Arc<ServerMessage> {
+    ServerMessage::reply(
+        "event.published",
+        Some(serde_json::to_value(Published::of(e)).expect("serialises")),
+        id,
+    )
 }
 
 impl Session {
@@ -264,7 +569,14 @@ pub fn created_body(sid: Uuid, spec: &SubscriptionSpec) -> Value {
 
 pub fn hub_error(e: HubError) -> AppError {
     match e {
-        HubError::TooManySubscriptions(_) => AppError::rate_limited(e.to_string()),
+        HubError::TooManySubscriptions(_) | HubError::TooManyRooms(_) => {
+            AppError::rate_limited(e.to_string())
+        }
+        HubError::NotInRoom => AppError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            code::NOT_IN_ROOM,
+            e.to_string(),
+        ),
         other => AppError::not_found(other.to_string()),
     }
 }

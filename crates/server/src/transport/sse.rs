@@ -148,9 +148,22 @@ pub fn open(
         }
     }
 
+    Ok(respond(&app, registration, flavor, None))
+}
+
+/// The `text/event-stream` response that writes the connection's outbox, with heartbeats,
+/// until the client goes or the outbox closes. `attached` is dropped with the stream (e.g. to
+/// leave a data stream), right before the connection is unregistered.
+pub fn respond(
+    app: &App,
+    registration: Registration,
+    flavor: Flavor,
+    attached: Option<Box<dyn Send>>,
+) -> Response {
     let period = Duration::from_secs(app.config.ping_interval_secs.max(1));
     let state = StreamState {
         flavor,
+        _attached: attached,
         registration,
         heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + period, period),
         batch: Vec::new(),
@@ -166,7 +179,7 @@ pub fn open(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tells nginx-style proxies not to buffer the stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    response
 }
 
 /// The subscriptions a stream or long-poll makes from its request: the authenticated user's
@@ -206,18 +219,26 @@ fn last_event_id(
     headers: &HeaderMap,
     params: &HashMap<String, String>,
 ) -> Result<Option<u64>, AppError> {
-    let raw = headers
+    raw_last_event_id(headers, params)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                AppError::bad_request("Last-Event-ID (or lastEventId) must be an event seq")
+            })
+        })
+        .transpose()
+}
+
+/// The `Last-Event-ID` header, else the `lastEventId` query parameter, as given.
+pub fn raw_last_event_id<'a>(
+    headers: &'a HeaderMap,
+    params: &'a HashMap<String, String>,
+) -> Option<&'a str> {
+    headers
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("?"))
         .or(params.get("lastEventId").map(String::as_str))
         .map(str::trim)
-        .filter(|v| !v.is_empty());
-    raw.map(|v| {
-        v.parse::<u64>().map_err(|_| {
-            AppError::bad_request("Last-Event-ID (or lastEventId) must be an event seq")
-        })
-    })
-    .transpose()
+        .filter(|v| !v.is_empty())
 }
 
 fn now() -> String {
@@ -226,6 +247,9 @@ fn now() -> String {
 
 struct StreamState {
     flavor: Flavor,
+    /// Held only to be dropped with the stream; declared before `registration`, so it is
+    /// dropped first.
+    _attached: Option<Box<dyn Send>>,
     registration: Registration,
     heartbeat: tokio::time::Interval,
     batch: Vec<Outgoing>,

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, MatchedPath, State};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use herald_core::outbox::Drained;
-use herald_core::protocol::ServerMessage;
+use herald_core::protocol::{Dialect, ServerMessage};
 use herald_core::{CloseReason, Outgoing, Transport};
 use serde_json::json;
 
@@ -30,16 +30,24 @@ const LINGER: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy)]
 enum Mode {
-    Events,
+    Events(Dialect),
     Echo,
 }
 
+/// The event and room protocol. The path picks the dialect: `/ws/chat` seed 001's,
+/// `/ws/rooms` seed 004's, anything else (`/ws`, `/`) Herald's.
 pub async fn events(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    path: MatchedPath,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, AppError> {
-    accept(app, peer, upgrade, Mode::Events)
+    let dialect = match path.as_str() {
+        "/ws/chat" => Dialect::Chat,
+        "/ws/rooms" => Dialect::Rooms,
+        _ => Dialect::Herald,
+    };
+    accept(app, peer, upgrade, Mode::Events(dialect))
 }
 
 pub async fn echo(
@@ -66,10 +74,10 @@ fn accept(
         .on_upgrade(move |socket| run(app, registration, socket, mode)))
 }
 
-fn to_frame(item: Outgoing) -> Message {
+fn to_frame(item: Outgoing, dialect: Dialect) -> Message {
     match item {
         // Frames are built by serde_json, so they are valid UTF-8.
-        Outgoing::Event(e) => Message::Text(utf8(e.ws_frame().clone())),
+        Outgoing::Event(e) => Message::Text(utf8(e.ws_frame_in(dialect).clone())),
         Outgoing::Message(m) => Message::Text(utf8(m.ws_frame().clone())),
         Outgoing::Raw {
             payload,
@@ -89,12 +97,13 @@ fn utf8(b: bytes::Bytes) -> Utf8Bytes {
 async fn run(app: Arc<App>, registration: Registration, socket: WebSocket, mode: Mode) {
     let conn = registration.conn.clone();
     let (mut sink, mut stream) = socket.split();
-    let mut session = Session::new(app.clone(), conn.clone());
-    if let Mode::Events = mode {
-        conn.send(Outgoing::Message(ServerMessage::new(
-            "connection.established",
-            Some(json!({"connectionId": conn.id})),
-        )));
+    let dialect = match mode {
+        Mode::Events(d) => d,
+        Mode::Echo => Dialect::Herald,
+    };
+    let mut session = Session::new(app.clone(), conn.clone(), dialect);
+    if let Mode::Events(dialect) = mode {
+        conn.send(Outgoing::Message(greeting(dialect, conn.id)));
     }
     let period = Duration::from_secs(app.config.ping_interval_secs.max(1));
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -108,7 +117,7 @@ async fn run(app: Arc<App>, registration: Registration, socket: WebSocket, mode:
                 };
                 let write = async {
                     for item in batch.drain(..) {
-                        sink.feed(to_frame(item)).await?;
+                        sink.feed(to_frame(item, dialect)).await?;
                     }
                     sink.flush().await
                 };
@@ -154,12 +163,12 @@ async fn run(app: Arc<App>, registration: Registration, socket: WebSocket, mode:
                 };
                 conn.touch();
                 match (frame, mode) {
-                    (Message::Text(t), Mode::Events) => {
+                    (Message::Text(t), Mode::Events(_)) => {
                         if session.handle_text(t.as_str()).await == Flow::Flooding {
                             conn.outbox.close(CloseReason::RATE_LIMITED);
                         }
                     }
-                    (Message::Binary(_), Mode::Events) => session.handle_binary(),
+                    (Message::Binary(_), Mode::Events(_)) => session.handle_binary(),
                     (Message::Text(t), Mode::Echo) => {
                         conn.send(Outgoing::Raw { payload: t.into(), text: true });
                     }
@@ -183,7 +192,20 @@ async fn run(app: Arc<App>, registration: Registration, socket: WebSocket, mode:
             }
         }
     }
+    app.streams.unsubscribe_connection(conn.id);
     drop(registration);
+}
+
+/// The first message: Herald's `connection.established`, seed 001's `welcome`, or seed 004's
+/// `connected`.
+fn greeting(dialect: Dialect, id: uuid::Uuid) -> Arc<ServerMessage> {
+    match dialect {
+        Dialect::Herald => {
+            ServerMessage::new("connection.established", Some(json!({"connectionId": id})))
+        }
+        Dialect::Chat => ServerMessage::flat("welcome", json!({"clientId": id}), None),
+        Dialect::Rooms => ServerMessage::flat("connected", json!({"clientId": id}), None),
+    }
 }
 
 /// Protocol violations the library reports as errors get the matching close code.
