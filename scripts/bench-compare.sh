@@ -2,12 +2,15 @@
 # Measures Herald against the benchmark peers (Node `ws`, Bun) on the same scenarios, in one
 # run, each repeated REPS times with a freshly started server, and prints a Markdown table of
 # medians and ranges (the table in docs/performance.md). Raw JSON goes to target/bench-results.
-#   scripts/bench-compare.sh            # REPS=3 SERVERS="herald node-ws bun" DURATION=5
+#   scripts/bench-compare.sh            # REPS=3 SERVERS="herald herald-rooms node-ws bun" DURATION=5
+# `herald` speaks Herald's protocol (subscribe with a room filter, publish over WebSocket);
+# `herald-rooms` is the same binary speaking the peers' seed-004 room protocol on /ws/rooms
+# (join, message; every message a durable chat.message event).
 # The peers come from ../shared/bench/peers (PEERS_DIR to override) and are installed with npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${REPS:-3}
-SERVERS=${SERVERS:-"herald node-ws bun"}
+SERVERS=${SERVERS:-"herald herald-rooms node-ws bun"}
 DURATION=${DURATION:-5}
 PEERS_DIR=${PEERS_DIR:-../shared/bench/peers}
 out=target/bench-results
@@ -30,11 +33,11 @@ pid=
 start() {  # start SERVER PORT: a fresh server, its pid in $pid
   local server=$1 port=$2
   case $server in
-    herald)
+    herald*)
       rm -f /tmp/bench-compare.db*
       HERALD_LOG=warn "$herald" serve --host 127.0.0.1 --port "$port" --database /tmp/bench-compare.db \
         --max-connections 19500 --connection-rate-per-ip 1000000 --publish-rate-per-connection 1000000 \
-        --outbox-max-messages 100000 >/dev/null 2>&1 &
+        --outbox-max-messages 100000 --public-room '*' >/dev/null 2>&1 &
       ;;
     node-ws) install_peer node-ws; (cd target/bench-peers/node-ws && PORT=$port exec node server.js >/dev/null 2>&1) & ;;
     bun) install_peer bun; (cd target/bench-peers/bun && PORT=$port exec node_modules/.bin/bun server.js >/dev/null 2>&1) & ;;
@@ -51,13 +54,17 @@ stop() {  # no graceful shutdown needed between runs: kill the server and any ch
 
 bench() {  # bench NAME SERVER SECS ARGS...: one run against a fresh server, JSON saved
   local name=$1 server=$2 secs=$3; shift 3
-  local port=3300 protocol=herald
-  [ "$server" != herald ] && protocol=rooms
+  local port=3300 protocol=(--protocol herald)
+  case $server in
+    herald) ;;
+    herald-rooms) protocol=(--protocol rooms --ws-path /ws/rooms) ;;
+    *) protocol=(--protocol rooms) ;;
+  esac
   start "$server" $port
   local real=$pid
   # node/bun run under a subshell: measure the runtime process itself
-  [ "$server" != herald ] && real=$(pgrep -P "$pid" -n || echo "$pid")
-  "$herald" bench --target 127.0.0.1:$port --protocol $protocol --token "$token" --server-pid "$real" \
+  [[ $server != herald* ]] && real=$(pgrep -P "$pid" -n || echo "$pid")
+  "$herald" bench --target 127.0.0.1:$port "${protocol[@]}" --token "$token" --server-pid "$real" \
     --duration "$secs" --json "$@" >"$out/$name.$server.$rep.json" || echo "run $name/$server failed" >&2
   stop
 }
@@ -68,6 +75,7 @@ for rep in $(seq "$REPS"); do
     bench fanout "$server" "$DURATION" --scenario fanout --subscribers 1000 --in-flight 64
     bench rooms-rate "$server" "$DURATION" --scenario rooms --rooms 100 --members 10 --rate 1000 --threads 1
     bench rooms-max "$server" "$DURATION" --scenario rooms --rooms 100 --members 10 --in-flight 16
+    [ "$server" = herald-rooms ] && continue  # the rest does not depend on the protocol
     bench idle-10k "$server" 2 --scenario idle --connections 10000
     bench idle-19k "$server" 2 --scenario idle --connections 19000
     if [ "$server" = herald ]; then

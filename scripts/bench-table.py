@@ -41,7 +41,7 @@ rows = [
     ("HTTP publish ingest (durable), 64 in flight: events/s", "ingest", lambda r: r["acked_per_sec"], k),
     ("HTTP publish ingest: p99 ack latency µs", "ingest", lambda r: r["ack_latency_us"]["p99"], us),
 ]
-servers = ["herald", "node-ws", "bun"]
+servers = ["herald", "herald-rooms", "node-ws", "bun"]
 print(f"| scenario (median of {reps} [min–max]) | " + " | ".join(servers) + " |")
 print("|---|" + "---|" * len(servers))
 for label, name, get, fmt in rows:
