@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Herald's whole test suite, runnable on a fresh machine: installs what it needs when missing,
 # then checks formatting and lints, runs unit and integration tests (real binary, real sockets,
-# real SQLite files), and the Autobahn WebSocket conformance suite against the echo endpoint.
+# real SQLite files, real PostgreSQL and Redis started by scripts/services.sh), and the Autobahn
+# WebSocket conformance suite against the echo endpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,19 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   sudo_if_needed apt-get update -qq && sudo_if_needed apt-get install -y -qq nodejs npm
 fi
 [ -d tests/seed-clients/node_modules/ws ] || npm ci --prefix tests/seed-clients --no-audit --no-fund
+
+step "Chromium and playwright-core for the browser tests"
+if [ ! -x /usr/bin/chromium ]; then
+  echo "installing Debian's chromium (the dashboard and demo tests drive it headless)"
+  sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  sudo_if_needed apt-get update -qq && sudo_if_needed apt-get install -y -qq chromium
+fi
+[ -d tests/browser/node_modules/playwright-core ] || npm ci --prefix tests/browser --no-audit --no-fund
+
+step "PostgreSQL and Redis for the scale-out tests"
+# Left running afterwards (under target/services/), so that other runs from this checkout can
+# share them; `scripts/services.sh stop` stops them.
+eval "$(scripts/services.sh start)"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

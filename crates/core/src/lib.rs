@@ -1,7 +1,7 @@
 //! Herald's domain: events and their sequence, subscriptions and the index that matches them,
 //! connections with bounded outboxes, the hub that fans committed events out, and the two seams
-//! (`EventStore`, and the in-process `LocalLog` that sequences and commits). Nothing in here
-//! knows about HTTP or any web framework.
+//! (`EventStore`, and `Log` — here the in-process `LocalLog` — that sequences and commits).
+//! Nothing in here knows about HTTP or any web framework.
 
 pub mod event;
 pub mod hub;
@@ -19,7 +19,7 @@ pub mod subscription;
 pub use event::{EncodedEvent, Event, NewEvent};
 pub use hub::{Hub, HubStats, Transport};
 pub use identity::{Identity, Role};
-pub use log::{LocalLog, PublishError};
+pub use log::{LocalLog, Log, PublishError};
 pub use outbox::{CloseReason, Outbox, OutboxLimits, Outgoing};
 pub use pattern::TypePattern;
 pub use store::{EventStore, HistoryQuery, Order, StoreError};

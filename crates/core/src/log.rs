@@ -1,10 +1,15 @@
-//! The embedded log: one task assigns `seq`, commits each batch to the store (group commit:
-//! whatever queued while the previous batch was committing goes in the next transaction),
-//! then fans the batch out and acknowledges the publishers. Fan-out happens only after the
-//! commit, so nothing is delivered that could be lost by a crash.
+//! The log seam (`Log`): assigns `seq`, makes each event durable, fans it out to this node's
+//! subscribers and acknowledges its publisher — in that order, so nothing is delivered or
+//! acknowledged that a crash could lose. `LocalLog` is the embedded implementation; the Redis
+//! one (crate `herald-redis`) shares the sequence between nodes.
+//!
+//! `LocalLog`: one task assigns `seq`, commits each batch to the store (group commit: whatever
+//! queued while the previous batch was committing goes in the next transaction), then fans the
+//! batch out and acknowledges the publishers.
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use chrono::Utc;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
@@ -20,6 +25,27 @@ pub enum PublishError {
     Store(#[from] StoreError),
     #[error("the server is shutting down")]
     Closed,
+    /// The shared log (Redis) could not be reached, or did not confirm the commit in time.
+    #[error("event log unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait Log: Send + Sync + 'static {
+    /// Resolves once the event is durable and has been handed to every local subscriber.
+    async fn publish(&self, event: NewEvent) -> Result<Arc<EncodedEvent>, PublishError> {
+        self.publish_skipping(event, None).await
+    }
+
+    /// Publishes an event that the connection `skip` does not receive (it sent it).
+    async fn publish_skipping(
+        &self,
+        event: NewEvent,
+        skip: Option<Uuid>,
+    ) -> Result<Arc<EncodedEvent>, PublishError>;
+
+    /// Stops accepting publishes and waits until every accepted one is committed.
+    async fn shutdown(&self);
 }
 
 type Ack = oneshot::Sender<Result<Arc<EncodedEvent>, PublishError>>;
@@ -48,14 +74,11 @@ impl LocalLog {
             task: Mutex::new(Some(task)),
         })
     }
+}
 
-    /// Resolves once the event is durable and has been handed to every local subscriber.
-    pub async fn publish(&self, event: NewEvent) -> Result<Arc<EncodedEvent>, PublishError> {
-        self.publish_skipping(event, None).await
-    }
-
-    /// Publishes an event that the connection `skip` does not receive (it sent it).
-    pub async fn publish_skipping(
+#[async_trait]
+impl Log for LocalLog {
+    async fn publish_skipping(
         &self,
         event: NewEvent,
         skip: Option<Uuid>,
@@ -68,8 +91,7 @@ impl LocalLog {
         done.await.map_err(|_| PublishError::Closed)?
     }
 
-    /// Stops accepting publishes and waits until every accepted one is committed.
-    pub async fn shutdown(&self) {
+    async fn shutdown(&self) {
         self.tx.lock().take();
         let task = self.task.lock().take();
         if let Some(task) = task {

@@ -187,11 +187,15 @@ impl Outbox {
     /// Asks the writer to close after what is already queued. The first reason wins.
     pub fn close(&self, reason: CloseReason) {
         let mut s = self.state.lock();
-        if s.closed.is_none() {
-            s.closed = Some(reason);
-        }
+        let overflowed = s.closed.is_none() && reason == CloseReason::SLOW_CONSUMER;
+        s.closed.get_or_insert(reason);
         drop(s);
         self.ready.notify_one();
+        // A replay's side buffer overflowing closes this way: `overflowed` waiters must hear
+        // of it as of a push that overflowed.
+        if overflowed {
+            self.overflow.notify_waiters();
+        }
     }
 
     /// Resolves once the queue has overflowed, so a writer blocked on a client that stopped
@@ -291,6 +295,15 @@ mod tests {
         assert!(o.push(msg()));
         assert!(!o.push(msg()));
         let within = std::time::Duration::from_secs(5);
+        tokio::time::timeout(within, waiter).await.unwrap().unwrap();
+
+        let closed = Arc::new(Outbox::new(OutboxLimits::default()));
+        let waiter = tokio::spawn({
+            let closed = closed.clone();
+            async move { closed.overflowed().await }
+        });
+        tokio::task::yield_now().await;
+        closed.close(CloseReason::SLOW_CONSUMER);
         tokio::time::timeout(within, waiter).await.unwrap().unwrap();
 
         let other = Outbox::new(OutboxLimits::default());

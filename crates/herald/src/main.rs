@@ -1,4 +1,7 @@
-//! The `herald` command: `serve` runs the server; `token` mints a development JWT.
+//! The `herald` command: `serve` runs the server; `token` mints a development JWT; `publish`
+//! and `subscribe` are clients of a running server; `bench` generates load.
+
+mod cli;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -30,6 +33,11 @@ enum Command {
     /// Run the server.
     Serve(ServeFlags),
     /// Mint a JWT for a user (needs JWT_SECRET or jwt_secret in the configuration).
+    #[command(
+        after_help = "The token is valid on servers sharing that secret. Use it as \
+`Authorization: Bearer <token>`, `herald publish --token`, `herald subscribe --token`, HERALD_TOKEN, \
+or `?token=` on SSE and long-poll URLs."
+    )]
     Token {
         /// The user id (`sub` claim).
         #[arg(long)]
@@ -44,6 +52,11 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: i64,
     },
+    /// Publish an event to a running server and print its acknowledgement as JSON.
+    Publish(cli::PublishArgs),
+    /// Print a running server's matching events as JSON lines as they are published;
+    /// reconnects and resumes by itself.
+    Subscribe(cli::SubscribeArgs),
     /// Generate load against Herald (or a seed-004 room server) and measure it.
     Bench(herald_bench::BenchArgs),
 }
@@ -61,6 +74,18 @@ struct ServeFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     database: Option<PathBuf>,
+    /// Keep events in PostgreSQL (postgres://user:password@host:port/database) instead of SQLite.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    postgres: Option<String>,
+    /// Share the event log with other nodes through Redis (redis://host:port); needs --postgres.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<String>,
+    /// Prefix of Herald's Redis keys (default `herald`).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_prefix: Option<String>,
     /// Allowed CORS origin (repeatable; `*` for any).
     #[arg(long = "cors-origin")]
     #[serde(skip_serializing_if = "Option::is_none", rename = "cors_origins")]
@@ -90,6 +115,10 @@ struct ServeFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     outbox_max_bytes: Option<usize>,
+    /// Drop a connection whose socket accepts no data for this many seconds.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    write_timeout_secs: Option<u64>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     publish_rate_per_connection: Option<u32>,
@@ -100,6 +129,10 @@ struct ServeFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     ws_echo: bool,
+    /// Feed the demo apps under /examples/: simulated stock prices and news, the process's real stats.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    demo: bool,
 }
 
 fn init_logging(format: &str) {
@@ -133,7 +166,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(flags) => {
             let config =
                 Config::load(cli.config.as_deref(), &flags).context("invalid configuration")?;
-            let db = config.database.display().to_string();
+            let db = match &config.postgres {
+                Some(url) => herald_server::store_description(url),
+                None => config.database.display().to_string(),
+            };
+            let demo = config.demo;
             herald_server::serve(config, shutdown_signal(), |s| {
                 let port = s.addr.port();
                 let host = if s.addr.ip().is_unspecified() { "localhost".to_owned() } else { s.addr.ip().to_string() };
@@ -141,6 +178,9 @@ async fn main() -> anyhow::Result<()> {
                 println!("  database:  {db}");
                 println!("  dashboard: http://{host}:{port}/?token={}", s.admin_token);
                 println!("  admin token (Authorization: Bearer ...): {}", s.admin_token);
+                if demo {
+                    println!("  demo apps: http://{host}:{port}/examples/");
+                }
                 if s.generated_secret {
                     println!("  JWT_SECRET is not set: a random secret was generated for this run; tokens end with it.");
                 }
@@ -163,6 +203,8 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Publish(args) => cli::publish(args).await,
+        Command::Subscribe(args) => cli::subscribe(args, shutdown_signal()).await,
         Command::Bench(args) => herald_bench::run(args).await,
     }
 }

@@ -304,6 +304,59 @@ async fn publish_validation_errors_are_400_with_a_code() {
 }
 
 #[tokio::test]
+async fn posting_to_the_poll_route_publishes_like_publish() {
+    let server = Server::start();
+    let alice = token("alice");
+    // Seed 003's polling client posts where it polls: a held poll gets what is posted there.
+    let held = {
+        let url = server.url("/api/realtime/poll?types=chat.*&cursor=0&timeout=30");
+        tokio::spawn(async move { http().get(url).send().await.unwrap().json::<Value>().await })
+    };
+    let body = json!({"type": "chat.message", "data": {"text": "hi"}, "roomId": "lobby"});
+    let (status, posted) = post(&server, "/api/realtime/poll", Some(&alice), &body).await;
+    assert_eq!(status, 201, "{posted}");
+    let (status, published) = post(&server, "/api/realtime/publish", Some(&alice), &body).await;
+    assert_eq!(status, 201, "{published}");
+    let keys = |v: &Value| {
+        v["event"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(posted["message"], published["message"]);
+    assert_eq!(keys(&posted), keys(&published), "{posted} vs {published}");
+    assert_eq!(
+        posted["event"]["seq"].as_u64().unwrap() + 1,
+        published["event"]["seq"]
+    );
+
+    let polled = held.await.unwrap().unwrap();
+    assert_eq!(polled["events"][0]["id"], posted["event"]["id"], "{polled}");
+    assert_eq!(polled["events"][0]["userId"], "alice", "{polled}");
+    let stored = history(&server, &alice, "types=chat.message").await;
+    assert_eq!(
+        seqs(&stored),
+        [
+            published["event"]["seq"].clone(),
+            posted["event"]["seq"].clone()
+        ]
+    );
+
+    // The same checks as publish.
+    let (status, b) = post(&server, "/api/realtime/poll", None, &body).await;
+    assert_error(status, &b, 401, "AUTH_REQUIRED");
+    let (status, b) = post(&server, "/api/realtime/poll", Some("garbage"), &body).await;
+    assert_error(status, &b, 401, "AUTH_FAILED");
+    let as_bob = json!({"type": "chat.message", "data": {}, "userId": "bob"});
+    let (status, b) = post(&server, "/api/realtime/poll", Some(&alice), &as_bob).await;
+    assert_error(status, &b, 403, "FORBIDDEN");
+    let (status, b) = post_raw(&server, "/api/realtime/poll", Some(&alice), "{").await;
+    assert_error(status, &b, 400, "INVALID_JSON");
+}
+
+#[tokio::test]
 async fn bodies_over_max_message_bytes_are_413() {
     let server = Server::start_with(&["--max-message-bytes", "1024"]);
     let alice = token("alice");
@@ -1107,15 +1160,49 @@ async fn unknown_routes_and_wrong_methods_answer_json() {
 }
 
 #[tokio::test]
-async fn root_without_upgrade_serves_the_landing_page() {
+async fn root_without_upgrade_serves_the_dashboard_and_keeps_its_token_in_a_cookie() {
     let server = Server::start();
     let res = http().get(server.url("/")).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let ct = res.headers()["content-type"].to_str().unwrap().to_owned();
     assert!(ct.starts_with("text/html"), "{ct}");
+    assert!(res.headers().get("set-cookie").is_none());
     let body = res.text().await.unwrap();
-    assert!(body.contains("<h1>Herald is running</h1>"), "{body}");
-    assert!(body.contains("/api/realtime/stream"));
+    assert!(body.contains("/dashboard/dashboard.js"), "{body}");
+
+    // A valid token becomes an HttpOnly, SameSite=Strict cookie; a bad one sets nothing.
+    let bad = http().get(server.url("/?token=nope")).send().await.unwrap();
+    assert!(bad.headers().get("set-cookie").is_none());
+    let admin = admin_token();
+    let res = http()
+        .get(server.url(&format!("/?token={admin}")))
+        .send()
+        .await
+        .unwrap();
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert_eq!(
+        cookie,
+        format!("herald_token={admin}; Path=/; HttpOnly; SameSite=Strict")
+    );
+
+    // The cookie authenticates requests that carry no other credentials.
+    let with_cookie = |value: String| {
+        http()
+            .get(server.url("/api/realtime/stats"))
+            .header("cookie", value)
+            .send()
+    };
+    let ok = with_cookie(format!("theme=dark; herald_token={admin}"))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    // A cookie that no longer verifies is ignored (anonymous), never an error of its own.
+    let stale = with_cookie("herald_token=expired.or.foreign".into())
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 401);
+    let body: Value = stale.json().await.unwrap();
+    assert_eq!(body["code"], "AUTH_REQUIRED", "{body}");
 }
 
 #[tokio::test]

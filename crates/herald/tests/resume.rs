@@ -1,13 +1,12 @@
 //! Resume (guarantee 2) against the real binary: a client that resumes with its last `seq` —
 //! WebSocket `since`, SSE `Last-Event-ID`, the long-poll cursor — gets every missed matching
-//! event exactly once and in order, also while events are being published and when it is
-//! disconnected at random moments; outside retention it is told `recovered: false`; and a
-//! resume never replays another user's `user.*` events.
+//! event exactly once and in order, also while events are being published and when clients on
+//! every transport are disconnected hundreds of times at random moments; outside retention it
+//! is told `recovered: false`; and a resume never replays another user's `user.*` events.
 
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -16,14 +15,9 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-/// What the chaos tests subscribe to: `chat.*` in room `r1`.
+/// What the single-client tests subscribe to: `chat.*` in room `r1`.
 const TYPES: &str = "chat.*";
 const ROOM: &str = "r1";
-/// Events published by the chaos tests' publishers, in total.
-const EVENTS: usize = 2000;
-const PUBLISHERS: usize = 4;
-/// Disconnects per chaos test (at least; more if the publishers are slower).
-const DISCONNECTS: usize = 50;
 
 fn seq_of(v: &Value) -> u64 {
     v["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {v}"))
@@ -36,18 +30,28 @@ async fn last_seq(server: &Server) -> u64 {
     body["events"]["lastSeq"].as_u64().unwrap_or(0)
 }
 
-/// A small xorshift generator: the chaos tests print their seed.
+/// A small xorshift generator, so a failing chaos run can be replayed with its seed.
 struct Rng(u64);
 
 impl Rng {
-    fn seeded() -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-            | 1;
-        eprintln!("rng seed {seed}");
-        Rng(seed)
+    /// `CHAOS_SEED` when set (to replay a failure), else the clock; printed either way.
+    fn seed() -> u64 {
+        let seed = std::env::var("CHAOS_SEED").map_or_else(
+            |_| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            },
+            |s| s.parse().expect("CHAOS_SEED is a number"),
+        );
+        eprintln!("chaos seed {seed} (CHAOS_SEED={seed} replays it)");
+        seed
+    }
+
+    /// One of several independent generators derived from a seed.
+    fn new(seed: u64, stream: u64) -> Self {
+        Rng((seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1)
     }
 
     fn below(&mut self, n: u64) -> u64 {
@@ -58,37 +62,108 @@ impl Rng {
     }
 }
 
-/// Publishes `EVENTS` events from `PUBLISHERS` concurrent HTTP clients: a mix of matching
-/// (`chat.*` in `r1`) and non-matching ones. Returns the matching acknowledged seqs, sorted.
-async fn publish_mix(url: String) -> Vec<u64> {
+// ---------------------------------------------------------------------------------------------
+// The delivery chaos test (issue 4): clients on every transport, each with its own
+// subscription, disconnected at random moments while several publishers send thousands of
+// events.
+
+/// Events published in total, by `PUBLISHERS` concurrent HTTP clients.
+const EVENTS: usize = 3000;
+const PUBLISHERS: usize = 4;
+/// How many times each client disconnects before its final resume (at least: it goes on until
+/// the publishers are done).
+const DISCONNECTS: std::ops::RangeInclusive<u64> = 40..=70;
+
+/// The published mix: event `i` has type `KINDS[i % 4]`, room `ROOMS[i / 4 % 4]` and user
+/// `USERS[i / 16 % 3]`, so every 48 events hold each combination once.
+const KINDS: [&str; 4] = ["chat.message", "chat.typing", "news.item", "order.created"];
+const ROOMS: [Option<&str>; 4] = [Some("r1"), Some("r2"), Some("r3"), None];
+const USERS: [&str; 3] = ["u1", "u2", "u3"];
+
+fn nth_event(i: usize) -> (&'static str, Option<&'static str>, &'static str) {
+    (KINDS[i % 4], ROOMS[i / 4 % 4], USERS[i / 16 % 3])
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    WebSocket,
+    Sse,
+    LongPoll,
+}
+
+/// A client's subscription: type patterns (comma-separated) and the `roomId`/`userId` filters.
+#[derive(Clone, Copy, Debug)]
+struct Filter {
+    types: &'static str,
+    room: Option<&'static str>,
+    user: Option<&'static str>,
+}
+
+impl Filter {
+    fn matches(&self, (kind, room, user): (&str, Option<&str>, &str)) -> bool {
+        let pattern = |p: &str| match p.strip_suffix(".*") {
+            _ if p == "*" => true,
+            Some(prefix) => kind
+                .strip_prefix(prefix)
+                .is_some_and(|r| r.starts_with('.')),
+            None => p == kind,
+        };
+        self.types.split(',').any(pattern)
+            && self.room.is_none_or(|r| room == Some(r))
+            && self.user.is_none_or(|u| user == u)
+    }
+
+    /// The query parameters of SSE, long-polling and history.
+    fn query(&self) -> String {
+        let mut q = format!("types={}", self.types);
+        if let Some(r) = self.room {
+            q.push_str(&format!("&roomId={r}"));
+        }
+        if let Some(u) = self.user {
+            q.push_str(&format!("&userId={u}"));
+        }
+        q
+    }
+
+    /// The WebSocket `subscribe` data resuming after `since`.
+    fn subscribe(&self, since: u64) -> Value {
+        let mut filters = serde_json::Map::new();
+        if let Some(r) = self.room {
+            filters.insert("roomId".into(), r.into());
+        }
+        if let Some(u) = self.user {
+            filters.insert("userId".into(), u.into());
+        }
+        json!({"eventTypes": self.types.split(',').collect::<Vec<_>>(), "filters": filters, "since": since})
+    }
+}
+
+/// The acknowledged events: each one's seq and its index in the mix.
+type Acked = Arc<Vec<(u64, usize)>>;
+
+/// Publishes `EVENTS` events of the mix (as the API key, which may set `userId`) from
+/// `PUBLISHERS` concurrent HTTP clients; returns each event's seq with its index in the mix.
+async fn publish_mix(url: String) -> Vec<(u64, usize)> {
     let client = reqwest::Client::new();
-    let alice = token("alice");
     let tasks: Vec<_> = (0..PUBLISHERS)
         .map(|p| {
-            let (client, url, alice) = (client.clone(), url.clone(), alice.clone());
+            let (client, url) = (client.clone(), url.clone());
             tokio::spawn(async move {
-                let mut matching = Vec::new();
-                for i in 0..EVENTS / PUBLISHERS {
-                    let (kind, room, hit) = match (i + p) % 4 {
-                        0 => ("chat.message", ROOM, true),
-                        1 => ("chat.message", "r2", false),
-                        2 => ("news.item", ROOM, false),
-                        _ => ("chat.typing", ROOM, true),
-                    };
+                let mut acked = Vec::new();
+                for i in (p..EVENTS).step_by(PUBLISHERS) {
+                    let (kind, room, user) = nth_event(i);
                     let res = client
                         .post(&url)
-                        .bearer_auth(&alice)
-                        .json(&json!({"type": kind, "roomId": room, "data": {"p": p, "i": i}}))
+                        .bearer_auth(API_KEY)
+                        .json(&json!({"type": kind, "roomId": room, "userId": user, "data": {"i": i}}))
                         .send()
                         .await
                         .unwrap();
                     assert_eq!(res.status().as_u16(), 201);
                     let body: Value = res.json().await.unwrap();
-                    if hit {
-                        matching.push(seq_of(&body["event"]));
-                    }
+                    acked.push((seq_of(&body["event"]), i));
                 }
-                matching
+                acked
             })
         })
         .collect();
@@ -96,86 +171,174 @@ async fn publish_mix(url: String) -> Vec<u64> {
     for t in tasks {
         all.extend(t.await.unwrap());
     }
-    all.sort_unstable();
     all
 }
 
+/// When a round ends: after `events` events or at `deadline`, whichever comes first; the final
+/// round instead reads until `target` arrived.
+struct Cut {
+    deadline: Instant,
+    events: usize,
+    target: Option<u64>,
+}
+
+impl Cut {
+    fn reached(&self, seqs: &[u64]) -> bool {
+        seqs.len() >= self.events || self.target.is_some_and(|t| seqs.last() >= Some(&t))
+    }
+}
+
 /// Records a received event: its seq must follow the last one (no duplicate, in order).
-fn take(got: &mut Vec<u64>, last: &mut u64, seq: u64, transport: &str) {
+fn take(got: &mut Vec<u64>, last: &mut u64, seq: u64, client: &str) {
     assert!(
         seq > *last,
-        "{transport}: seq {seq} after {last}: duplicate or out of order"
+        "{client}: seq {seq} after {last}: duplicate or out of order"
     );
     *last = seq;
     got.push(seq);
 }
 
-fn assert_exact(transport: &str, got: &[u64], expected: &[u64]) {
-    assert_eq!(got.len(), expected.len(), "{transport}: count differs");
-    assert!(
-        got == expected,
-        "{transport}: received events differ from the published matching ones"
-    );
+/// One connection of a chaos client: resume after `since`, read until `cut`, disconnect (drop
+/// the socket, or abandon the long-poll request). Returns the seqs received.
+async fn round(
+    server: &Server,
+    transport: Transport,
+    filter: Filter,
+    since: u64,
+    cut: &Cut,
+) -> Vec<u64> {
+    match transport {
+        Transport::WebSocket => {
+            let (mut ws, created) = ws_resume_with(server, filter.subscribe(since)).await;
+            assert_eq!(created["data"]["recovered"], true, "{created}");
+            ws_read(&mut ws, cut).await
+            // Dropped here: the TCP connection closes without a closing handshake.
+        }
+        Transport::Sse => {
+            let res = http()
+                .get(server.url(&format!("/api/realtime/stream?{}", filter.query())))
+                .header("last-event-id", since.to_string())
+                .send()
+                .await
+                .unwrap();
+            let mut sse = Sse::from_response(res);
+            assert_eq!(sse.status, 200);
+            let mut seqs = Vec::new();
+            while !cut.reached(&seqs) {
+                match tokio::time::timeout_at(cut.deadline, sse.next()).await {
+                    Ok(Some(e)) if e.event == "event" => {
+                        let seq = seq_of(&e.json());
+                        assert_eq!(e.id, Some(seq.to_string()), "the id line is the seq");
+                        seqs.push(seq);
+                    }
+                    Ok(Some(e)) => assert_ne!(e.event, "recovery", "{e:?}"),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            seqs
+        }
+        Transport::LongPoll => {
+            let mut seqs = Vec::new();
+            let mut cursor = since;
+            while !cut.reached(&seqs) {
+                let poll = http()
+                    .get(server.url(&format!(
+                        "/api/realtime/poll?cursor={cursor}&{}&timeout=1",
+                        filter.query()
+                    )))
+                    .send();
+                // A request still out at the deadline is abandoned: its answer is lost to the
+                // client, which polls again from the same cursor.
+                let Ok(res) = tokio::time::timeout_at(cut.deadline, poll).await else {
+                    break;
+                };
+                let body: Value = res.unwrap().json().await.unwrap();
+                assert_eq!(body["recovered"], true, "{body}");
+                let events = body["events"].as_array().unwrap();
+                match events.last() {
+                    Some(e) => assert_eq!(body["cursor"], e["seq"], "{body}"),
+                    None => assert_eq!(body["cursor"], cursor, "an empty answer keeps the cursor"),
+                }
+                // The client may stop part-way through an answer: any seq it got is a cursor.
+                for e in events {
+                    if cut.reached(&seqs) {
+                        break;
+                    }
+                    cursor = seq_of(e);
+                    seqs.push(cursor);
+                }
+            }
+            seqs
+        }
+    }
 }
 
-/// Runs `round` (connect, resume from `last`, read for a while, disconnect) until the
-/// publisher is done and at least `DISCONNECTS` rounds ran, then resumes once more and reads
-/// until the last matching event; asserts the client got exactly the matching events.
-async fn chaos<F, Fut>(transport: &str, server: &Server, mut round: F)
-where
-    F: FnMut(u64, Duration, Option<u64>) -> Fut,
-    Fut: std::future::Future<Output = Vec<u64>>,
-{
-    let started = std::time::Instant::now();
-    let mut rng = Rng::seeded();
-    let start = last_seq(server).await;
-    let done = Arc::new(AtomicBool::new(false));
-    let publisher = {
-        let (done, url) = (done.clone(), server.url("/api/realtime/publish"));
-        tokio::spawn(async move {
-            let matching = publish_mix(url).await;
-            done.store(true, Ordering::SeqCst);
-            matching
-        })
-    };
+/// A chaos client: disconnects at random moments — after a random number of events (often in
+/// the middle of a replay) or a random time — at least `DISCONNECTS` times and until
+/// `published` says the publishers are done; then resumes once more and reads up to the last
+/// matching event. Returns what it received and how many times it disconnected.
+async fn chaos_client(
+    server: Arc<Server>,
+    name: String,
+    transport: Transport,
+    filter: Filter,
+    mut rng: Rng,
+    start: u64,
+    mut published: tokio::sync::watch::Receiver<Option<Acked>>,
+) -> (Vec<u64>, u64) {
+    let disconnects = DISCONNECTS.start() + rng.below(DISCONNECTS.end() - DISCONNECTS.start() + 1);
+    let matching = (0..EVENTS)
+        .filter(|i| filter.matches(nth_event(*i)))
+        .count() as u64;
+    // Spreads the event-count cuts over the whole stream.
+    let per_round = (2 * matching / disconnects).max(2);
     let (mut got, mut last, mut rounds) = (Vec::new(), start, 0);
-    while rounds < DISCONNECTS || !done.load(Ordering::SeqCst) {
-        let window = Duration::from_millis(rng.below(60));
-        for seq in round(last, window, None).await {
-            take(&mut got, &mut last, seq, transport);
+    let all = loop {
+        if rounds >= disconnects
+            && let Some(all) = published.borrow_and_update().clone()
+        {
+            break all;
+        }
+        let cut = Cut {
+            deadline: Instant::now() + Duration::from_millis(50 + rng.below(950)),
+            events: 1 + rng.below(per_round) as usize,
+            target: None,
+        };
+        for seq in round(&server, transport, filter, last, &cut).await {
+            take(&mut got, &mut last, seq, &name);
         }
         rounds += 1;
-        assert!(rounds < 2000, "{transport}: the publisher never finished");
-    }
-    let expected = publisher.await.unwrap();
-    let during = got.len();
-    let target = *expected.last().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        assert!(rounds < 2000, "{name}: the publishers never finished");
+    };
+    let target = all
+        .iter()
+        .filter(|(_, i)| filter.matches(nth_event(*i)))
+        .map(|(seq, _)| *seq)
+        .max()
+        .expect("some events match");
+    let deadline = Instant::now() + Duration::from_secs(20);
     while last < target {
         assert!(
-            std::time::Instant::now() < deadline,
-            "{transport}: stuck at {last}, expected up to {target}"
+            Instant::now() < deadline,
+            "{name}: stuck at {last}, expected up to {target}"
         );
-        for seq in round(last, Duration::from_secs(2), Some(target)).await {
-            take(&mut got, &mut last, seq, transport);
+        let cut = Cut {
+            deadline: Instant::now() + Duration::from_secs(2),
+            events: usize::MAX,
+            target: Some(target),
+        };
+        for seq in round(&server, transport, filter, last, &cut).await {
+            take(&mut got, &mut last, seq, &name);
         }
     }
-    assert_exact(transport, &got, &expected);
-    eprintln!(
-        "{transport}: {} events ({during} before the final resume) over {rounds} disconnects in {:?}",
-        got.len(),
-        started.elapsed()
-    );
+    (got, rounds)
 }
 
-/// Reads WebSocket events until `deadline` (or until `target` is reached); returns their seqs.
-async fn ws_read(ws: &mut Ws, deadline: Instant, target: Option<u64>) -> Vec<u64> {
+/// Reads WebSocket events until `cut`; returns their seqs.
+async fn ws_read(ws: &mut Ws, cut: &Cut) -> Vec<u64> {
     let mut seqs = Vec::new();
-    loop {
-        if target.is_some_and(|t| seqs.last().is_some_and(|s| s >= &t)) {
-            return seqs;
-        }
-        match tokio::time::timeout_at(deadline, ws.stream.next()).await {
+    while !cut.reached(&seqs) {
+        match tokio::time::timeout_at(cut.deadline, ws.stream.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => {
                 let v: Value = serde_json::from_str(t.as_str()).unwrap();
                 if v["type"] == "event" {
@@ -183,20 +346,32 @@ async fn ws_read(ws: &mut Ws, deadline: Instant, target: Option<u64>) -> Vec<u64
                 }
             }
             Ok(Some(Ok(_))) => {}
-            Err(_) | Ok(Some(Err(_)) | None) => return seqs,
+            Err(_) | Ok(Some(Err(_)) | None) => break,
         }
     }
+    seqs
 }
 
-async fn ws_resume(server: &Server, since: u64) -> (Ws, Value) {
+/// Connects and subscribes with `data` (which may carry `since`); returns the socket and the
+/// `subscription.created` reply.
+async fn ws_resume_with(server: &Server, data: Value) -> (Ws, Value) {
     let mut ws = Ws::connect(server, "/ws").await;
-    ws.send(json!({"type": "subscribe", "id": "r", "data": {
-        "eventTypes": [TYPES], "filters": {"roomId": ROOM}, "since": since}}))
+    ws.send(json!({"type": "subscribe", "id": "r", "data": data}))
         .await;
     let created = ws.recv().await;
     assert_eq!(created["type"], "subscription.created", "{created}");
     assert_eq!(created["id"], "r");
     (ws, created)
+}
+
+/// Resumes `chat.*` in `r1` after `since`.
+async fn ws_resume(server: &Server, since: u64) -> (Ws, Value) {
+    let filter = Filter {
+        types: TYPES,
+        room: Some(ROOM),
+        user: None,
+    };
+    ws_resume_with(server, filter.subscribe(since)).await
 }
 
 #[tokio::test]
@@ -274,104 +449,98 @@ async fn websocket_resume_gets_exactly_the_missed_events_once() {
     ws.expect_silence(Duration::from_millis(200)).await;
 }
 
-#[tokio::test]
-async fn websocket_resume_under_concurrent_publishing_and_random_disconnects() {
-    let server = Server::start();
-    chaos("websocket", &server, |since, window, target| {
-        let server = &server;
-        async move {
-            let (mut ws, created) = ws_resume(server, since).await;
-            assert_eq!(created["data"]["recovered"], true, "{created}");
-            ws_read(&mut ws, Instant::now() + window, target).await
-            // Dropped here: the TCP connection closes without a closing handshake.
-        }
-    })
-    .await;
-}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_transport_resumes_exactly_under_concurrent_publishing_and_hundreds_of_disconnects() {
+    // Reconnecting is the point here: the per-IP connection rate is not under test.
+    let server = Arc::new(Server::start_with(&["--connection-rate-per-ip", "100000"]));
+    let seed = Rng::seed();
+    let started = std::time::Instant::now();
+    let start = last_seq(&server).await;
+    let filter = |types, room, user| Filter { types, room, user };
+    let clients = [
+        (Transport::WebSocket, filter("chat.*", Some("r1"), None)),
+        (Transport::WebSocket, filter("news.item", None, None)),
+        (Transport::WebSocket, filter("*", Some("r2"), Some("u2"))),
+        (Transport::Sse, filter("chat.message", Some("r2"), None)),
+        (Transport::Sse, filter("order.*", None, Some("u1"))),
+        (
+            Transport::Sse,
+            filter("news.*,chat.typing", Some("r3"), None),
+        ),
+        (Transport::LongPoll, filter("chat.*", None, Some("u3"))),
+        (Transport::LongPoll, filter("*", Some("r1"), None)),
+        (
+            Transport::LongPoll,
+            filter("order.created,news.item", Some("r2"), None),
+        ),
+    ];
+    let (done, published) = tokio::sync::watch::channel(None);
+    let running: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(n, &(transport, filter))| {
+            let name = format!("{transport:?} {}", filter.query());
+            let rng = Rng::new(seed, n as u64 + 1);
+            let task = chaos_client(
+                server.clone(),
+                name.clone(),
+                transport,
+                filter,
+                rng,
+                start,
+                published.clone(),
+            );
+            (name, filter, tokio::spawn(task))
+        })
+        .collect();
+    let all = publish_mix(server.url("/api/realtime/publish")).await;
+    let published_in = started.elapsed();
+    done.send_replace(Some(Arc::new(all.clone())));
 
-#[tokio::test]
-async fn sse_resume_with_last_event_id_under_concurrent_publishing_and_random_disconnects() {
-    let server = Server::start();
-    let client = reqwest::Client::new();
-    chaos("sse", &server, |since, window, target| {
-        let (server, client) = (&server, client.clone());
-        async move {
-            let res = client
-                .get(server.url(&format!("/api/realtime/stream?types={TYPES}&roomId={ROOM}")))
-                .header("last-event-id", since.to_string())
-                .send()
-                .await
-                .unwrap();
-            let mut sse = Sse::from_response(res);
-            assert_eq!(sse.status, 200);
-            let deadline = Instant::now() + window;
-            let mut seqs = Vec::new();
-            loop {
-                if target.is_some_and(|t| seqs.last().is_some_and(|s| s >= &t)) {
-                    return seqs;
-                }
-                match tokio::time::timeout_at(deadline, sse.next()).await {
-                    Ok(Some(e)) if e.event == "event" => {
-                        let seq = seq_of(&e.json());
-                        assert_eq!(e.id, Some(seq.to_string()), "the id line is the seq");
-                        seqs.push(seq);
-                    }
-                    Ok(Some(e)) => assert_ne!(e.event, "recovery", "{e:?}"),
-                    Ok(None) | Err(_) => return seqs,
-                }
-            }
-        }
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn long_poll_cursor_under_concurrent_publishing_and_aborted_requests() {
-    let server = Server::start();
-    let client = reqwest::Client::new();
-    let rng = std::sync::Mutex::new(Rng::seeded());
-    chaos("long-poll", &server, |cursor, window, target| {
-        let (server, client) = (&server, client.clone());
-        // Half the requests are abandoned mid-flight: their answers are lost to the client,
-        // which polls again from the same cursor.
-        let abort = target.is_none() && rng.lock().unwrap().below(2) == 0;
-        async move {
-            let mut seqs = Vec::new();
-            let mut cursor = cursor;
-            let deadline = Instant::now() + window;
-            loop {
-                let req = client
-                    .get(server.url(&format!(
-                        "/api/realtime/poll?cursor={cursor}&types={TYPES}&roomId={ROOM}&timeout=1"
-                    )))
-                    .send();
-                let body: Value = if abort {
-                    match tokio::time::timeout_at(deadline, req).await {
-                        Ok(res) => res.unwrap().json().await.unwrap(),
-                        Err(_) => return seqs,
-                    }
-                } else {
-                    req.await.unwrap().json().await.unwrap()
-                };
-                assert_eq!(body["recovered"], true, "{body}");
-                let events = body["events"].as_array().unwrap();
-                for e in events {
-                    seqs.push(seq_of(e));
-                }
-                let next = body["cursor"].as_u64().unwrap();
-                match events.last() {
-                    Some(e) => assert_eq!(next, seq_of(e)),
-                    None => assert_eq!(next, cursor, "an empty answer keeps the cursor"),
-                }
-                cursor = next;
-                let reached = target.is_some_and(|t| cursor >= t);
-                if reached || Instant::now() >= deadline {
-                    return seqs;
-                }
-            }
-        }
-    })
-    .await;
+    let mut total_rounds = 0;
+    for (name, filter, task) in running {
+        let (got, rounds) = task.await.unwrap();
+        total_rounds += rounds;
+        let mut expected: Vec<u64> = all
+            .iter()
+            .filter(|(_, i)| filter.matches(nth_event(*i)))
+            .map(|(seq, _)| *seq)
+            .collect();
+        expected.sort_unstable();
+        // History holds the same events (newest first; every filter matches fewer than 1000).
+        let (status, history) = get(
+            &server,
+            &format!(
+                "/api/realtime/events?{}&since={start}&limit=1000",
+                filter.query()
+            ),
+            Some(API_KEY),
+        )
+        .await;
+        assert_eq!(status, 200, "{history}");
+        let mut stored: Vec<u64> = history["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(seq_of)
+            .collect();
+        stored.reverse();
+        assert!(stored.len() < 1000, "{name}: history is truncated");
+        assert_eq!(
+            stored, expected,
+            "{name}: history differs from the acknowledged events"
+        );
+        assert_eq!(got.len(), expected.len(), "{name}: count differs");
+        assert!(
+            got == expected,
+            "{name}: received events differ from the matching ones"
+        );
+        eprintln!("{name}: {} events over {rounds} disconnects", got.len());
+    }
+    eprintln!(
+        "{EVENTS} events published in {published_in:?}; {total_rounds} disconnects; done in {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -678,8 +847,12 @@ async fn a_client_resumes_across_a_kill_9_and_restart_with_nothing_lost() {
         "seq reused after kill -9"
     );
     acked.push(seq_of(&live));
-    let deadline = Instant::now() + WAIT;
-    got.extend(ws_read(&mut ws, deadline, Some(seq_of(&live))).await);
+    let cut = Cut {
+        deadline: Instant::now() + WAIT,
+        events: usize::MAX,
+        target: Some(seq_of(&live)),
+    };
+    got.extend(ws_read(&mut ws, &cut).await);
     assert_eq!(
         got, acked,
         "every acknowledged event exactly once, in order, across the crash"

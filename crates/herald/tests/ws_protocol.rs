@@ -280,7 +280,7 @@ async fn connection_established_on_root_and_ws() {
     assert_eq!(st["connections"]["total"], 4, "{st}");
     assert_eq!(st["connections"]["byType"]["websocket"], 4, "{st}");
 
-    // A plain GET of `/` is the landing page, not a WebSocket.
+    // A plain GET of `/` is the dashboard, not a WebSocket.
     let res = http().get(server.url("/")).send().await.unwrap();
     assert_eq!(res.status().as_u16(), 200);
     assert!(res.text().await.unwrap().contains("Herald"));
@@ -1151,31 +1151,11 @@ async fn a_slow_consumer_is_disconnected_while_a_reader_gets_everything() {
         (reader, got)
     });
 
-    let client = reqwest::Client::new();
-    let url = server.url("/api/realtime/publish");
-    let pad = "p".repeat(PAD);
-    let acks: Vec<u64> = futures_util::stream::iter(0..events)
-        .map(|i| {
-            let req = client
-                .post(&url)
-                .bearer_auth(API_KEY)
-                .json(&json!({"type": "load.test", "data": {"i": i, "pad": pad}}));
-            async move {
-                let res = req.send().await.unwrap();
-                assert_eq!(res.status().as_u16(), 201);
-                let body: Value = res.json().await.unwrap();
-                body["event"]["seq"].as_u64().unwrap()
-            }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
+    let acked = flood(&server, events, PAD).await;
 
     let (mut reader, got) = reading.await.unwrap();
     let got: Vec<u64> = got.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert!(got.windows(2).all(|w| w[0] < w[1]), "in seq order");
-    let mut acked = acks.clone();
-    acked.sort_unstable();
     assert_eq!(got, acked, "the reader got every event");
     reader.expect_silence(QUIET).await;
 

@@ -11,7 +11,8 @@ use herald_core::log::CommitSink;
 use herald_core::pattern::validate_type;
 use herald_core::protocol::PublishArgs;
 use herald_core::stream::Streams;
-use herald_core::{EventStore, Hub, Identity, LocalLog, NewEvent, OutboxLimits};
+use herald_core::{EventStore, Hub, Identity, LocalLog, Log, NewEvent, OutboxLimits};
+use herald_redis::{RedisConfig, RedisLog};
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::watch;
@@ -24,7 +25,8 @@ use crate::transport::mailbox::Mailboxes;
 pub struct App {
     pub config: Config,
     pub hub: Arc<Hub>,
-    pub log: LocalLog,
+    /// Embedded (`LocalLog`), or shared with other nodes through Redis (`RedisLog`).
+    pub log: Box<dyn Log>,
     pub store: Arc<dyn EventStore>,
     pub auth: Auth,
     pub started: Instant,
@@ -70,7 +72,16 @@ impl App {
                 committed.send_replace(last.event.seq);
             }
         });
-        let log = LocalLog::start(store.clone(), sink).await?;
+        let log: Box<dyn Log> = match &config.redis {
+            Some(url) => {
+                let redis = RedisConfig {
+                    url: url.clone(),
+                    prefix: config.redis_prefix.clone(),
+                };
+                Box::new(RedisLog::start(&redis, store.clone(), sink, last_seq).await?)
+            }
+            None => Box::new(LocalLog::start(store.clone(), sink).await?),
+        };
         let streams = Streams::new(crate::api::streams::is_reserved_path);
         for declared in &config.streams {
             streams.create(declared.spec()).map_err(|e| {

@@ -16,8 +16,15 @@ pub struct Config {
     pub host: IpAddr,
     /// Port to listen on; 0 picks a free one.
     pub port: u16,
-    /// SQLite database file.
+    /// SQLite database file (unused when `postgres` is set).
     pub database: PathBuf,
+    /// PostgreSQL URL (`postgres://user:password@host:port/database`): the event store shared
+    /// by several nodes, instead of the SQLite file.
+    pub postgres: Option<String>,
+    /// Redis URL (`redis://host:port`): the log shared by several nodes (needs `postgres`).
+    pub redis: Option<String>,
+    /// Prefix of Herald's Redis keys, so that several clusters can share one Redis.
+    pub redis_prefix: String,
     /// HS256 secret for JWTs. When unset a random one is generated for this run.
     pub jwt_secret: Option<String>,
     /// Server-side API keys for backends; a key may publish as any user.
@@ -38,6 +45,9 @@ pub struct Config {
     /// Bounds of each connection's outbound queue; overflowing closes it (code 4008).
     pub outbox_max_messages: usize,
     pub outbox_max_bytes: usize,
+    /// A write to a client's socket that makes no progress for this long fails, and the
+    /// connection is dropped (a client that stopped reading).
+    pub write_timeout_secs: u64,
     /// Publishes per second per WebSocket connection (burst twice this).
     pub publish_rate_per_connection: u32,
     /// New connections per second per client IP (burst twice this).
@@ -46,6 +56,9 @@ pub struct Config {
     pub public_rooms: Vec<String>,
     /// Serves `/echo`, a WebSocket echo on the same connection machinery, for conformance runs.
     pub ws_echo: bool,
+    /// Feeds the demo apps under `/examples/` (simulated stock prices and news, this process's
+    /// real stats) and makes the demo chat room public (see `demo.rs`).
+    pub demo: bool,
     /// Streams served from start-up (`[[streams]]` tables); more can be created at run time.
     pub streams: Vec<StreamConfig>,
 }
@@ -87,6 +100,9 @@ impl Default for Config {
             host: IpAddr::from([0, 0, 0, 0]),
             port: 3000,
             database: PathBuf::from("./herald.db"),
+            postgres: None,
+            redis: None,
+            redis_prefix: "herald".into(),
             jwt_secret: None,
             api_keys: Vec::new(),
             cors_origins: vec!["http://localhost:3000".into()],
@@ -99,10 +115,12 @@ impl Default for Config {
             max_subscriptions_per_connection: 100,
             outbox_max_messages: 4096,
             outbox_max_bytes: 4 << 20,
+            write_timeout_secs: 10,
             publish_rate_per_connection: 200,
             connection_rate_per_ip: 200,
             public_rooms: Vec::new(),
             ws_echo: false,
+            demo: false,
             streams: Vec::new(),
         }
     }

@@ -6,7 +6,9 @@ pub mod app;
 pub mod auth;
 pub mod chat;
 pub mod config;
+pub mod demo;
 pub mod error;
+pub mod listener;
 pub mod transport;
 
 use std::future::Future;
@@ -17,7 +19,7 @@ use std::time::Duration;
 use axum::serve::ListenerExt;
 use chrono::Utc;
 use herald_core::{CloseReason, EventStore};
-use herald_store::SqliteStore;
+use herald_store::{PgStore, SqliteStore};
 use tokio::net::TcpListener;
 
 pub use app::App;
@@ -37,7 +39,7 @@ pub struct Started {
 /// Runs Herald until `shutdown` resolves, then closes clients (WebSocket 1001, SSE streams
 /// ended), commits every accepted publish and closes the store.
 pub async fn serve(
-    config: Config,
+    mut config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_started: impl FnOnce(&Started),
 ) -> anyhow::Result<()> {
@@ -46,12 +48,23 @@ pub async fn serve(
         Some(s) if !s.is_empty() => (s.clone(), false),
         _ => (random_secret(), true),
     };
-    let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&config.database)?);
+    demo::open_room(&mut config);
+    if config.redis.is_some() && config.postgres.is_none() {
+        anyhow::bail!("redis needs postgres: the nodes sharing a log must share one event store");
+    }
+    let store: Arc<dyn EventStore> = match &config.postgres {
+        Some(url) => Arc::new(PgStore::connect(url).await?),
+        None => Arc::new(SqliteStore::open(&config.database)?),
+    };
     let listener = TcpListener::bind((config.host, config.port)).await?;
     let app = App::new(config, &secret, store.clone())
         .await
         .map_err(|e| anyhow::anyhow!(e.message))?;
     let background = spawn_background_jobs(app.clone());
+    let demo = app
+        .config
+        .demo
+        .then(|| tokio::spawn(demo::run(app.clone())));
 
     on_started(&Started {
         addr: listener.local_addr()?,
@@ -62,10 +75,11 @@ pub async fn serve(
     let hub = app.hub.clone();
     let stopping = app.stopping.clone();
     let router = api::router(app.clone());
+    let write_timeout = Duration::from_secs(app.config.write_timeout_secs.max(1));
     // Small frames must leave at once: without TCP_NODELAY, Nagle's algorithm holds a write
     // back until the previous one is acknowledged (milliseconds on a delayed-ACK peer).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
+    let listener = listener::Listener::new(listener, write_timeout).tap_io(|io| {
+        if let Err(e) = io.tcp().set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
     });
@@ -86,11 +100,19 @@ pub async fn serve(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     background.abort();
+    if let Some(demo) = demo {
+        demo.abort();
+    }
     app.streams.shutdown();
     app.log.shutdown().await;
     store.close().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How the start-up banner names a PostgreSQL store: its URL without the password.
+pub fn store_description(postgres_url: &str) -> String {
+    herald_store::postgres::display_url(postgres_url)
 }
 
 fn random_secret() -> String {

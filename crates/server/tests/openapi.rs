@@ -35,6 +35,18 @@ fn every_http_route_is_described() {
             "/updates",
         ]
     );
+    // `POST /api/realtime/poll` publishes, described as `POST /api/realtime/publish` is.
+    let on_poll = doc.paths.paths["/api/realtime/poll"].post.as_ref().unwrap();
+    let publish = doc.paths.paths["/api/realtime/publish"]
+        .post
+        .as_ref()
+        .unwrap();
+    let json = serde_json::to_value::<&utoipa::openapi::path::Operation>;
+    let (on_poll, publish) = (json(on_poll).unwrap(), json(publish).unwrap());
+    assert_ne!(on_poll["operationId"], publish["operationId"]);
+    for field in ["requestBody", "responses", "security", "tags"] {
+        assert_eq!(on_poll[field], publish[field], "{field}");
+    }
     let schemas = doc
         .components
         .as_ref()

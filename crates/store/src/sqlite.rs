@@ -9,13 +9,13 @@ use std::sync::mpsc as std_mpsc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::event::{EncodedEvent, Event};
-use herald_core::pattern::TypePattern;
-use herald_core::store::{
-    EventStore, HistoryQuery, Order, PrivateAccess, StoreError, StoreSummary,
-};
+use herald_core::store::{EventStore, HistoryQuery, StoreError, StoreSummary};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, params_from_iter, types::Value as SqlValue};
 use tokio::sync::oneshot;
+
+use crate::history::{Arg, select_bodies};
+use crate::{parse_body, record_commit};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -133,9 +133,7 @@ fn write_loop(mut conn: Connection, rx: std_mpsc::Receiver<Write>) {
             Write::Append(batch, done) => {
                 let started = std::time::Instant::now();
                 let result = append(&mut conn, &batch).map_err(backend);
-                metrics::histogram!("herald_store_commit_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                metrics::histogram!("herald_store_batch_events").record(batch.len() as f64);
+                record_commit(started, batch.len());
                 let _ = done.send(result);
             }
             Write::DeleteBefore(ts, done) => {
@@ -173,79 +171,6 @@ fn append(conn: &mut Connection, batch: &[Arc<EncodedEvent>]) -> rusqlite::Resul
     tx.commit()
 }
 
-/// Builds the WHERE clause of a history query. Type patterns become index range scans:
-/// `user.*` is `type >= 'user.' AND type < 'user/'`.
-fn where_clause(q: &HistoryQuery) -> (String, Vec<SqlValue>) {
-    let mut sql = String::from(" WHERE 1=1");
-    let mut args: Vec<SqlValue> = Vec::new();
-    let patterns: Vec<TypePattern> = q
-        .types
-        .iter()
-        .filter_map(|t| TypePattern::parse(t).ok())
-        .collect();
-    if !patterns.is_empty() && !patterns.contains(&TypePattern::All) {
-        let mut ors = Vec::new();
-        for p in patterns {
-            match p {
-                TypePattern::Exact(t) => {
-                    ors.push("type = ?".to_owned());
-                    args.push(SqlValue::Text(t));
-                }
-                TypePattern::Prefix(prefix) => {
-                    ors.push("(type >= ? AND type < ?)".to_owned());
-                    args.push(SqlValue::Text(prefix_upper_bound(&prefix).0));
-                    args.push(SqlValue::Text(prefix_upper_bound(&prefix).1));
-                }
-                TypePattern::All => unreachable!("handled above"),
-            }
-        }
-        sql.push_str(&format!(" AND ({})", ors.join(" OR ")));
-    }
-    if let Some(u) = &q.user_id {
-        sql.push_str(" AND user_id = ?");
-        args.push(SqlValue::Text(u.clone()));
-    }
-    if let Some(r) = &q.room_id {
-        sql.push_str(" AND room_id = ?");
-        args.push(SqlValue::Text(r.clone()));
-    }
-    if let Some(t) = q.since_time {
-        sql.push_str(" AND ts > ?");
-        args.push(SqlValue::Integer(t.timestamp_millis()));
-    }
-    if let Some(s) = q.after_seq {
-        sql.push_str(" AND seq > ?");
-        args.push(SqlValue::Integer(s.min(i64::MAX as u64) as i64));
-    }
-    if let Some(s) = q.until_seq {
-        sql.push_str(" AND seq <= ?");
-        args.push(SqlValue::Integer(s.min(i64::MAX as u64) as i64));
-    }
-    // Private events: `user.*` types belong to their user_id, personal rooms `user:{id}`
-    // (`room_id >= 'user:' AND room_id < 'user;'`) to their id.
-    if let PrivateAccess::OwnOnly(user) = &q.access {
-        sql.push_str(" AND (NOT (type >= 'user.' AND type < 'user/')");
-        if let Some(u) = user {
-            sql.push_str(" OR user_id = ?");
-            args.push(SqlValue::Text(u.clone()));
-        }
-        sql.push_str(") AND (room_id IS NULL OR NOT (room_id >= 'user:' AND room_id < 'user;')");
-        if let Some(u) = user {
-            sql.push_str(" OR room_id = ?");
-            args.push(SqlValue::Text(format!("user:{u}")));
-        }
-        sql.push(')');
-    }
-    (sql, args)
-}
-
-/// The half-open range of strings starting with `prefix` (which ends in '.').
-fn prefix_upper_bound(prefix: &str) -> (String, String) {
-    let mut upper = prefix[..prefix.len() - 1].to_owned();
-    upper.push('/');
-    (prefix.to_owned(), upper)
-}
-
 #[async_trait]
 impl EventStore for SqliteStore {
     async fn append(&self, batch: Vec<Arc<EncodedEvent>>) -> Result<(), StoreError> {
@@ -267,13 +192,11 @@ impl EventStore for SqliteStore {
     }
 
     async fn query(&self, q: HistoryQuery) -> Result<Vec<Event>, StoreError> {
-        let (clause, mut args) = where_clause(&q);
-        let order = match q.order {
-            Order::NewestFirst => "DESC",
-            Order::OldestFirst => "ASC",
-        };
-        let sql = format!("SELECT body FROM events{clause} ORDER BY seq {order} LIMIT ?");
-        args.push(SqlValue::Integer(q.limit as i64));
+        let (sql, args) = select_bodies("events", &q, |_| "?".to_owned());
+        let args = args.into_iter().map(|a| match a {
+            Arg::Text(t) => SqlValue::Text(t),
+            Arg::Int(i) => SqlValue::Integer(i),
+        });
         let bodies = self
             .read(move |c| {
                 let mut stmt = c.prepare_cached(&sql)?;
@@ -281,13 +204,7 @@ impl EventStore for SqliteStore {
                 rows.collect::<rusqlite::Result<Vec<_>>>()
             })
             .await?;
-        bodies
-            .iter()
-            .map(|b| {
-                serde_json::from_str(b)
-                    .map_err(|e| StoreError::Backend(format!("corrupt event row: {e}")))
-            })
-            .collect()
+        bodies.iter().map(|b| parse_body(b)).collect()
     }
 
     async fn count_since(&self, since: DateTime<Utc>) -> Result<u64, StoreError> {

@@ -61,7 +61,9 @@ impl Server {
     pub fn spawn_env(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .arg("serve")
-            .args(["--port", "0", "--host", "127.0.0.1"])
+            // A test that restarts the server and needs the same address passes its own port.
+            .args(["--port", "0"].iter().filter(|_| !args.contains(&"--port")))
+            .args(["--host", "127.0.0.1"])
             .arg("--database")
             .arg(dir.join("herald.db"))
             .args(args)
@@ -209,6 +211,16 @@ pub fn token(user: &str) -> String {
 
 pub fn admin_token() -> String {
     token_with("admin", Some("admin"), 3600, SECRET)
+}
+
+/// A port that was free a moment ago, for a server that must come back on the same address
+/// after a restart (`Server::start_with(&["--port", &port])`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn http() -> reqwest::Client {
@@ -477,4 +489,31 @@ pub async fn stats_until(server: &Server, pred: impl Fn(&Value) -> bool) -> Valu
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Publishes `count` `load.test` events padded with `pad` bytes, from 16 concurrent requests;
+/// returns their seqs, sorted.
+pub async fn flood(server: &Server, count: usize, pad: usize) -> Vec<u64> {
+    use futures_util::StreamExt as _;
+    let client = reqwest::Client::new();
+    let url = server.url("/api/realtime/publish");
+    let pad = "p".repeat(pad);
+    let mut seqs: Vec<u64> = futures_util::stream::iter(0..count)
+        .map(|i| {
+            let req = client
+                .post(&url)
+                .bearer_auth(API_KEY)
+                .json(&json!({"type": "load.test", "data": {"i": i, "pad": pad}}));
+            async move {
+                let res = req.send().await.unwrap();
+                assert_eq!(res.status().as_u16(), 201);
+                let body: Value = res.json().await.unwrap();
+                body["event"]["seq"].as_u64().unwrap()
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    seqs.sort_unstable();
+    seqs
 }

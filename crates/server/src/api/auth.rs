@@ -1,4 +1,5 @@
-//! Credentials on HTTP requests: `Authorization: Bearer <jwt or api key>` or `X-API-Key`.
+//! Credentials on HTTP requests: `Authorization: Bearer <jwt or api key>`, `X-API-Key`, or the
+//! dashboard's cookie (see `api::web::dashboard`).
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use herald_core::Identity;
 use herald_core::protocol::code;
 
+use super::web::AUTH_COOKIE;
 use crate::app::App;
 use crate::error::AppError;
 
@@ -48,6 +50,16 @@ fn credential<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) -> Optio
         .filter(|t| !t.is_empty())
 }
 
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find_map(|(k, v)| (k == name).then_some(v))
+}
+
 /// No credentials is anonymous; bad credentials are an error, never silently anonymous.
 pub fn optional_identity(
     app: &App,
@@ -55,7 +67,10 @@ pub fn optional_identity(
     query_token: Option<&str>,
 ) -> Result<Option<Identity>, AppError> {
     match credential(headers, query_token) {
-        None => Ok(None),
+        // The cookie is ambient, not something this request chose to send: one that no longer
+        // verifies (expired, or signed with a previous run's generated secret) is ignored, so
+        // public routes keep working and the dashboard asks for a new token.
+        None => Ok(cookie(headers, AUTH_COOKIE).and_then(|t| app.auth.verify(t).ok())),
         Some(token) => app.auth.verify(token).map(Some).map_err(|e| {
             AppError::new(
                 StatusCode::UNAUTHORIZED,

@@ -9,6 +9,7 @@ pub mod realtime;
 pub mod rooms;
 pub mod streams;
 pub mod system;
+pub mod web;
 
 use std::sync::Arc;
 
@@ -27,6 +28,12 @@ use herald_core::protocol::code;
 pub fn router(app: Arc<App>) -> Router {
     let mut router = Router::new()
         .route("/", get(system::root))
+        .route("/herald.js", get(web::file))
+        .route("/herald.d.ts", get(web::file))
+        .route("/dashboard/{file}", get(web::file))
+        .route("/examples", get(web::examples))
+        .route("/examples/", get(web::file))
+        .route("/examples/{file}", get(web::file))
         .route("/ws", get(ws::events))
         .route("/ws/chat", get(ws::events))
         .route("/ws/rooms", get(ws::events))
@@ -40,7 +47,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/notifications", post(compat::notifications))
         .route("/updates", post(compat::updates))
         .route("/api/messages", get(mailbox::poll).post(mailbox::send))
-        .route("/api/realtime/poll", get(poll::poll))
+        // Seed 003's polling chat posts where it polls: publishing, as on `/publish`.
+        .route(
+            "/api/realtime/poll",
+            get(poll::poll).post(realtime::publish),
+        )
         .route("/api/realtime/subscribe", post(realtime::subscribe))
         .route("/api/realtime/publish", post(realtime::publish))
         .route("/api/realtime/events", get(realtime::events))

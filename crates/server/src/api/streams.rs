@@ -38,18 +38,19 @@ const FLAVOR: Flavor = Flavor {
 /// Whether the server serves `path` itself (keep in step with `api::router`): a stream there
 /// would never be reached, since the router's own routes win over its fallback.
 pub fn is_reserved_path(path: &str) -> bool {
-    const EXACT: [&str; 9] = [
+    const EXACT: [&str; 10] = [
         "/",
         "/ws",
         "/health",
         "/metrics",
         "/openapi.json",
         "/herald.js",
+        "/herald.d.ts",
         "/notifications",
         "/updates",
         "/echo",
     ];
-    const TREES: [&str; 4] = ["/api", "/events", "/examples", "/rooms"];
+    const TREES: [&str; 5] = ["/api", "/dashboard", "/events", "/examples", "/rooms"];
     EXACT.contains(&path) || path.starts_with("/ws/") || TREES.iter().any(|t| path.starts_with(t))
 }
 

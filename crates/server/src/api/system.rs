@@ -1,45 +1,44 @@
-//! `/` (WebSocket upgrade or the landing page), `/health`, `/metrics`.
+//! `/` (WebSocket upgrade or the dashboard), `/health`, `/metrics`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{ConnectInfo, MatchedPath, State};
-use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::extract::{ConnectInfo, MatchedPath, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use chrono::{SecondsFormat, Utc};
 use herald_core::Transport;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 
+use super::web;
 use crate::app::App;
 use crate::error::AppError;
 use crate::transport::ws;
 
 /// `GET /` speaks WebSocket to WebSocket clients (the seeds connect to the root URL) and
-/// serves the landing page to browsers.
+/// serves the dashboard to browsers.
 pub async fn root(
     State(app): State<Arc<App>>,
     peer: ConnectInfo<SocketAddr>,
     path: MatchedPath,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
     match upgrade {
         Ok(upgrade) => ws::events(State(app), peer, path, upgrade).await,
-        Err(_) => Ok(Html(LANDING).into_response()),
+        Err(_) => {
+            let token = query.ok().and_then(|Query(q)| q.get("token").cloned());
+            Ok(web::dashboard(&app, token.as_deref(), &headers))
+        }
     }
 }
-
-const LANDING: &str = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Herald</title></head>
-<body style="font-family: system-ui, sans-serif; max-width: 40rem; margin: 3rem auto">
-<h1>Herald is running</h1>
-<p>WebSocket: <code>ws://this-host/ws</code> &middot; Server-Sent Events: <code>/api/realtime/stream</code>
-&middot; publish: <code>POST /api/realtime/publish</code></p>
-<p><a href="/health">/health</a> &middot; <a href="/metrics">/metrics</a></p>
-</body></html>"#;
 
 /// Liveness: 200 when the store answers, 503 otherwise.
 #[utoipa::path(get, path = "/health", tag = "system",

@@ -11,10 +11,11 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use chrono::{SecondsFormat, Utc};
+use herald_core::hub::Connection;
 use herald_core::outbox::Drained;
 use herald_core::protocol::{ServerMessage, SubscribeArgs};
 use herald_core::resume::Replay;
-use herald_core::{CloseReason, Filters, Identity, Outgoing, SubscriptionSpec, Transport};
+use herald_core::{CloseReason, Filters, Hub, Identity, Outgoing, SubscriptionSpec, Transport};
 use serde_json::json;
 
 use super::Registration;
@@ -161,9 +162,14 @@ pub fn respond(
     attached: Option<Box<dyn Send>>,
 ) -> Response {
     let period = Duration::from_secs(app.config.ping_interval_secs.max(1));
+    let watcher = tokio::spawn(unregister_on_overflow(
+        registration.hub.clone(),
+        registration.conn.clone(),
+    ));
     let state = StreamState {
         flavor,
         _attached: attached,
+        _watcher: AbortOnDrop(watcher.abort_handle()),
         registration,
         heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + period, period),
         batch: Vec::new(),
@@ -245,11 +251,31 @@ fn now() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// Unregisters the connection from the hub as soon as its outbox overflows. The stream cannot
+/// do it in time itself: hyper stops polling the body while the client's socket is full, which
+/// is when a queue overflows. The TCP connection goes when the client reads again (and gets the
+/// `close` record) or when the write times out (`crate::listener`), whichever comes first.
+async fn unregister_on_overflow(hub: Arc<Hub>, conn: Arc<Connection>) {
+    conn.outbox.overflowed().await;
+    tracing::info!(connection = %conn.id, "SSE outbound buffer overflowed; connection unregistered");
+    hub.disconnect(conn.id);
+}
+
+/// Aborts a task when dropped (the overflow watcher, when its stream ends).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 struct StreamState {
     flavor: Flavor,
     /// Held only to be dropped with the stream; declared before `registration`, so it is
     /// dropped first.
     _attached: Option<Box<dyn Send>>,
+    _watcher: AbortOnDrop,
     registration: Registration,
     heartbeat: tokio::time::Interval,
     batch: Vec<Outgoing>,
@@ -274,9 +300,10 @@ async fn next_chunk(mut s: StreamState) -> Option<(Result<Bytes, std::io::Error>
                 }
             }
             if let Drained::Close(reason) = drained {
+                // Counted here, once the client is told; a client that never reads again is
+                // counted when the write times out instead (`crate::listener`).
                 if reason == CloseReason::SLOW_CONSUMER {
                     metrics::counter!("herald_slow_consumers_total").increment(1);
-                    tracing::info!(connection = %conn.id, "SSE outbound buffer overflowed; ending stream");
                 }
                 let close = ServerMessage::new("close", Some(json!({"code": reason.code, "reason": reason.reason})));
                 out.extend_from_slice(close.sse_frame());

@@ -27,8 +27,6 @@ const READ_BUFFER: usize = 512;
 /// delivered message in fan-out). The buffer is only as large as the batches a connection has
 /// received; a connection that never receives holds none.
 const WRITE_BUFFER: usize = 16 * 1024;
-/// A client that does not accept a batch within this time is treated as a slow consumer.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a server-initiated close waits for the client's half of the closing handshake.
 const LINGER: Duration = Duration::from_secs(1);
 
@@ -111,6 +109,8 @@ async fn run(app: Arc<App>, registration: Registration, socket: WebSocket, mode:
     }
     let period = Duration::from_secs(app.config.ping_interval_secs.max(1));
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    // A client that does not accept a batch within this time is treated as a slow consumer.
+    let write_timeout = Duration::from_secs(app.config.write_timeout_secs.max(1));
     let mut batch = Vec::new();
     loop {
         tokio::select! {
@@ -126,7 +126,7 @@ async fn run(app: Arc<App>, registration: Registration, socket: WebSocket, mode:
                     sink.flush().await
                 };
                 let written = tokio::select! {
-                    r = tokio::time::timeout(WRITE_TIMEOUT, write) => r,
+                    r = tokio::time::timeout(write_timeout, write) => r,
                     // The queue overflowed while this write was blocked on a client that
                     // stopped reading: disconnect it now, not when the write times out.
                     () = conn.outbox.overflowed(), if close.is_none() => {

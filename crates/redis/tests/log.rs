@@ -1,0 +1,72 @@
+//! `RedisLog` against a real Redis (`REDIS_TEST_URL`, from `scripts/services.sh start`; the
+//! tests fail when it is unset) and a real SQLite store standing in for the shared one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use herald_core::event::{EncodedEvent, NewEvent};
+use herald_core::log::{CommitSink, Log};
+use herald_core::store::EventStore;
+use herald_redis::testing::{redis_url, scratch_prefix};
+use herald_redis::{RedisConfig, RedisLog};
+use herald_store::SqliteStore;
+use parking_lot::Mutex;
+use serde_json::json;
+
+fn event(n: u64) -> NewEvent {
+    NewEvent {
+        kind: "chat.message".into(),
+        data: json!({"n": n}),
+        user_id: None,
+        room_id: None,
+        metadata: None,
+    }
+}
+
+/// A node that starts behind the store — its Redis stream never held those events, as after a
+/// Redis restart or a trim — delivers them from the store, in order and once, then goes on live
+/// from the stream.
+#[tokio::test]
+async fn committed_events_missing_from_the_stream_are_delivered_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&dir.path().join("h.db")).unwrap());
+    store
+        .append(
+            (1..=5)
+                .map(|s| EncodedEvent::new(event(s).commit(s, Utc::now())))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let delivered = Arc::new(Mutex::new(Vec::new()));
+    let seen = delivered.clone();
+    let sink: CommitSink = Arc::new(move |batch: &[Arc<EncodedEvent>]| {
+        seen.lock().extend(batch.iter().map(|e| e.event.seq));
+    });
+    let config = RedisConfig {
+        url: redis_url(),
+        prefix: scratch_prefix(),
+    };
+    // The hub has seen nothing: the writer announces the store's last_seq (5) as committed.
+    let log = RedisLog::start(&config, store.clone(), sink, 0)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while delivered.lock().len() < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            delivered.lock()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let published = log.publish(event(6)).await.unwrap();
+    assert_eq!(
+        published.event.seq, 6,
+        "the counter was seeded from the store"
+    );
+    assert_eq!(*delivered.lock(), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(store.last_seq().await.unwrap(), 6);
+    log.shutdown().await;
+}

@@ -1,0 +1,188 @@
+//! The TCP listener Herald serves on: every accepted socket gets a write timeout.
+//!
+//! The write timeout is what frees a client that stopped reading. hyper stops polling a
+//! response body once the socket's send buffer and its own write buffer are full, so an SSE
+//! stream (or any response) to such a client never learns that its connection is useless, and
+//! the connection — with its hub registration — would live until the client read again. A
+//! write that makes no progress for `write_timeout` fails instead; hyper then drops the
+//! connection, and with it the response body and its `Registration`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
+
+pub struct Listener {
+    tcp: TcpListener,
+    write_timeout: Duration,
+}
+
+impl Listener {
+    pub fn new(tcp: TcpListener, write_timeout: Duration) -> Self {
+        Self { tcp, write_timeout }
+    }
+}
+
+impl axum::serve::Listener for Listener {
+    type Io = TimedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (tcp, peer) = axum::serve::Listener::accept(&mut self.tcp).await;
+        let io = TimedStream {
+            tcp,
+            peer,
+            timeout: self.write_timeout,
+            stall: None,
+            stalled: false,
+        };
+        (io, peer)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// A TCP stream whose writes fail with `TimedOut` after `timeout` without progress: the timer
+/// runs from the first write the socket could not take until one succeeds.
+pub struct TimedStream {
+    tcp: TcpStream,
+    peer: SocketAddr,
+    timeout: Duration,
+    /// Created at the first stall and reused, so a busy but healthy connection that often
+    /// fills its send buffer does not allocate a timer each time.
+    stall: Option<Pin<Box<Sleep>>>,
+    /// Whether `stall` is running (a write is waiting for room in the socket).
+    stalled: bool,
+}
+
+impl TimedStream {
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// Passes on a write's outcome; while it is pending, arms the stall timer or fails the
+    /// write once the timer has run out.
+    fn check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = false;
+            return polled;
+        }
+        let deadline = Instant::now() + self.timeout;
+        let timer = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.stalled {
+            timer.as_mut().reset(deadline);
+            self.stalled = true;
+        }
+        ready!(timer.as_mut().poll(cx));
+        self.stalled = false;
+        tracing::info!(peer = %self.peer, timeout = ?self.timeout, "closing a connection whose client stopped reading");
+        metrics::counter!("herald_slow_consumers_total").increment(1);
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "write timed out: the client stopped reading",
+        )))
+    }
+}
+
+impl AsyncRead for TimedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TimedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        self.check(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        self.check(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    /// A no-op for TCP: it says nothing about progress, so it leaves the stall timer alone.
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::serve::Listener as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_write_the_peer_never_reads_times_out_and_a_reading_peer_is_unaffected() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut listener = Listener::new(tcp, Duration::from_millis(200));
+        let addr = listener.local_addr().unwrap();
+
+        // A peer that never reads: the writes fill both socket buffers, then stall.
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let (mut io, _) = listener.accept().await;
+        let chunk = vec![0u8; 64 * 1024];
+        let failed = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Err(e) = io.write_all(&chunk).await {
+                    return e;
+                }
+            }
+        })
+        .await
+        .expect("the stalled write failed");
+        assert_eq!(failed.kind(), io::ErrorKind::TimedOut);
+
+        // A peer that reads slowly — a pause after each read, the pauses adding up to more
+        // than the timeout — gets everything: only a write that makes no progress fails.
+        let mut reader = TcpStream::connect(addr).await.unwrap();
+        let (mut io, _) = listener.accept().await;
+        let total = 8 << 20;
+        let writing = tokio::spawn(async move {
+            for _ in 0..total / chunk.len() {
+                io.write_all(&chunk).await.unwrap();
+            }
+        });
+        let mut got = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        while got < total {
+            got += reader.read(&mut buf).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        writing.await.unwrap();
+    }
+}

@@ -1,0 +1,491 @@
+// herald.js — Herald's browser client (an ES module, served by Herald at /herald.js; types at
+// /herald.d.ts).
+//
+//   import { Herald } from "/herald.js";
+//   const herald = new Herald({ token });
+//   herald.subscribe(["chat.*"], { roomId: "lobby" }, (event) => console.log(event));
+//   herald.on("state", ({ state }) => console.log(state));
+//
+// WebSocket (Herald's dialect, /ws) with a Server-Sent Events fallback; reconnects with
+// exponential backoff and jitter; queues outgoing messages while disconnected; resumes every
+// subscription from the last seq it received, so nothing is missed or repeated across
+// reconnects (docs/protocol.md#resume).
+
+const BASE_DELAY_MS = 1000;
+const MAX_DELAY_MS = 30000;
+// A WebSocket that fails this many times in a row, on a client whose WebSocket never opened
+// (a proxy that drops upgrades, say), makes the client use Server-Sent Events instead. Once a
+// WebSocket has worked, failures mean the server is away, and the client keeps to WebSocket.
+const WS_FAILURES_BEFORE_SSE = 2;
+
+/** Whether `type` matches a pattern: exact, `prefix.*` (any depth) or `*`. */
+export function matchesPattern(pattern, type) {
+  if (pattern === "*") return true;
+  if (pattern.endsWith(".*")) return type.startsWith(pattern.slice(0, -1));
+  return pattern === type;
+}
+
+function sameJson(a, b) {
+  if (a === b) return true;
+  if (typeof a !== "object" || typeof b !== "object" || a === null || b === null) return false;
+  if (Array.isArray(a) !== Array.isArray(b)) return false;
+  const ka = Object.keys(a);
+  return ka.length === Object.keys(b).length && ka.every((k) => sameJson(a[k], b[k]));
+}
+
+/** Whether an event matches a subscription (the server's rule, see docs/protocol.md). */
+export function matchesSubscription(sub, event) {
+  const f = sub.filters || {};
+  if (f.userId !== undefined && event.userId !== f.userId) return false;
+  if (f.roomId !== undefined && event.roomId !== f.roomId) return false;
+  for (const [k, v] of Object.entries(f.custom || {})) {
+    if (!event.data || !sameJson(event.data[k], v)) return false;
+  }
+  return sub.eventTypes.some((p) => matchesPattern(p, event.type));
+}
+
+/** The reconnect delay before attempt `attempt` (1-based): exponential, capped, jittered. */
+export function backoffDelay(attempt, base = BASE_DELAY_MS, cap = MAX_DELAY_MS) {
+  const ceiling = Math.min(cap, base * 2 ** (attempt - 1));
+  // "Equal jitter": at least half the step, so a herd of clients spreads out without any
+  // of them retrying at once.
+  return ceiling / 2 + Math.random() * (ceiling / 2);
+}
+
+export class Herald {
+  /**
+   * @param {object} [options]
+   * @param {string} [options.url] the server's base URL (default: the page's origin)
+   * @param {string|(() => string|Promise<string>)} [options.token] JWT or API key
+   * @param {"auto"|"websocket"|"sse"} [options.transport]
+   * @param {number} [options.since] resume every subscription from this seq
+   * @param {typeof WebSocket} [options.WebSocket] e.g. the `ws` package under Node
+   * @param {typeof EventSource} [options.EventSource]
+   * @param {boolean} [options.autoConnect] connect at once (default true)
+   */
+  constructor(options = {}) {
+    const origin = globalThis.location ? globalThis.location.origin : undefined;
+    this.url = (options.url || origin || "").replace(/\/$/, "");
+    if (!this.url) throw new Error("Herald: options.url is required outside a browser");
+    this.token = options.token;
+    this.transport = options.transport || "auto";
+    this.WebSocket = options.WebSocket || globalThis.WebSocket;
+    this.EventSource = options.EventSource || globalThis.EventSource;
+    this.baseDelay = options.baseDelayMs || BASE_DELAY_MS;
+    this.maxDelay = options.maxDelayMs || MAX_DELAY_MS;
+    /** The highest seq received: where a new subscription starts. */
+    this.seq = options.since ?? null;
+    this.state = "idle";
+    this.connectionId = null;
+    this.userId = null;
+    this.handlers = new Map();
+    this.subscriptions = new Map();
+    this.rooms = new Map();
+    this.streams = new Map();
+    this.queue = [];
+    this.pending = new Map();
+    this.nextId = 1;
+    this.attempt = 0;
+    this.wsFailures = 0;
+    this.wsWorked = false;
+    this.socket = null;
+    this.source = null;
+    this.timer = null;
+    // After the constructor returns, so handlers attached right after `new` see "connecting".
+    if (options.autoConnect !== false) queueMicrotask(() => this.connect());
+  }
+
+  // ---- events ------------------------------------------------------------------------------
+
+  /**
+   * Calls `fn(message)` for each server message of `type` (`*`: every message). Connection
+   * state changes arrive as `state` ({state, previous, attempt?, delay?}), failures of
+   * queued commands as `error`. Returns a function that removes the handler.
+   */
+  on(type, fn) {
+    if (!this.handlers.has(type)) this.handlers.set(type, new Set());
+    this.handlers.get(type).add(fn);
+    return () => this.handlers.get(type)?.delete(fn);
+  }
+
+  emit(type, message, wildcard = true) {
+    const call = (fn) => {
+      try {
+        fn(message);
+      } catch (e) {
+        console.error("herald.js handler failed", e);
+      }
+    };
+    this.handlers.get(type)?.forEach(call);
+    if (wildcard) this.handlers.get("*")?.forEach(call);
+  }
+
+  setState(state, extra = {}) {
+    const previous = this.state;
+    if (previous === state) return;
+    this.state = state;
+    this.emit("state", { state, previous, ...extra }, false);
+  }
+
+  // ---- connection --------------------------------------------------------------------------
+
+  /** Opens the connection (called by the constructor unless `autoConnect: false`). */
+  connect() {
+    if (this.state !== "idle" && this.state !== "closed") return;
+    this.closing = false;
+    this.open();
+  }
+
+  /** Closes for good: no reconnect until `connect()` is called again. */
+  close() {
+    this.closing = true;
+    clearTimeout(this.timer);
+    this.teardown();
+    this.setState("closed");
+  }
+
+  useSse() {
+    if (this.transport === "sse") return true;
+    if (this.transport === "websocket") return false;
+    return !this.WebSocket || this.wsFailures >= WS_FAILURES_BEFORE_SSE;
+  }
+
+  open() {
+    this.setState(this.attempt === 0 ? "connecting" : "reconnecting", { attempt: this.attempt });
+    if (this.useSse()) this.openSse();
+    else this.openWebSocket();
+  }
+
+  teardown() {
+    const ws = this.socket;
+    this.socket = null;
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+      try {
+        ws.close(1000);
+      } catch {
+        // already closed
+      }
+    }
+    this.source?.close();
+    this.source = null;
+    this.connectionId = null;
+    // A request that went out may or may not have been carried out: its caller decides
+    // whether to retry. Requests still queued wait for the next connection.
+    for (const [id, p] of this.pending) {
+      if (p.sent) {
+        this.pending.delete(id);
+        p.reject(new Error("connection lost before the reply"));
+      }
+    }
+  }
+
+  scheduleReconnect(reason) {
+    this.teardown();
+    if (this.closing) return;
+    this.attempt += 1;
+    const delay = backoffDelay(this.attempt, this.baseDelay, this.maxDelay);
+    this.setState("reconnecting", { attempt: this.attempt, delay, reason });
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.open(), delay);
+  }
+
+  async credentials() {
+    return typeof this.token === "function" ? await this.token() : this.token;
+  }
+
+  async startFrom() {
+    // A client that has seen nothing yet starts its subscriptions at the server's current
+    // head, so its first reconnect already knows where to resume from.
+    if (this.seq !== null) return;
+    try {
+      const health = await (await fetch(`${this.url}/health`)).json();
+      if (this.seq === null) this.seq = health.events?.lastSeq ?? 0;
+    } catch {
+      // Unreachable: the connection attempt itself will fail and retry.
+    }
+  }
+
+  openWebSocket() {
+    const ws = new this.WebSocket(`${this.url.replace(/^http/, "ws")}/ws`);
+    this.socket = ws;
+    let opened = false;
+    ws.onopen = () => {
+      opened = true;
+      this.wsWorked = true;
+    };
+    ws.onmessage = (m) => {
+      let msg;
+      try {
+        msg = JSON.parse(typeof m.data === "string" ? m.data : m.data.toString());
+      } catch {
+        return;
+      }
+      this.receive(msg);
+    };
+    ws.onclose = (e) => {
+      if (!opened && !this.wsWorked) this.wsFailures += 1;
+      this.scheduleReconnect({ code: e.code, reason: e.reason });
+    };
+    ws.onerror = () => {
+      // onclose follows and reconnects.
+    };
+  }
+
+  /** Sends a message now (when connected) or queues it for the next connection. */
+  send(message) {
+    if (this.state === "open" && this.socket) {
+      this.socket.send(JSON.stringify(message));
+      const pending = this.pending.get(message.id);
+      if (pending) pending.sent = true;
+    } else if (this.state === "open" && this.source && message.type === "publish") {
+      this.publishHttp(message);
+    } else {
+      this.queue.push(message);
+    }
+  }
+
+  /** Sends with an `id` and resolves with the reply that echoes it (rejects on `error`). */
+  request(message) {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, sent: false });
+      this.send({ ...message, id });
+    });
+  }
+
+  async afterOpen(greeting) {
+    this.connectionId = greeting.data?.connectionId ?? null;
+    const socket = this.socket;
+    const token = await this.credentials();
+    if (token && socket === this.socket) {
+      this.socket.send(JSON.stringify({ type: "authenticate", data: { token } }));
+    }
+    await this.startFrom();
+    if (socket !== this.socket) return;
+    this.attempt = 0;
+    this.setState("open", { transport: "websocket", connectionId: this.connectionId });
+    for (const sub of this.subscriptions.values()) this.sendSubscribe(sub);
+    for (const [room, user] of this.rooms) this.socket.send(JSON.stringify({ type: "join", room, user }));
+    for (const [stream, s] of this.streams) {
+      this.socket.send(JSON.stringify({ type: "stream.subscribe", stream, lastId: s.lastId }));
+    }
+    this.flushQueue();
+  }
+
+  flushQueue() {
+    const queued = this.queue;
+    this.queue = [];
+    for (const m of queued) this.send(m);
+  }
+
+  receive(msg) {
+    if (msg.type === "connection.established") {
+      this.afterOpen(msg);
+      return;
+    }
+    if (msg.type === "authenticated") this.userId = msg.data?.userId ?? null;
+    if (msg.type === "event") {
+      this.dispatchEvent(msg.data);
+    } else if (msg.type === "stream.message") {
+      const s = this.streams.get(msg.stream);
+      if (s) {
+        s.lastId = msg.messageId;
+        s.handler?.(msg.data, msg);
+      }
+    } else if (msg.type === "subscription.created" && msg.id !== undefined) {
+      const sub = [...this.subscriptions.values()].find((s) => s.requestId === msg.id);
+      if (sub) sub.serverId = msg.data.subscriptionId;
+    }
+    if (msg.id !== undefined && this.pending.has(msg.id)) {
+      const { resolve, reject } = this.pending.get(msg.id);
+      this.pending.delete(msg.id);
+      if (msg.type === "error") reject(Object.assign(new Error(msg.data?.error), msg.data));
+      else resolve(msg);
+    }
+    this.emit(msg.type, msg);
+  }
+
+  dispatchEvent(event) {
+    if (typeof event.seq === "number" && (this.seq === null || event.seq > this.seq)) {
+      this.seq = event.seq;
+    }
+    for (const sub of this.subscriptions.values()) {
+      // Each subscription keeps its own position: on a reconnect, resumed subscriptions
+      // replay side by side and their events may interleave out of global order.
+      if (event.seq > sub.seq && matchesSubscription(sub, event)) {
+        sub.seq = event.seq;
+        sub.handler?.(event);
+      }
+    }
+  }
+
+  // ---- Server-Sent Events fallback -----------------------------------------------------------
+
+  async openSse() {
+    const subs = [...this.subscriptions.values()];
+    const params = new URLSearchParams();
+    // One stream carries the union of the patterns; each subscription's own filters are
+    // applied here, and it resumes from the oldest position among them (events it already
+    // has are dropped by their seq).
+    const types = [...new Set(subs.flatMap((s) => s.eventTypes))];
+    if (types.length) params.set("types", types.join(","));
+    const token = await this.credentials();
+    if (token) params.set("token", token);
+    await this.startFrom();
+    const from = subs.length ? Math.min(...subs.map((s) => s.seq)) : this.seq;
+    if (from !== null) params.set("lastEventId", String(from));
+    if (this.closing) return;
+    const source = new this.EventSource(`${this.url}/api/realtime/stream?${params}`);
+    this.source = source;
+    source.addEventListener("connection", (e) => {
+      this.connectionId = JSON.parse(e.data).connectionId;
+      this.attempt = 0;
+      this.setState("open", { transport: "sse", connectionId: this.connectionId });
+      this.flushQueue();
+    });
+    source.addEventListener("event", (e) => {
+      const event = JSON.parse(e.data);
+      this.dispatchEvent(event);
+      this.emit("event", { type: "event", data: event });
+    });
+    for (const name of ["notification", "recovery", "heartbeat"]) {
+      source.addEventListener(name, (e) => this.emit(name, { type: name, data: JSON.parse(e.data) }));
+    }
+    source.addEventListener("close", () => this.scheduleReconnect({ reason: "server closed the stream" }));
+    // EventSource retries by itself, without backoff or our resume position: take over.
+    source.onerror = () => this.scheduleReconnect({ reason: "stream failed" });
+  }
+
+  async publishHttp(message) {
+    const { id, data } = message;
+    const token = await this.credentials();
+    const headers = { "content-type": "application/json" };
+    if (token) headers.authorization = `Bearer ${token}`;
+    const pending = this.pending.get(id);
+    try {
+      const res = await fetch(`${this.url}/api/realtime/publish`, {
+        method: "POST",
+        headers,
+        body: JSON.stringify(data),
+      });
+      const body = await res.json();
+      this.pending.delete(id);
+      if (res.ok) pending?.resolve({ type: "event.published", data: body.event, id });
+      else pending?.reject(Object.assign(new Error(body.error), body));
+    } catch (e) {
+      this.pending.delete(id);
+      pending?.reject(e);
+    }
+  }
+
+  // ---- commands ------------------------------------------------------------------------------
+
+  /** Authenticates (again) with a new token; resolves with the user id. */
+  async authenticate(token) {
+    this.token = token;
+    const reply = await this.request({ type: "authenticate", data: { token } });
+    return reply.data.userId;
+  }
+
+  /**
+   * Subscribes to event types (`chat.message`, `user.*`, `*`) with optional filters
+   * ({userId, roomId, custom}); `handler(event)` gets each matching event once, in seq order,
+   * across reconnects. Returns {unsubscribe()}.
+   */
+  subscribe(eventTypes, filters = {}, handler = undefined) {
+    if (typeof filters === "function") [handler, filters] = [filters, {}];
+    const types = Array.isArray(eventTypes) ? eventTypes : [eventTypes];
+    const key = this.nextId++;
+    const sub = { key, eventTypes: types, filters, handler, seq: this.seq, serverId: null };
+    this.subscriptions.set(key, sub);
+    if (this.state === "open" && this.socket) this.sendSubscribe(sub);
+    else if (this.state === "open" && this.source) this.reopenSse();
+    return {
+      unsubscribe: () => {
+        this.subscriptions.delete(key);
+        if (sub.serverId && this.socket && this.state === "open") {
+          this.send({ type: "unsubscribe", data: { subscriptionId: sub.serverId } });
+        } else if (this.source) {
+          this.reopenSse();
+        }
+      },
+    };
+  }
+
+  sendSubscribe(sub) {
+    // A subscription made before the first connection knew no position: it starts where
+    // the client is now.
+    if (sub.seq === null) sub.seq = this.seq;
+    sub.requestId = this.nextId++;
+    const data = { eventTypes: sub.eventTypes, filters: sub.filters };
+    if (sub.seq !== null) data.since = sub.seq;
+    this.socket.send(JSON.stringify({ type: "subscribe", data, id: sub.requestId }));
+  }
+
+  reopenSse() {
+    this.teardown();
+    this.openSse();
+  }
+
+  /** Publishes an event; resolves with `{id, seq, type, timestamp}` once it is durable. */
+  async publish(type, data = {}, options = {}) {
+    const reply = await this.request({ type: "publish", data: { type, data, ...options } });
+    return reply.data;
+  }
+
+  /** Joins a room (rejoined after each reconnect); `user` is a profile for anonymous use. */
+  join(room, user = undefined) {
+    this.rooms.set(room, user);
+    return this.request({ type: "join", room, user });
+  }
+
+  leave(room) {
+    this.rooms.delete(room);
+    return this.request({ type: "leave", room });
+  }
+
+  /** Sends a chat message to a room; resolves with its `{id, seq}` once it is durable. */
+  async chat(room, text) {
+    const reply = await this.request({ type: "chat", room, text });
+    return reply.data;
+  }
+
+  typing(room, isTyping = true) {
+    this.send({ type: "typing", room, isTyping });
+  }
+
+  /** A private message to every connection of user `target` (authenticated senders only). */
+  async privateMessage(target, text) {
+    const reply = await this.request({ type: "private_message", target, text });
+    return reply.data;
+  }
+
+  /** Who is in a room now: `{room, count, users: [{userId?, name, connections}]}`. */
+  async presence(room) {
+    const token = await this.credentials();
+    const res = await fetch(`${this.url}/api/rooms/${encodeURIComponent(room)}/presence`, {
+      headers: token ? { authorization: `Bearer ${token}` } : {},
+    });
+    const body = await res.json();
+    if (!res.ok) throw Object.assign(new Error(body.error), body);
+    return body;
+  }
+
+  /**
+   * Subscribes to a stream (seed 002's stream routes): `handler(data, message)` gets the
+   * retained snapshot, then each message; after a reconnect only the messages missed.
+   */
+  streamSubscribe(stream, handler) {
+    this.streams.set(stream, { handler, lastId: undefined });
+    if (this.state === "open" && this.socket) {
+      this.socket.send(JSON.stringify({ type: "stream.subscribe", stream }));
+    }
+    return {
+      unsubscribe: () => {
+        this.streams.delete(stream);
+        if (this.state === "open" && this.socket) this.send({ type: "stream.unsubscribe", stream });
+      },
+    };
+  }
+}

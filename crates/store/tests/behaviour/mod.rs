@@ -1,0 +1,325 @@
+//! The behaviour every `EventStore` must have, written once and run against each
+//! implementation: `behaviour_tests!` expands to one `#[tokio::test]` per check.
+#![allow(dead_code)] // each test crate uses the helpers through the macro
+
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use herald_core::event::{EncodedEvent, NewEvent};
+use herald_core::store::{EventStore, HistoryQuery, Order, PrivateAccess};
+use serde_json::json;
+
+/// A place where a store keeps its data (a file, a database schema); `open` can be called
+/// again to reopen the same data, as a restarted server would.
+pub trait Backend {
+    fn open(&self) -> impl Future<Output = Box<dyn EventStore>>;
+}
+
+/// One test per behaviour below, each on a fresh backend made by `$fresh` (an expression
+/// evaluating to a future of a `Backend`).
+#[macro_export]
+macro_rules! behaviour_tests {
+    ($fresh:expr) => {
+        $crate::behaviour_tests!(@each $fresh;
+            history_queries_filter_and_order_newest_first,
+            personal_rooms_and_user_events_are_private,
+            retention_deletes_old_events_but_seq_is_never_reused,
+            a_failed_batch_commits_nothing,
+            ascending_pages_between_two_seqs_and_the_oldest_seq,
+        );
+    };
+    (@each $fresh:expr; $($name:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                behaviour::$name($fresh.await).await;
+            }
+        )*
+    };
+}
+
+fn ev(
+    seq: u64,
+    kind: &str,
+    user: Option<&str>,
+    room: Option<&str>,
+    age: Duration,
+) -> Arc<EncodedEvent> {
+    EncodedEvent::new(
+        NewEvent {
+            kind: kind.into(),
+            data: json!({"n": seq}),
+            user_id: user.map(Into::into),
+            room_id: room.map(Into::into),
+            metadata: Some(json!({"source": "test"})),
+        }
+        .commit(seq, Utc::now() - age),
+    )
+}
+
+fn seqs(events: &[herald_core::Event]) -> Vec<u64> {
+    events.iter().map(|e| e.seq).collect()
+}
+
+pub async fn history_queries_filter_and_order_newest_first(backend: impl Backend) {
+    let store = backend.open().await;
+    let none = Duration::zero();
+    store
+        .append(vec![
+            ev(
+                1,
+                "chat.message",
+                Some("alice"),
+                Some("r1"),
+                Duration::hours(2),
+            ),
+            ev(2, "chat.message", Some("bob"), Some("r2"), none),
+            ev(3, "user.notification", Some("alice"), None, none),
+            ev(4, "user.notification", Some("bob"), None, none),
+            ev(5, "order.created", None, None, none),
+        ])
+        .await
+        .unwrap();
+    let q = |f: fn(&mut HistoryQuery)| {
+        let mut q = HistoryQuery::default();
+        f(&mut q);
+        q
+    };
+    assert_eq!(
+        seqs(&store.query(q(|_| {})).await.unwrap()),
+        vec![5, 4, 3, 2, 1]
+    );
+    assert_eq!(
+        seqs(
+            &store
+                .query(q(|q| q.types = vec!["chat.message".into()]))
+                .await
+                .unwrap()
+        ),
+        vec![2, 1]
+    );
+    assert_eq!(
+        seqs(
+            &store
+                .query(q(
+                    |q| q.types = vec!["user.*".into(), "order.created".into()]
+                ))
+                .await
+                .unwrap()
+        ),
+        vec![5, 4, 3]
+    );
+    assert_eq!(
+        seqs(
+            &store
+                .query(q(|q| q.user_id = Some("alice".into())))
+                .await
+                .unwrap()
+        ),
+        vec![3, 1]
+    );
+    assert_eq!(
+        seqs(
+            &store
+                .query(q(|q| q.room_id = Some("r2".into())))
+                .await
+                .unwrap()
+        ),
+        vec![2]
+    );
+    assert_eq!(
+        seqs(&store.query(q(|q| q.after_seq = Some(3))).await.unwrap()),
+        vec![5, 4]
+    );
+    assert_eq!(
+        seqs(
+            &store
+                .query(q(|q| q.since_time = Some(Utc::now() - Duration::hours(1))))
+                .await
+                .unwrap()
+        ),
+        vec![5, 4, 3, 2]
+    );
+    assert_eq!(
+        seqs(&store.query(q(|q| q.limit = 2)).await.unwrap()),
+        vec![5, 4]
+    );
+    assert_eq!(
+        seqs(
+            &store
+                .query(q(
+                    |q| q.access = PrivateAccess::OwnOnly(Some("alice".into()))
+                ))
+                .await
+                .unwrap()
+        ),
+        vec![5, 3, 2, 1]
+    );
+    assert_eq!(
+        seqs(
+            &store
+                .query(q(|q| q.access = PrivateAccess::OwnOnly(None)))
+                .await
+                .unwrap()
+        ),
+        vec![5, 2, 1]
+    );
+    let back = &store.query(q(|q| q.limit = 1)).await.unwrap()[0];
+    assert_eq!(back.data, json!({"n": 5}));
+    assert_eq!(back.metadata, Some(json!({"source": "test"})));
+    assert_eq!(
+        store
+            .count_since(Utc::now() - Duration::hours(1))
+            .await
+            .unwrap(),
+        4
+    );
+    let s = store.summary().await.unwrap();
+    assert_eq!(
+        (s.events, s.oldest_seq, s.newest_seq),
+        (5, Some(1), Some(5))
+    );
+    assert_eq!(
+        s.recent_types,
+        vec!["chat.message", "order.created", "user.notification"]
+    );
+}
+
+pub async fn personal_rooms_and_user_events_are_private(backend: impl Backend) {
+    let store = backend.open().await;
+    let none = Duration::zero();
+    store
+        .append(vec![
+            ev(1, "chat.message", Some("bob"), Some("user:alice"), none),
+            ev(2, "chat.message", Some("alice"), Some("user:bob"), none),
+            ev(3, "chat.message", Some("carol"), Some("user:"), none),
+            ev(4, "chat.message", Some("carol"), Some("users"), none),
+            ev(5, "user.profile", Some("alice"), Some("user:alice"), none),
+            ev(6, "userx.thing", Some("bob"), None, none),
+        ])
+        .await
+        .unwrap();
+    let visible = |access| {
+        let store = &store;
+        async move {
+            let q = HistoryQuery {
+                access,
+                ..Default::default()
+            };
+            seqs(&store.query(q).await.unwrap())
+        }
+    };
+    // Alice sees her personal room (whoever posted there) and her own `user.*` events, not
+    // Bob's room; `user:` with an empty id is still a personal room, `users` and `userx.*`
+    // are not private at all.
+    assert_eq!(
+        visible(PrivateAccess::OwnOnly(Some("alice".into()))).await,
+        vec![6, 5, 4, 1]
+    );
+    assert_eq!(
+        visible(PrivateAccess::OwnOnly(Some("bob".into()))).await,
+        vec![6, 4, 2]
+    );
+    assert_eq!(visible(PrivateAccess::OwnOnly(None)).await, vec![6, 4]);
+    assert_eq!(visible(PrivateAccess::All).await, vec![6, 5, 4, 3, 2, 1]);
+}
+
+pub async fn retention_deletes_old_events_but_seq_is_never_reused(backend: impl Backend) {
+    let store = backend.open().await;
+    assert_eq!(store.last_seq().await.unwrap(), 0);
+    store
+        .append(vec![
+            ev(1, "a", None, None, Duration::hours(30)),
+            ev(2, "a", None, None, Duration::hours(25)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .delete_before(Utc::now() - Duration::hours(24))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(store.summary().await.unwrap().events, 0);
+    assert_eq!(store.last_seq().await.unwrap(), 2);
+    store.close().await.unwrap();
+    assert!(
+        store
+            .append(vec![ev(3, "a", None, None, Duration::zero())])
+            .await
+            .is_err()
+    );
+
+    let reopened = backend.open().await;
+    assert_eq!(reopened.last_seq().await.unwrap(), 2);
+}
+
+pub async fn a_failed_batch_commits_nothing(backend: impl Backend) {
+    let store = backend.open().await;
+    store
+        .append(vec![ev(1, "a", None, None, Duration::zero())])
+        .await
+        .unwrap();
+    // seq 1 again violates the primary key: the whole batch must roll back.
+    let err = store
+        .append(vec![
+            ev(2, "a", None, None, Duration::zero()),
+            ev(1, "a", None, None, Duration::zero()),
+        ])
+        .await;
+    assert!(err.is_err());
+    assert_eq!(
+        seqs(&store.query(HistoryQuery::default()).await.unwrap()),
+        vec![1]
+    );
+    assert_eq!(store.last_seq().await.unwrap(), 1);
+}
+
+pub async fn ascending_pages_between_two_seqs_and_the_oldest_seq(backend: impl Backend) {
+    let store = backend.open().await;
+    assert_eq!(store.oldest_seq().await.unwrap(), None);
+    let old = Duration::hours(2);
+    store
+        .append(
+            (1..=10)
+                .map(|s| {
+                    let age = if s <= 3 { old } else { Duration::zero() };
+                    ev(
+                        s,
+                        if s % 2 == 0 { "a.even" } else { "a.odd" },
+                        None,
+                        None,
+                        age,
+                    )
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let page = |after, until, limit| HistoryQuery {
+        types: vec!["a.*".into()],
+        after_seq: Some(after),
+        until_seq: Some(until),
+        order: Order::OldestFirst,
+        limit,
+        ..Default::default()
+    };
+    assert_eq!(
+        seqs(&store.query(page(2, 8, 4)).await.unwrap()),
+        vec![3, 4, 5, 6]
+    );
+    assert_eq!(seqs(&store.query(page(6, 8, 4)).await.unwrap()), vec![7, 8]);
+    let mut even = page(0, 10, 100);
+    even.types = vec!["a.even".into()];
+    assert_eq!(
+        seqs(&store.query(even).await.unwrap()),
+        vec![2, 4, 6, 8, 10]
+    );
+    assert_eq!(store.oldest_seq().await.unwrap(), Some(1));
+    store
+        .delete_before(Utc::now() - Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(store.oldest_seq().await.unwrap(), Some(4));
+}
