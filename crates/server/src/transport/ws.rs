@@ -9,6 +9,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{ConnectInfo, MatchedPath, State};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
+use herald_core::hub::Connection;
 use herald_core::outbox::Drained;
 use herald_core::protocol::{Dialect, ServerMessage};
 use herald_core::{CloseReason, Outgoing, Transport};
@@ -73,7 +74,11 @@ fn accept(
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| run(app, registration, socket, mode)))
+        .on_upgrade(move |socket| {
+            let f = run(app, registration, Box::new(socket), mode);
+            eprintln!("RUNSIZE {}", std::mem::size_of_val(&f));
+            f
+        }))
 }
 
 fn to_frame(item: Outgoing, dialect: Dialect) -> Message {
@@ -96,9 +101,11 @@ fn utf8(b: bytes::Bytes) -> Utf8Bytes {
     Utf8Bytes::try_from(b).expect("frames are UTF-8")
 }
 
-async fn run(app: Arc<App>, registration: Registration, socket: WebSocket, mode: Mode) {
+/// `socket` comes boxed so the task does not carry the socket's size in its own state: it is
+/// moved into the split halves at once (the task is most of an idle connection's memory).
+async fn run(app: Arc<App>, registration: Registration, socket: Box<WebSocket>, mode: Mode) {
     let conn = registration.conn.clone();
-    let (mut sink, mut stream) = socket.split();
+    let (mut sink, mut stream) = (*socket).split();
     let dialect = match mode {
         Mode::Events(d) => d,
         Mode::Echo => Dialect::Herald,
@@ -115,42 +122,15 @@ async fn run(app: Arc<App>, registration: Registration, socket: WebSocket, mode:
     loop {
         tokio::select! {
             drained = conn.outbox.drain(&mut batch) => {
-                let mut close = match drained {
+                let close = match drained {
                     Drained::Batch => None,
                     Drained::Close(r) => Some(r),
                 };
-                let write = async {
-                    for item in batch.drain(..) {
-                        sink.feed(to_frame(item, dialect)).await?;
-                    }
-                    sink.flush().await
-                };
-                let written = tokio::select! {
-                    r = tokio::time::timeout(write_timeout, write) => r,
-                    // The queue overflowed while this write was blocked on a client that
-                    // stopped reading: disconnect it now, not when the write times out.
-                    () = conn.outbox.overflowed(), if close.is_none() => {
-                        close = Some(CloseReason::SLOW_CONSUMER);
-                        Ok(Ok(()))
-                    }
-                };
-                match written {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => break,
-                    Err(_) => {
-                        tracing::info!(connection = %conn.id, "closing a client that stopped reading");
-                        metrics::counter!("herald_slow_consumers_total").increment(1);
-                        break;
-                    }
-                }
-                if let Some(reason) = close {
-                    if reason == CloseReason::SLOW_CONSUMER {
-                        tracing::info!(connection = %conn.id, "outbound buffer overflowed; disconnecting");
-                        metrics::counter!("herald_slow_consumers_total").increment(1);
-                    }
-                    if send_close(&mut sink, reason).await {
-                        linger(&mut stream).await;
-                    }
+                // Boxed: the write path's state lives on the heap only while a batch is being
+                // written, so an idle connection's task stays small.
+                let batch = &mut batch;
+                let writing = write_batch(&mut sink, &mut stream, &conn, batch, close, dialect, write_timeout);
+                if Box::pin(writing).await == Written::Ended {
                     break;
                 }
             }
@@ -160,7 +140,7 @@ async fn run(app: Arc<App>, registration: Registration, socket: WebSocket, mode:
                     Ok(f) => f,
                     Err(e) => {
                         if let Some(reason) = close_reason_for(&e) {
-                            send_close(&mut sink, reason).await;
+                            Box::pin(send_close(&mut sink, reason)).await;
                         }
                         break;
                     }
@@ -168,7 +148,7 @@ async fn run(app: Arc<App>, registration: Registration, socket: WebSocket, mode:
                 conn.touch();
                 match (frame, mode) {
                     (Message::Text(t), Mode::Events(_)) => {
-                        if session.handle_text(t.as_str()).await == Flow::Flooding {
+                        if Box::pin(session.handle_text(t.as_str())).await == Flow::Flooding {
                             conn.outbox.close(CloseReason::RATE_LIMITED);
                         }
                     }
@@ -198,6 +178,64 @@ async fn run(app: Arc<App>, registration: Registration, socket: WebSocket, mode:
     }
     app.streams.unsubscribe_connection(conn.id);
     drop(registration);
+}
+
+#[derive(PartialEq)]
+enum Written {
+    Open,
+    Ended,
+}
+
+/// Writes a drained batch with one flush, then closes the connection if the outbox asked for
+/// it (or overflowed while the write was blocked on a client that stopped reading).
+async fn write_batch<Si, St>(
+    sink: &mut Si,
+    stream: &mut St,
+    conn: &Connection,
+    batch: &mut Vec<Outgoing>,
+    mut close: Option<CloseReason>,
+    dialect: Dialect,
+    write_timeout: Duration,
+) -> Written
+where
+    Si: SinkExt<Message, Error = axum::Error> + Unpin,
+    St: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let write = async {
+        for item in batch.drain(..) {
+            sink.feed(to_frame(item, dialect)).await?;
+        }
+        sink.flush().await
+    };
+    let written = tokio::select! {
+        r = tokio::time::timeout(write_timeout, write) => r,
+        // The queue overflowed while this write was blocked on a client that stopped
+        // reading: disconnect it now, not when the write times out.
+        () = conn.outbox.overflowed(), if close.is_none() => {
+            close = Some(CloseReason::SLOW_CONSUMER);
+            Ok(Ok(()))
+        }
+    };
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Written::Ended,
+        Err(_) => {
+            tracing::info!(connection = %conn.id, "closing a client that stopped reading");
+            metrics::counter!("herald_slow_consumers_total").increment(1);
+            return Written::Ended;
+        }
+    }
+    let Some(reason) = close else {
+        return Written::Open;
+    };
+    if reason == CloseReason::SLOW_CONSUMER {
+        tracing::info!(connection = %conn.id, "outbound buffer overflowed; disconnecting");
+        metrics::counter!("herald_slow_consumers_total").increment(1);
+    }
+    if send_close(sink, reason).await {
+        linger(stream).await;
+    }
+    Written::Ended
 }
 
 /// The first message: Herald's `connection.established`, seed 001's `welcome`, or seed 004's
