@@ -2,8 +2,8 @@
 //! it subscribed to, and the fan-out of committed events into their outboxes.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use parking_lot::{Mutex, RwLock};
@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::event::EncodedEvent;
 use crate::identity::Identity;
 use crate::outbox::{CloseReason, Outbox, OutboxLimits, Outgoing, Pushed};
+use crate::presence::{self, ClusterPresence};
 use crate::protocol::ServerMessage;
 use crate::room::{self, Joined, Left, Member, Presence, RoomDirectory, RoomStats};
 use crate::subscription::{Subscription, SubscriptionIndex, SubscriptionSpec};
@@ -180,6 +181,8 @@ pub struct Hub {
     outbox_limits: OutboxLimits,
     /// The highest `seq` fanned out; advanced under the read lock by `deliver`.
     head: AtomicU64,
+    /// Room presence on the other nodes of a cluster; unset when embedded.
+    cluster: OnceLock<Arc<dyn ClusterPresence>>,
 }
 
 impl Hub {
@@ -195,6 +198,7 @@ impl Hub {
             max_subscriptions,
             outbox_limits,
             head: AtomicU64::new(0),
+            cluster: OnceLock::new(),
         }
     }
 
@@ -252,7 +256,8 @@ impl Hub {
         if let Some(user) = conn.user_id() {
             remove_user_conn(&mut s.users, &user, id);
         }
-        for left in s.rooms.leave_all(id) {
+        for mut left in s.rooms.leave_all(id) {
+            self.cluster_left(&s.rooms, &mut left);
             announce_leave(&s.rooms, &left);
         }
         conn.outbox.close(CloseReason::NORMAL);
@@ -449,7 +454,8 @@ impl Hub {
         if hold_live && conn.replaying.load(Ordering::Relaxed) {
             return Err(HubError::Replaying);
         }
-        let joined = s.rooms.join(conn, room, member.clone());
+        let mut joined = s.rooms.join(conn, room, member.clone());
+        self.cluster_joined(&s.rooms, room, &member, &mut joined);
         if joined.arrived {
             let msg = room::notice(
                 "user_joined",
@@ -469,7 +475,8 @@ impl Hub {
     /// Takes a connection out of a room, telling the others when the member departed.
     pub fn leave_room(&self, conn: Uuid, room: &str) -> Option<Left> {
         let mut s = self.state.write();
-        let left = s.rooms.leave(conn, room)?;
+        let mut left = s.rooms.leave(conn, room)?;
+        self.cluster_left(&s.rooms, &mut left);
         announce_leave(&s.rooms, &left);
         Some(left)
     }
@@ -506,8 +513,14 @@ impl Hub {
         Ok(true)
     }
 
+    /// Who is present in a room (on every node of a cluster), sorted by name.
     pub fn presence(&self, room: &str) -> Vec<Presence> {
-        self.state.read().rooms.presence(room)
+        let s = self.state.read();
+        let remote = self.cluster.get().map(|c| c.remote(room));
+        presence::presence(presence::union(
+            s.rooms.members(room),
+            remote.unwrap_or_default(),
+        ))
     }
 
     /// Sends to every connection of a user; returns how many.
@@ -572,6 +585,75 @@ impl Hub {
             rooms: s.rooms.stats(),
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cluster presence (issue 7): with a `ClusterPresence` set, joins and leaves are reported to it,
+// and arrivals, departures and user lists count the members on the other nodes too.
+
+impl Hub {
+    /// Makes presence cluster-wide (once, at start-up, before connections arrive).
+    pub fn set_cluster_presence(&self, cluster: Arc<dyn ClusterPresence>) {
+        if self.cluster.set(cluster).is_err() {
+            panic!("cluster presence is set once");
+        }
+    }
+
+    /// A member's presence in `room` on the other nodes began (`present`) or ended: this
+    /// node's connections in the room are told, unless the member is here too (then, for
+    /// them, nothing changed).
+    pub fn remote_presence_changed(&self, room: &str, member: &Member, present: bool) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        let s = self.state.read();
+        if s.rooms.connections(room).next().is_none()
+            || s.rooms.members(room).any(|(m, _)| m.key == member.key)
+        {
+            return;
+        }
+        let (_, users) = cluster_view(cluster.as_ref(), &s.rooms, room, &member.key);
+        let kind = if present { "user_joined" } else { "user_left" };
+        let msg = room::notice(kind, room, member, serde_json::json!({ "users": users }));
+        to_room(&s.rooms, room, &msg, None);
+    }
+
+    fn cluster_joined(&self, rooms: &RoomDirectory, room: &str, member: &Member, j: &mut Joined) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        if j.new_seat {
+            cluster.local_changed(room, member, j.connections);
+        }
+        let (elsewhere, users) = cluster_view(cluster.as_ref(), rooms, room, &member.key);
+        j.arrived &= !elsewhere;
+        j.users = users;
+    }
+
+    fn cluster_left(&self, rooms: &RoomDirectory, left: &mut Left) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        cluster.local_changed(&left.room, &left.member, left.connections);
+        let (elsewhere, users) =
+            cluster_view(cluster.as_ref(), rooms, &left.room, &left.member.key);
+        left.departed &= !elsewhere;
+        left.users = users;
+    }
+}
+
+/// Whether the member `key` is present in `room` on another node, and everyone present in the
+/// room across the cluster (profiles, sorted by name).
+fn cluster_view(
+    cluster: &dyn ClusterPresence,
+    rooms: &RoomDirectory,
+    room: &str,
+    key: &str,
+) -> (bool, Vec<serde_json::Value>) {
+    let remote = cluster.remote(room);
+    let elsewhere = remote.iter().any(|(m, _)| m.key == key);
+    let all = presence::union(rooms.members(room), remote);
+    (elsewhere, presence::users(&all))
 }
 
 /// The fan-out of one batch: what was queued, and which writers to wake at the end.

@@ -9,6 +9,7 @@ pub mod identity;
 pub mod log;
 pub mod outbox;
 pub mod pattern;
+pub mod presence;
 pub mod protocol;
 pub mod resume;
 pub mod room;

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -80,8 +80,8 @@ pub fn check_access(
 }
 
 /// Who a connection is in a room: its user, or for anonymous connections the connection itself
-/// under the profile it gave.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// under the profile it gave. Serialisable: cluster presence sends it to the other nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     /// The user id (authenticated), or `anonymous:{connection id}`.
     pub key: String,
@@ -95,6 +95,16 @@ pub struct Member {
 }
 
 impl Member {
+    /// An authenticated user without a profile: known by its id.
+    pub fn user(id: &str) -> Self {
+        Self {
+            key: id.into(),
+            user_id: Some(id.into()),
+            name: id.into(),
+            profile: id.into(),
+        }
+    }
+
     /// `given` must already be validated (a string, or an object with a string `name`).
     pub fn of(conn: &Connection, given: Option<Value>) -> Self {
         let user_id = conn.user_id();
@@ -103,7 +113,7 @@ impl Member {
                 m.insert("id".into(), u.clone().into());
                 Value::Object(m)
             }
-            (Some(u), _) => u.clone().into(),
+            (Some(u), _) => return Self::user(u),
             (None, Some(given)) => given,
             (None, None) => "anonymous".into(),
         };
@@ -183,6 +193,8 @@ pub struct Joined {
     pub new_seat: bool,
     /// The member's first connection in the room: the others are told.
     pub arrived: bool,
+    /// The member's connections in the room now.
+    pub connections: usize,
     /// Everyone present, the joiner included, sorted by name.
     pub users: Vec<Value>,
 }
@@ -194,6 +206,8 @@ pub struct Left {
     pub member: Member,
     /// The member's last connection left the room: the others are told.
     pub departed: bool,
+    /// The member's connections still in the room.
+    pub connections: usize,
     /// The connection was typing: the others are told it stopped.
     pub was_typing: bool,
     /// Everyone still present, sorted by name.
@@ -226,10 +240,11 @@ impl RoomDirectory {
 
     pub fn join(&mut self, conn: &Arc<Connection>, room: &str, member: Member) -> Joined {
         let entry = self.rooms.entry(room.to_owned()).or_default();
-        if entry.seats.iter().any(|s| s.conn.id == conn.id) {
+        if let Some(seat) = entry.seats.iter().find(|s| s.conn.id == conn.id) {
             return Joined {
                 new_seat: false,
                 arrived: false,
+                connections: entry.members.get(&seat.member).map_or(0, |(_, n)| *n),
                 users: entry.users(),
             };
         }
@@ -244,7 +259,7 @@ impl RoomDirectory {
             .or_insert((member, 0))
             .1;
         *count += 1;
-        let arrived = *count == 1;
+        let (arrived, connections) = (*count == 1, *count);
         self.by_conn
             .entry(conn.id)
             .or_default()
@@ -252,6 +267,7 @@ impl RoomDirectory {
         Joined {
             new_seat: true,
             arrived,
+            connections,
             users: entry.users(),
         }
     }
@@ -260,17 +276,17 @@ impl RoomDirectory {
         let entry = self.rooms.get_mut(room)?;
         let pos = entry.seats.iter().position(|s| s.conn.id == conn)?;
         let seat = entry.seats.swap_remove(pos);
-        let (member, departed) = match entry.members.get_mut(&seat.member) {
+        let (member, connections) = match entry.members.get_mut(&seat.member) {
             Some((m, n)) if *n > 1 => {
                 *n -= 1;
-                (m.clone(), false)
+                (m.clone(), *n)
             }
             _ => {
                 let (m, _) = entry
                     .members
                     .remove(&seat.member)
                     .expect("every seat has its member");
-                (m, true)
+                (m, 0)
             }
         };
         let users = entry.users();
@@ -286,7 +302,8 @@ impl RoomDirectory {
         Some(Left {
             room: room.to_owned(),
             member,
-            departed,
+            departed: connections == 0,
+            connections,
             was_typing: seat.typing,
             users,
         })
@@ -331,24 +348,12 @@ impl RoomDirectory {
         self.rooms_of(conn).iter().any(|r| r == room)
     }
 
-    /// Who is present, sorted by name.
-    pub fn presence(&self, room: &str) -> Vec<Presence> {
-        let mut list: Vec<Presence> = self
-            .rooms
+    /// Who is present, with each member's connections in the room, in no particular order.
+    pub fn members<'a>(&'a self, room: &str) -> impl Iterator<Item = (&'a Member, usize)> {
+        self.rooms
             .get(room)
-            .map(|r| {
-                r.members
-                    .values()
-                    .map(|(m, n)| Presence {
-                        user_id: m.user_id.clone(),
-                        name: m.name.clone(),
-                        connections: *n,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        list.sort_by(|a, b| a.name.cmp(&b.name));
-        list
+            .into_iter()
+            .flat_map(|r| r.members.values().map(|(m, n)| (m, *n)))
     }
 
     pub fn stats(&self) -> RoomStats {
@@ -367,15 +372,6 @@ mod tests {
     use crate::hub::Hub;
     use crate::{OutboxLimits, Role, Transport};
 
-    fn member(key: &str) -> Member {
-        Member {
-            key: key.into(),
-            user_id: Some(key.into()),
-            name: key.into(),
-            profile: key.into(),
-        }
-    }
-
     #[test]
     fn a_user_is_present_once_however_many_connections() {
         let hub = Hub::new(10, 10, OutboxLimits::default());
@@ -385,12 +381,12 @@ mod tests {
             hub.connect(Transport::WebSocket).unwrap(),
         );
         let mut d = RoomDirectory::default();
-        assert!(d.join(&a1, "r", member("alice")).arrived);
-        let second = d.join(&a2, "r", member("alice"));
+        assert!(d.join(&a1, "r", Member::user("alice")).arrived);
+        let second = d.join(&a2, "r", Member::user("alice"));
         assert!(second.new_seat && !second.arrived);
-        assert!(!d.join(&a2, "r", member("alice")).new_seat);
-        assert_eq!(d.join(&b, "r", member("bob")).users, ["alice", "bob"]);
-        assert_eq!(d.presence("r")[0].connections, 2);
+        assert!(!d.join(&a2, "r", Member::user("alice")).new_seat);
+        assert_eq!(d.join(&b, "r", Member::user("bob")).users, ["alice", "bob"]);
+        assert_eq!(d.members("r").find(|(m, _)| m.key == "alice").unwrap().1, 2);
         assert_eq!(
             d.stats(),
             RoomStats {

@@ -20,28 +20,13 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
-use herald_redis::testing::{redis_url, scratch_prefix};
+use herald_redis::testing::redis_url;
 use herald_store::testing::scratch_postgres;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 fn seq_of(v: &Value) -> u64 {
     v["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {v}"))
-}
-
-/// `n` nodes sharing a fresh PostgreSQL schema and a fresh Redis prefix on `redis`.
-async fn cluster(n: usize, redis: &str) -> Vec<Server> {
-    let postgres = scratch_postgres().await;
-    let prefix = scratch_prefix();
-    let args = [
-        "--postgres",
-        &postgres,
-        "--redis",
-        redis,
-        "--redis-prefix",
-        &prefix,
-    ];
-    (0..n).map(|_| Server::start_with(&args)).collect()
 }
 
 fn say(n: u64) -> Value {

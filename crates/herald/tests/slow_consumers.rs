@@ -29,17 +29,9 @@ fn flood_size() -> usize {
 
 /// `herald_slow_consumers_total` from `/metrics` (0 before the first one).
 async fn slow_consumers(server: &Server) -> f64 {
-    let text = http()
-        .get(server.url("/metrics"))
-        .send()
+    metric(server, "herald_slow_consumers_total")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("herald_slow_consumers_total "))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
 }
 
 /// Polls `/metrics` until `herald_slow_consumers_total` is at least `n`; returns it.

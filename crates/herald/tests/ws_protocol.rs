@@ -1188,18 +1188,7 @@ async fn a_slow_consumer_is_disconnected_while_a_reader_gets_everything() {
         slow_seqs.windows(2).all(|w| w[1] == w[0] + 1),
         "what the slow consumer got is gap-free"
     );
-    let metrics = http()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let slow_total = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("herald_slow_consumers_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok());
-    assert_eq!(slow_total, Some(1.0), "{metrics}");
+    let slow_total = metric(&server, "herald_slow_consumers_total").await;
+    assert_eq!(slow_total, Some(1.0));
     assert_alive(&mut reader, json!("reader-ok")).await;
 }

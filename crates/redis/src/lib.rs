@@ -42,6 +42,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+pub mod channels;
+pub mod cluster;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
@@ -65,7 +67,8 @@ end
 return 1
 ";
 
-/// Takes or renews the writer lock; returns 1 when this node holds it.
+/// Takes or renews a lock (the writer's, the channel consumer's); returns 1 when this node
+/// holds it.
 const LOCK: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -77,7 +80,7 @@ end
 return 0
 ";
 
-/// Releases the writer lock if this node holds it.
+/// Releases a lock if this node holds it.
 const UNLOCK: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -150,6 +153,46 @@ fn unavailable(e: redis::RedisError) -> PublishError {
     PublishError::Unavailable(format!("Redis: {e}"))
 }
 
+/// Takes or renews the lock `key` for `node` (it expires `LOCK_TTL` after the last renewal);
+/// true when `node` holds it.
+async fn hold_lock(
+    commands: &ConnectionManager,
+    key: &str,
+    node: &str,
+) -> redis::RedisResult<bool> {
+    let held: i64 = Script::new(LOCK)
+        .key(key)
+        .arg(node)
+        .arg(LOCK_TTL.as_millis() as u64)
+        .invoke_async(&mut commands.clone())
+        .await?;
+    Ok(held == 1)
+}
+
+/// Releases the lock `key` if `node` holds it, so another node can take it at once.
+async fn release_lock(commands: &ConnectionManager, key: &str, node: &str) {
+    let _ = Script::new(UNLOCK)
+        .key(key)
+        .arg(node)
+        .invoke_async::<i64>(&mut commands.clone())
+        .await;
+}
+
+/// The client, and a shared connection for non-blocking commands that reconnects by itself.
+async fn connect(config: &RedisConfig) -> Result<(Client, ConnectionManager), PublishError> {
+    let client = Client::open(config.url.as_str()).map_err(unavailable)?;
+    let commands = ConnectionManager::new_with_config(
+        client.clone(),
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            .set_number_of_retries(1),
+    )
+    .await
+    .map_err(unavailable)?;
+    Ok((client, commands))
+}
+
 impl RedisLog {
     /// Connects, makes sure the shared counter is past the store's `last_seq`, and starts this
     /// node's stream reader and writer candidate. `delivered` is the `seq` up to which this
@@ -160,16 +203,7 @@ impl RedisLog {
         sink: CommitSink,
         delivered: u64,
     ) -> Result<Self, PublishError> {
-        let client = Client::open(config.url.as_str()).map_err(unavailable)?;
-        let commands = ConnectionManager::new_with_config(
-            client.clone(),
-            ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(TIMEOUT))
-                .set_response_timeout(Some(TIMEOUT))
-                .set_number_of_retries(1),
-        )
-        .await
-        .map_err(unavailable)?;
+        let (client, commands) = connect(config).await?;
         let p = &config.prefix;
         let shared = Arc::new(Shared {
             client,
@@ -286,11 +320,7 @@ impl Log for RedisLog {
             task.abort();
         }
         // Hand the writer role over at once rather than after the lock expires.
-        let _ = Script::new(UNLOCK)
-            .key(&shared.keys.writer)
-            .arg(&shared.node)
-            .invoke_async::<i64>(&mut shared.commands.clone())
-            .await;
+        release_lock(&shared.commands, &shared.keys.writer, &shared.node).await;
     }
 }
 
@@ -493,14 +523,10 @@ async fn write_step(
     committed: &mut Option<u64>,
     conn: &mut Option<MultiplexedConnection>,
 ) -> Result<(), String> {
-    let held: i64 = Script::new(LOCK)
-        .key(&shared.keys.writer)
-        .arg(&shared.node)
-        .arg(LOCK_TTL.as_millis() as u64)
-        .invoke_async(&mut shared.commands.clone())
+    let held = hold_lock(&shared.commands, &shared.keys.writer, &shared.node)
         .await
         .map_err(|e| e.to_string())?;
-    if held == 0 {
+    if !held {
         *committed = None;
         tokio::time::sleep(BLOCK).await;
         return Ok(());

@@ -12,9 +12,10 @@ use herald_core::pattern::validate_type;
 use herald_core::protocol::PublishArgs;
 use herald_core::stream::Streams;
 use herald_core::{EventStore, Hub, Identity, LocalLog, Log, NewEvent, OutboxLimits};
+use herald_redis::cluster::Cluster;
 use herald_redis::{RedisConfig, RedisLog};
 use parking_lot::Mutex;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::auth::Auth;
@@ -27,6 +28,8 @@ pub struct App {
     pub hub: Arc<Hub>,
     /// Embedded (`LocalLog`), or shared with other nodes through Redis (`RedisLog`).
     pub log: Box<dyn Log>,
+    /// With Redis: this node's membership of the cluster (heartbeat, cluster-wide presence).
+    pub cluster: Option<Cluster>,
     pub store: Arc<dyn EventStore>,
     pub auth: Auth,
     pub started: Instant,
@@ -72,15 +75,19 @@ impl App {
                 committed.send_replace(last.event.seq);
             }
         });
-        let log: Box<dyn Log> = match &config.redis {
+        let (log, cluster): (Box<dyn Log>, _) = match &config.redis {
             Some(url) => {
                 let redis = RedisConfig {
                     url: url.clone(),
                     prefix: config.redis_prefix.clone(),
                 };
-                Box::new(RedisLog::start(&redis, store.clone(), sink, last_seq).await?)
+                let log = RedisLog::start(&redis, store.clone(), sink, last_seq).await?;
+                let counted = hub.clone();
+                let info = Arc::new(move || json!({"connections": counted.connection_count()}));
+                let cluster = Cluster::start(&redis, hub.clone(), info).await?;
+                (Box::new(log), Some(cluster))
             }
-            None => Box::new(LocalLog::start(store.clone(), sink).await?),
+            None => (Box::new(LocalLog::start(store.clone(), sink).await?), None),
         };
         let streams = Streams::new(crate::api::streams::is_reserved_path);
         for declared in &config.streams {
@@ -97,6 +104,7 @@ impl App {
             config,
             hub,
             log,
+            cluster,
             store,
             started: Instant::now(),
             process: Mutex::new(ProcessMonitor::new()),

@@ -61,6 +61,9 @@ pub struct Config {
     pub demo: bool,
     /// Streams served from start-up (`[[streams]]` tables); more can be created at run time.
     pub streams: Vec<StreamConfig>,
+    /// Redis channels whose messages become events (`[[redis_channels]]` tables; needs
+    /// `redis`).
+    pub redis_channels: Vec<RedisChannelConfig>,
 }
 
 /// One `[[streams]]` table of `herald.toml`.
@@ -80,6 +83,36 @@ pub struct StreamConfig {
     /// Deliver one JSON array of the messages per this many ms (0: no batching).
     #[serde(default)]
     pub batch_ms: u64,
+}
+
+/// One `[[redis_channels]]` table: a Redis channel or pattern that backends `PUBLISH` JSON
+/// messages to, and who receives the events they become (see `channels.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisChannelConfig {
+    /// A channel name (`user.notifications`)…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// …or a pattern (`room:*`, Redis glob syntax); exactly one of the two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    pub route: Route,
+    /// The events' type; when unset, each message's `type`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+/// Who receives the events of a Redis channel.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    /// Every connection of the message's `userId` (its personal room `user:{id}`).
+    User,
+    /// The members of the message's `roomId`, or of the room the pattern's trailing `*`
+    /// matched (`room:*` routes `room:lobby` to `lobby`).
+    Room,
+    /// Every subscriber of the event's type.
+    All,
 }
 
 impl StreamConfig {
@@ -122,6 +155,7 @@ impl Default for Config {
             ws_echo: false,
             demo: false,
             streams: Vec::new(),
+            redis_channels: Vec::new(),
         }
     }
 }

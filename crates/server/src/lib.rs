@@ -4,6 +4,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod channels;
 pub mod chat;
 pub mod config;
 pub mod demo;
@@ -60,6 +61,7 @@ pub async fn serve(
     let app = App::new(config, &secret, store.clone())
         .await
         .map_err(|e| anyhow::anyhow!(e.message))?;
+    let bridge = channels::Bridge::start(&app).await?;
     let background = spawn_background_jobs(app.clone());
     let demo = app
         .config
@@ -102,6 +104,12 @@ pub async fn serve(
     background.abort();
     if let Some(demo) = demo {
         demo.abort();
+    }
+    if let Some(bridge) = bridge {
+        bridge.shutdown().await;
+    }
+    if let Some(cluster) = &app.cluster {
+        cluster.shutdown().await;
     }
     app.streams.shutdown();
     app.log.shutdown().await;

@@ -213,6 +213,27 @@ pub fn admin_token() -> String {
     token_with("admin", Some("admin"), 3600, SECRET)
 }
 
+/// `n` nodes sharing a fresh PostgreSQL schema and a fresh Redis prefix on `redis`, each
+/// started with `args` too.
+pub async fn cluster_with(n: usize, redis: &str, args: &[&str]) -> Vec<Server> {
+    let postgres = herald_store::testing::scratch_postgres().await;
+    let prefix = herald_redis::testing::scratch_prefix();
+    let mut all = vec![
+        "--postgres",
+        &postgres,
+        "--redis",
+        redis,
+        "--redis-prefix",
+        &prefix,
+    ];
+    all.extend_from_slice(args);
+    (0..n).map(|_| Server::start_with(&all)).collect()
+}
+
+pub async fn cluster(n: usize, redis: &str) -> Vec<Server> {
+    cluster_with(n, redis, &[]).await
+}
+
 /// A port that was free a moment ago, for a server that must come back on the same address
 /// after a restart (`Server::start_with(&["--port", &port])`).
 pub fn free_port() -> u16 {
@@ -472,6 +493,23 @@ impl Sse {
             }
         }
     }
+}
+
+/// The value of the series `series` (name and labels, e.g. `x_total{result="ok"}`) in
+/// `/metrics`; None until it is first recorded.
+pub async fn metric(server: &Server, series: &str) -> Option<f64> {
+    let text = http()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().unwrap())
 }
 
 /// Polls `GET /api/realtime/stats` (as admin) every 20 ms until `pred` holds; returns that
