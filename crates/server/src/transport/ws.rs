@@ -105,7 +105,7 @@ fn utf8(b: bytes::Bytes) -> Utf8Bytes {
 /// moved into the split halves at once (the task is most of an idle connection's memory).
 async fn run(app: Arc<App>, registration: Registration, socket: Box<WebSocket>, mode: Mode) {
     let conn = registration.conn.clone();
-    let (mut sink, mut stream) = (*socket).split();
+    let (mut sink, mut stream) = unbox(socket).split();
     let dialect = match mode {
         Mode::Events(d) => d,
         Mode::Echo => Dialect::Herald,
@@ -248,6 +248,12 @@ fn greeting(dialect: Dialect, id: uuid::Uuid) -> Arc<ServerMessage> {
         Dialect::Chat => ServerMessage::flat("welcome", json!({"clientId": id}), None),
         Dialect::Rooms => ServerMessage::flat("connected", json!({"clientId": id}), None),
     }
+}
+
+/// Moves a value out of its box and frees the allocation now (moving out with `*b` in place
+/// would keep the box's memory until the end of the enclosing scope).
+fn unbox<T>(b: Box<T>) -> T {
+    *b
 }
 
 /// Protocol violations the library reports as errors get the matching close code.
