@@ -26,6 +26,11 @@ async function herald(page, errors) {
   check(!page.url().includes("token="), `the token left the address bar: ${page.url()}`);
   await until(async () => (await text(page, "#memoryUsage")).endsWith("MB"), "memory shown");
 
+  // Embedded, the cluster panel shows this node alone, at the address it listens on.
+  await until(async () => (await text(page, "#clusterCount")) === "1 node", "one node in the cluster panel");
+  const node = await text(page, "#clusterNodes .node");
+  check(node.includes(base) && node.includes("least loaded"), `the node, least loaded: ${node}`);
+
   // The connection count follows clients as they connect (the page itself holds one SSE stream).
   const before = await until(async () => {
     const n = Number(await text(page, "#activeConnections"));

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use parking_lot::{Mutex, RwLock};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::event::EncodedEvent;
@@ -133,7 +133,7 @@ pub enum HubError {
     TooManyRooms(usize),
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ByTransport {
     pub websocket: usize,
@@ -540,6 +540,15 @@ impl Hub {
         s.connections
             .values()
             .filter(|c| c.send(item.clone()))
+            .count()
+    }
+
+    /// Queues a ping on every WebSocket connection (their heartbeat); returns how many.
+    pub fn ping_websockets(&self) -> usize {
+        let s = self.state.read();
+        s.connections
+            .values()
+            .filter(|c| c.transport == Transport::WebSocket && c.send(Outgoing::Ping))
             .count()
     }
 

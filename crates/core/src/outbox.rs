@@ -20,6 +20,9 @@ pub enum Outgoing {
         payload: bytes::Bytes,
         text: bool,
     },
+    /// The hub's heartbeat: a WebSocket ping frame. One timer for all connections instead of
+    /// one per connection; transports with their own heartbeat ignore it.
+    Ping,
 }
 
 impl Outgoing {
@@ -28,6 +31,7 @@ impl Outgoing {
             Self::Event(e) => e.json().len() + 32,
             Self::Message(m) => m.approx_len(),
             Self::Raw { payload, .. } => payload.len(),
+            Self::Ping => 2,
         }
     }
 }

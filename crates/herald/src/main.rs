@@ -86,6 +86,11 @@ struct ServeFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     redis_prefix: Option<String>,
+    /// The URL this node is reached at, as the cluster view shows it (default: http:// and
+    /// the listen address).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertise_url: Option<String>,
     /// Allowed CORS origin (repeatable; `*` for any).
     #[arg(long = "cors-origin")]
     #[serde(skip_serializing_if = "Option::is_none", rename = "cors_origins")]

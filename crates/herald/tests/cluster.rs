@@ -24,20 +24,7 @@ async fn join(ws: &mut Ws, room: &str) -> Value {
 
 /// Polls `GET /api/rooms/{room}/presence` on `node` until `pred` holds; returns that answer.
 async fn presence_until(node: &Server, room: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + WAIT;
-    let path = format!("/api/rooms/{room}/presence");
-    loop {
-        let (status, body) = get(node, &path, Some(&admin_token())).await;
-        assert_eq!(status, 200, "{body}");
-        if pred(&body) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "presence never got there: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    get_until(node, &format!("/api/rooms/{room}/presence"), pred).await
 }
 
 /// The presence answer's users as (userId, connections).
@@ -162,6 +149,77 @@ async fn a_killed_nodes_members_leave_within_the_expiry_and_a_stopped_nodes_at_o
     nodes[2].terminate(Duration::from_secs(10));
     expect_notice(&mut bob_b, "user_left", "eve", &["bob"]).await;
     assert!(stopping.elapsed() < NODE_TTL, "{:?}", stopping.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cluster view (`GET /api/cluster/nodes`)
+
+/// A cluster view's nodes as url → connections, and the least loaded node's url.
+fn load(view: &Value) -> (Vec<(String, u64)>, String) {
+    let mut nodes: Vec<(String, u64)> = view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            assert_eq!(n["byTransport"]["websocket"], n["connections"], "{n}");
+            let url = n["url"].as_str().unwrap().to_owned();
+            (url, n["connections"].as_u64().unwrap())
+        })
+        .collect();
+    nodes.sort();
+    (
+        nodes,
+        view["leastLoaded"]["url"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn every_node_shows_every_node_and_its_load_and_a_killed_node_leaves_within_the_expiry() {
+    let mut nodes = cluster(3, &redis_url()).await;
+    let path = "/api/cluster/nodes";
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        sockets.push(Ws::connect(&nodes[0], "/ws").await);
+    }
+    sockets.push(Ws::connect(&nodes[1], "/ws").await);
+    let mut want: Vec<(String, u64)> = nodes
+        .iter()
+        .zip([3, 1, 0])
+        .map(|(n, c)| (n.url(""), c))
+        .collect();
+    want.sort();
+
+    // Each node reports on its heartbeat: every node comes to show the same three, with the
+    // connections each really has, and names the idle one as least loaded.
+    let mut ids = Vec::new();
+    for node in &nodes {
+        let view = get_until(node, path, |v| load(v).0 == want).await;
+        assert_eq!(load(&view).1, nodes[2].url(""), "{view}");
+        ids.push(
+            view["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["id"].clone())
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+
+    // `kill -9` the least loaded: nothing is said; its key expires, and the next least loaded
+    // (B, with one connection against A's three) takes its place.
+    nodes[2].kill9();
+    let killed = Instant::now();
+    want.retain(|(url, _)| *url != nodes[2].url(""));
+    for node in &nodes[..2] {
+        let view = get_until(node, path, |v| load(v).0 == want).await;
+        assert_eq!(load(&view).1, nodes[1].url(""), "{view}");
+    }
+    let took = killed.elapsed();
+    assert!(
+        took < NODE_TTL + Duration::from_secs(2),
+        "a killed node stayed listed for {took:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -737,6 +737,42 @@ async fn health_needs_no_auth_and_reports_the_log_position() {
 }
 
 #[tokio::test]
+async fn the_cluster_view_of_an_embedded_server_is_the_server_alone_for_operators_only() {
+    let server = Server::start();
+    let path = "/api/cluster/nodes";
+    assert_eq!(get(&server, path, None).await.0, 401);
+    assert_eq!(get(&server, path, Some(&token("alice"))).await.0, 403);
+
+    let _ws = [
+        Ws::connect(&server, "/ws").await,
+        Ws::connect(&server, "/ws").await,
+    ];
+    let _sse = Sse::open(&server, "/api/realtime/stream", Some(&token("bob"))).await;
+    get_until(&server, path, |v| v["nodes"][0]["connections"] == 3).await;
+    // An API key (a load balancer's checker) may read it too.
+    let (status, view) = get(&server, path, Some(API_KEY)).await;
+    assert_eq!(status, 200, "{view}");
+    let nodes = view["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{view}");
+    let node = &nodes[0];
+    assert_eq!(view["leastLoaded"], *node);
+    // Started on port 0: the address it advertises is the port it got.
+    assert_eq!(node["url"], server.url(""), "{node}");
+    assert!(!node["id"].as_str().unwrap().is_empty(), "{node}");
+    assert_eq!(node["byTransport"], json!({"websocket": 2, "sse": 1}));
+    assert!(node["rssBytes"].as_u64().unwrap() > 1 << 20, "{node}");
+    assert!(node["cpuPercent"].as_f64().unwrap() >= 0.0, "{node}");
+    let seen = chrono::DateTime::parse_from_rfc3339(node["lastSeen"].as_str().unwrap()).unwrap();
+    let age = chrono::Utc::now().signed_duration_since(seen);
+    assert!(age.num_seconds().abs() < 5, "{node}");
+
+    // Behind NAT or on 0.0.0.0 the listen address is no use to others: `advertise_url` says.
+    let natted = Server::start_with(&["--advertise-url", "https://herald-1.example.com"]);
+    let (_, view) = get(&natted, path, Some(API_KEY)).await;
+    assert_eq!(view["nodes"][0]["url"], "https://herald-1.example.com");
+}
+
+#[tokio::test]
 async fn metrics_are_prometheus_text_consistent_with_traffic() {
     let server = Server::start();
     let mut subscriber = Ws::connect(&server, "/ws").await;

@@ -30,7 +30,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use uuid::Uuid;
 
 use crate::{MAX_RETRY, RETRY, RedisConfig, connect, unavailable};
 use herald_core::log::PublishError;
@@ -210,17 +209,19 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Joins the cluster and makes `hub`'s presence cluster-wide. `info` is called on every
-    /// heartbeat; what it returns is stored in the node's key.
+    /// Joins the cluster as node `id` (unique: a UUID) and makes `hub`'s presence
+    /// cluster-wide. `info` is called on every heartbeat; what it returns is stored in the
+    /// node's key.
     pub async fn start(
         config: &RedisConfig,
+        id: String,
         hub: Arc<Hub>,
         info: NodeInfo,
     ) -> Result<Self, PublishError> {
         let (client, commands) = connect(config).await?;
         let p = &config.prefix;
         let shared = Arc::new(Shared {
-            id: Uuid::new_v4().to_string(),
+            id,
             keys: Keys {
                 nodes: format!("{p}:nodes"),
                 node_prefix: format!("{p}:node:"),
@@ -258,6 +259,16 @@ impl Cluster {
     /// This node's id in the cluster.
     pub fn id(&self) -> &str {
         &self.shared.id
+    }
+
+    /// What every live node's info callback (this one's included) last reported, as stored
+    /// in its key: a node killed with `kill -9` is gone `NODE_TTL` after its last heartbeat.
+    pub async fn nodes(&self) -> Result<Vec<Value>, PublishError> {
+        let members = self.shared.members().await.map_err(unavailable)?;
+        Ok(members
+            .into_iter()
+            .filter_map(|(_, info)| serde_json::from_str(&info?).ok())
+            .collect())
     }
 
     /// Leaves the cluster at once (rather than after `NODE_TTL`): the others drop this node's
@@ -398,12 +409,8 @@ impl Shared {
             );
             pipe.exec_async(&mut conn).await?;
         }
-        let ids: Vec<String> = conn.smembers(&self.keys.nodes).await?.into_iter().collect();
-        let keys: Vec<String> = ids.iter().map(|id| self.keys.node(id)).collect();
-        let found: Vec<Option<String>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
         let mut alive = HashSet::new();
-        for (id, info) in ids.into_iter().zip(found) {
+        for (id, info) in self.members().await? {
             match info {
                 Some(_) if id != self.id => {
                     alive.insert(id);
@@ -415,6 +422,20 @@ impl Shared {
             }
         }
         Ok(alive)
+    }
+
+    /// Every node listed in the set, with its key's value (none: its key expired).
+    async fn members(&self) -> redis::RedisResult<Vec<(String, Option<String>)>> {
+        let mut conn = self.commands.clone();
+        let ids: Vec<String> = conn.smembers(&self.keys.nodes).await?.into_iter().collect();
+        // MGET needs at least one key (the set is empty after Redis lost its data).
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.node(id)).collect();
+        let found: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        Ok(ids.into_iter().zip(found).collect())
     }
 
     /// Removes this node from Redis and tells the others.

@@ -15,9 +15,10 @@ use herald_core::{EventStore, Hub, Identity, LocalLog, Log, NewEvent, OutboxLimi
 use herald_redis::cluster::Cluster;
 use herald_redis::{RedisConfig, RedisLog};
 use parking_lot::Mutex;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::api::cluster::ThisNode;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::error::AppError;
@@ -34,7 +35,10 @@ pub struct App {
     pub auth: Auth,
     pub started: Instant,
     connect_limiter: DefaultKeyedRateLimiter<IpAddr>,
-    pub process: Mutex<ProcessMonitor>,
+    /// Shared with `node`, which samples it on every cluster heartbeat.
+    pub process: Arc<Mutex<ProcessMonitor>>,
+    /// This node as `GET /api/cluster/nodes` shows it.
+    pub node: Arc<ThisNode>,
     /// The highest committed and fanned-out `seq`: long-polls wait on it.
     pub head: Arc<watch::Sender<u64>>,
     /// Set when the server starts shutting down, so held long-polls answer at once.
@@ -49,10 +53,12 @@ pub struct App {
 pub const MAX_ID_LEN: usize = 256;
 
 impl App {
+    /// `url` is where this node is reached (`ThisNode::url`).
     pub async fn new(
         config: Config,
         secret: &str,
         store: Arc<dyn EventStore>,
+        url: String,
     ) -> Result<Arc<Self>, AppError> {
         let hub = Arc::new(Hub::new(
             config.max_connections,
@@ -75,6 +81,13 @@ impl App {
                 committed.send_replace(last.event.seq);
             }
         });
+        let process = Arc::new(Mutex::new(ProcessMonitor::new()));
+        let node = Arc::new(ThisNode {
+            id: uuid::Uuid::new_v4().to_string(),
+            url,
+            hub: hub.clone(),
+            process: process.clone(),
+        });
         let (log, cluster): (Box<dyn Log>, _) = match &config.redis {
             Some(url) => {
                 let redis = RedisConfig {
@@ -82,9 +95,10 @@ impl App {
                     prefix: config.redis_prefix.clone(),
                 };
                 let log = RedisLog::start(&redis, store.clone(), sink, last_seq).await?;
-                let counted = hub.clone();
-                let info = Arc::new(move || json!({"connections": counted.connection_count()}));
-                let cluster = Cluster::start(&redis, hub.clone(), info).await?;
+                let reporter = node.clone();
+                let info =
+                    Arc::new(move || serde_json::to_value(reporter.status()).expect("serialises"));
+                let cluster = Cluster::start(&redis, node.id.clone(), hub.clone(), info).await?;
                 (Box::new(log), Some(cluster))
             }
             None => (Box::new(LocalLog::start(store.clone(), sink).await?), None),
@@ -107,7 +121,8 @@ impl App {
             cluster,
             store,
             started: Instant::now(),
-            process: Mutex::new(ProcessMonitor::new()),
+            process,
+            node,
             head,
             stopping: watch::Sender::new(false),
             mailboxes: Mailboxes::default(),

@@ -25,6 +25,10 @@ pub struct Config {
     pub redis: Option<String>,
     /// Prefix of Herald's Redis keys, so that several clusters can share one Redis.
     pub redis_prefix: String,
+    /// The URL this node is reached at (`http://10.0.0.1:3001`), as `GET /api/cluster/nodes`
+    /// shows it; unset: `http://` and the address it listens on, which is wrong when it
+    /// listens on `0.0.0.0` or behind NAT.
+    pub advertise_url: Option<String>,
     /// HS256 secret for JWTs. When unset a random one is generated for this run.
     pub jwt_secret: Option<String>,
     /// Server-side API keys for backends; a key may publish as any user.
@@ -136,6 +140,7 @@ impl Default for Config {
             postgres: None,
             redis: None,
             redis_prefix: "herald".into(),
+            advertise_url: None,
             jwt_secret: None,
             api_keys: Vec::new(),
             cors_origins: vec!["http://localhost:3000".into()],

@@ -58,7 +58,11 @@ pub async fn serve(
         None => Arc::new(SqliteStore::open(&config.database)?),
     };
     let listener = TcpListener::bind((config.host, config.port)).await?;
-    let app = App::new(config, &secret, store.clone())
+    let url = config
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", listener.local_addr().expect("bound")));
+    let app = App::new(config, &secret, store.clone(), url)
         .await
         .map_err(|e| anyhow::anyhow!(e.message))?;
     let bridge = channels::Bridge::start(&app).await?;
@@ -132,15 +136,20 @@ fn random_secret() -> String {
     )
 }
 
-/// Retention, idle-connection sweeping and rate-limiter housekeeping.
+/// Retention, WebSocket pings, idle-connection sweeping and rate-limiter housekeeping.
 fn spawn_background_jobs(app: Arc<App>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let retention = Duration::from_secs(app.config.retention_interval_secs.max(1));
         let sweep = Duration::from_secs(app.config.ping_interval_secs.clamp(1, 30));
         let mut retention_tick = tokio::time::interval(retention);
         let mut sweep_tick = tokio::time::interval(sweep);
+        let ping = Duration::from_secs(app.config.ping_interval_secs.max(1));
+        let mut ping_tick = tokio::time::interval_at(tokio::time::Instant::now() + ping, ping);
         loop {
             tokio::select! {
+                _ = ping_tick.tick() => {
+                    app.hub.ping_websockets();
+                }
                 _ = retention_tick.tick() => {
                     let cutoff = Utc::now() - chrono::Duration::hours(app.config.retention_hours as i64);
                     match app.store.delete_before(cutoff).await {

@@ -13,6 +13,7 @@ fn every_http_route_is_described() {
     assert_eq!(
         paths,
         [
+            "/api/cluster/nodes",
             "/api/dashboard/activity",
             "/api/dashboard/alerts",
             "/api/dashboard/live-data",
@@ -63,6 +64,8 @@ fn every_http_route_is_described() {
         "ErrorBody",
         "EventsPage",
         "PollBatch",
+        "ClusterNodes",
+        "NodeStatus",
     ] {
         assert!(
             schemas.iter().any(|k| k == s),

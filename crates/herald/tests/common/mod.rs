@@ -512,21 +512,25 @@ pub async fn metric(server: &Server, series: &str) -> Option<f64> {
         .map(|v| v.trim().parse().unwrap())
 }
 
-/// Polls `GET /api/realtime/stats` (as admin) every 20 ms until `pred` holds; returns that
-/// answer, or panics with the last one after `WAIT`.
-pub async fn stats_until(server: &Server, pred: impl Fn(&Value) -> bool) -> Value {
+/// Polls `GET path` (as admin) every 20 ms until `pred` holds; returns that answer, or panics
+/// with the last one after `WAIT`.
+pub async fn get_until(server: &Server, path: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let (status, stats) = get(server, "/api/realtime/stats", Some(&admin_token())).await;
-        assert_eq!(status, 200, "{stats}");
-        if pred(&stats) {
-            return stats;
+        let (status, body) = get(server, path, Some(&admin_token())).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        if pred(&body) {
+            return body;
         }
         if std::time::Instant::now() > deadline {
-            panic!("stats never reached the expected state: {stats}");
+            panic!("{path} never reached the expected state: {body}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+pub async fn stats_until(server: &Server, pred: impl Fn(&Value) -> bool) -> Value {
+    get_until(server, "/api/realtime/stats", pred).await
 }
 
 /// Publishes `count` `load.test` events padded with `pad` bytes, from 16 concurrent requests;

@@ -2,6 +2,7 @@
 //! `/metrics`, and the WebSocket endpoints.
 
 pub mod auth;
+pub mod cluster;
 pub mod compat;
 pub mod dashboard;
 pub mod openapi;
@@ -38,6 +39,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/ws/chat", get(ws::events))
         .route("/ws/rooms", get(ws::events))
         .route("/api/rooms/{room}/presence", get(rooms::presence))
+        .route("/api/cluster/nodes", get(cluster::nodes))
         .route("/health", get(system::health))
         .route("/metrics", get(system::metrics))
         .route("/openapi.json", get(openapi::document))

@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{compat, dashboard, realtime, rooms, streams, system};
+use super::{cluster, compat, dashboard, realtime, rooms, streams, system};
 use crate::transport::{mailbox, poll, sse};
 
 #[derive(OpenApi)]
@@ -15,7 +15,7 @@ use crate::transport::{mailbox, poll, sse};
         realtime::publish, realtime::subscribe, realtime::events, realtime::stats, sse::stream,
         poll::poll,
         dashboard::live_data, dashboard::activity, dashboard::alerts, dashboard::notify,
-        system::health, system::metrics,
+        system::health, system::metrics, cluster::nodes,
         compat::events, compat::user_events, compat::notifications, compat::updates,
         mailbox::poll, mailbox::send,
         rooms::presence,

@@ -297,6 +297,8 @@ async fn next_chunk(mut s: StreamState) -> Option<(Result<Bytes, std::io::Error>
                     Outgoing::Event(e) => out.extend_from_slice(e.sse_frame()),
                     Outgoing::Message(m) => out.extend_from_slice(m.sse_frame()),
                     Outgoing::Raw { payload, .. } => out.extend_from_slice(&payload),
+                    // SSE streams send their own heartbeats.
+                    Outgoing::Ping => {}
                 }
             }
             if let Drained::Close(reason) = drained {

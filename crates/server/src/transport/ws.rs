@@ -1,5 +1,6 @@
-//! WebSocket transport. One task per connection multiplexes three things: frames from the
-//! client, the connection's outbox (written in batches with one flush), and the ping timer.
+//! WebSocket transport. One task per connection multiplexes two things: frames from the
+//! client, and the connection's outbox (written in batches with one flush; the hub's
+//! heartbeat queues the pings there too, so a connection needs no timer of its own).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,11 +75,7 @@ fn accept(
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| {
-            let f = run(app, registration, Box::new(socket), mode);
-            eprintln!("RUNSIZE {}", std::mem::size_of_val(&f));
-            f
-        }))
+        .on_upgrade(move |socket| run(app, registration, Box::new(socket), mode)))
 }
 
 fn to_frame(item: Outgoing, dialect: Dialect) -> Message {
@@ -94,6 +91,7 @@ fn to_frame(item: Outgoing, dialect: Dialect) -> Message {
             payload,
             text: false,
         } => Message::Binary(payload),
+        Outgoing::Ping => Message::Ping(bytes::Bytes::new()),
     }
 }
 
@@ -114,8 +112,6 @@ async fn run(app: Arc<App>, registration: Registration, socket: Box<WebSocket>, 
     if let Mode::Events(dialect) = mode {
         conn.send(Outgoing::Message(greeting(dialect, conn.id)));
     }
-    let period = Duration::from_secs(app.config.ping_interval_secs.max(1));
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     // A client that does not accept a batch within this time is treated as a slow consumer.
     let write_timeout = Duration::from_secs(app.config.write_timeout_secs.max(1));
     let mut batch = Vec::new();
@@ -167,11 +163,6 @@ async fn run(app: Arc<App>, registration: Registration, socket: Box<WebSocket>, 
                         }
                     }
                     (Message::Ping(_) | Message::Pong(_), _) => {}
-                }
-            }
-            _ = ping.tick() => {
-                if sink.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
-                    break;
                 }
             }
         }
@@ -252,6 +243,10 @@ fn greeting(dialect: Dialect, id: uuid::Uuid) -> Arc<ServerMessage> {
 
 /// Moves a value out of its box and frees the allocation now (moving out with `*b` in place
 /// would keep the box's memory until the end of the enclosing scope).
+#[expect(
+    clippy::boxed_local,
+    reason = "taking the box is the point: it is freed on return"
+)]
 fn unbox<T>(b: Box<T>) -> T {
     *b
 }

@@ -255,6 +255,26 @@ async function loadAlerts() {
   $("systemAlerts").replaceChildren(...(rows.length ? rows : [h("p", "muted", "No alerts in the last 24 h")]));
 }
 
+/** Every node of the cluster (this one alone when embedded), marking the least loaded. */
+async function loadCluster() {
+  const { ok, body } = await api("/api/cluster/nodes");
+  if (!ok) return;
+  const least = body.leastLoaded?.id;
+  const rows = body.nodes.map((n) => {
+    const row = h("div", "metric node");
+    row.dataset.id = n.id;
+    const name = h("span", "", n.url);
+    name.title = `node ${n.id}`;
+    if (n.id === least) name.append(h("small", "least", "least loaded"));
+    // The node's clock stamps lastSeen: shown as a time, not as an age that skew would distort.
+    const figures = `${n.connections} conn · ${n.cpuPercent.toFixed(0)} % CPU · ${mb(n.rssBytes)} · seen ${time(n.lastSeen)}`;
+    row.append(name, h("span", "value", figures));
+    return row;
+  });
+  setText("clusterCount", `${rows.length} node${rows.length === 1 ? "" : "s"}`);
+  $("clusterNodes").replaceChildren(...(rows.length ? rows : [h("p", "muted", "No node has reported yet")]));
+}
+
 /** Several events of a kind in a burst cause one refresh, not one each. */
 function debounce(fn, ms) {
   let timer = null;
@@ -371,7 +391,9 @@ function start() {
   loadActivity();
   loadAlerts();
   setInterval(() => metrics.poll(), POLL_MS);
+  loadCluster();
   setInterval(() => rooms.poll(), 3 * POLL_MS);
+  setInterval(loadCluster, 3 * POLL_MS);
   setInterval(() => {
     loadActivity();
     loadAlerts();
