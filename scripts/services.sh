@@ -57,6 +57,18 @@ start_postgres() {
     bin="$(pg_bin)"
   fi
   mkdir -p "$DIR"
+  if command -v pg_isready >/dev/null && pg_isready -q -h 127.0.0.1 -p "$PG_PORT"; then
+    # Another checkout's instance (or a developer's) already serves this port: share it
+    # rather than fail to bind; the tests use their own database and schemas in it.
+    say "PostgreSQL already serving 127.0.0.1:$PG_PORT: using it"
+  else
+    start_own_postgres "$bin"
+  fi
+  create_test_database "$bin"
+}
+
+start_own_postgres() {
+  local bin=$1
   if [ "$(id -u)" = 0 ]; then
     # The data directory belongs to the server's user; it must be able to reach it.
     mkdir -p "$PG_DATA"
@@ -76,6 +88,10 @@ start_postgres() {
     as_pg_owner "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -t 60 \
       -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=''" start >/dev/null
   fi
+}
+
+create_test_database() {
+  local bin=$1
   # The tests' database sorts text linguistically (ICU, en-US), as production databases often
   # do, so that the tests prove Herald's queries do not depend on the database's collation.
   local psql=("$(command -v psql || echo "$bin/psql")" -q -v ON_ERROR_STOP=1 "postgres://herald@127.0.0.1:$PG_PORT/postgres")

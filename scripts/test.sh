@@ -33,7 +33,9 @@ fi
 step "PostgreSQL and Redis for the scale-out tests"
 # Left running afterwards (under target/services/), so that other runs from this checkout can
 # share them; `scripts/services.sh stop` stops them.
-eval "$(scripts/services.sh start)"
+# (Two steps: a failure inside `eval "$(...)"` would not stop this script.)
+services=$(scripts/services.sh start)
+eval "$services"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
