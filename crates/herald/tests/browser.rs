@@ -168,3 +168,16 @@ async fn demo_apps_in_chromium() {
     );
     chromium.expect("ok", Duration::from_secs(60)).await;
 }
+
+/// Stream routes read by a real `EventSource` in Chromium: snapshot then live messages as
+/// unnamed `message` events with ids (seed 002's `onmessage`), and batches as JSON arrays.
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_routes_with_a_real_event_source() {
+    let server = Server::start();
+    let base = server.url("");
+    let mut chromium = Scenario::start(
+        "streams.mjs",
+        &[base.trim_end_matches('/'), &admin_token()],
+    );
+    chromium.expect("ok", Duration::from_secs(60)).await;
+}
