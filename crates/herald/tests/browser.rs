@@ -175,9 +175,7 @@ async fn demo_apps_in_chromium() {
 async fn stream_routes_with_a_real_event_source() {
     let server = Server::start();
     let base = server.url("");
-    let mut chromium = Scenario::start(
-        "streams.mjs",
-        &[base.trim_end_matches('/'), &admin_token()],
-    );
+    let mut chromium =
+        Scenario::start("streams.mjs", &[base.trim_end_matches('/'), &admin_token()]);
     chromium.expect("ok", Duration::from_secs(60)).await;
 }
