@@ -20,15 +20,20 @@ its room has received it, or, in ingest, when it is acknowledged).
 
 For latency at a moderate --rate, --threads 1 keeps the load generator off the server's cores
 and its tail steadier. Only the --duration window after --warmup counts. With --server-pid, the server's CPU time
-and RSS are read from /proc at the start and end of that window. For idle, start the server
+and RSS are read from /proc at the start and end of that window (added up when the flag is
+repeated, e.g. for the nodes of a cluster). For idle, start the server
 afresh: memory freed by earlier runs is reused and would hide the per-connection cost.
+
+Cluster: --publish-target sends the publishers to another node than the subscribers'
+(--target), so every delivery crosses the shared log (Redis) between the nodes.
 
 Examples:
   herald bench --scenario fanout --subscribers 1000 --in-flight 64 --token $T --server-pid $PID
   herald bench --scenario rooms --rate 1000 --threads 1 --token $T --server-pid $PID
   herald bench --scenario ingest --concurrency 64 --token $T --json
   herald bench --scenario idle --connections 10000 --transport sse --server-pid $PID
-  herald bench --protocol rooms --target 127.0.0.1:8080 --scenario fanout --server-pid $PID";
+  herald bench --protocol rooms --target 127.0.0.1:8080 --scenario fanout --server-pid $PID
+  herald bench --target B:3002 --publish-target A:3001 --token $T --server-pid $A --server-pid $B";
 
 /// Load generator for Herald and for servers of the seed-004 room protocol.
 #[derive(Args, Debug, Clone)]
@@ -37,6 +42,12 @@ pub struct BenchArgs {
     /// Server address, HOST:PORT.
     #[arg(long, env = "HERALD_BENCH_TARGET", default_value = "127.0.0.1:3000")]
     pub target: String,
+
+    /// Server the publishers connect to, HOST:PORT [default: --target]. With a cluster, the
+    /// subscribers on one node (--target) receive what is published on another: cross-node
+    /// delivery.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub publish_target: Option<String>,
 
     /// Wire protocol: `herald` (WebSocket /ws, SSE /api/realtime/stream, HTTP
     /// /api/realtime/publish) or `rooms` (the seed-004 room protocol: join / message, as the
@@ -140,9 +151,10 @@ pub struct BenchArgs {
     pub source_addrs: Option<usize>,
 
     /// Server process to measure: CPU (utime+stime from /proc/PID/stat) and RSS (VmRSS, VmHWM)
-    /// at the start and end of the measuring window.
+    /// at the start and end of the measuring window. Repeat it to measure several processes
+    /// (the nodes of a cluster, Redis, …) as one: their CPU and RSS are added up.
     #[arg(long, value_name = "PID")]
-    pub server_pid: Option<u32>,
+    pub server_pid: Vec<u32>,
 
     /// Herald event type to publish and subscribe to.
     #[arg(long, default_value = "bench.msg", value_name = "TYPE")]

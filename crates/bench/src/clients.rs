@@ -68,6 +68,8 @@ impl Window {
 /// Everything the clients share.
 pub struct Ctx {
     pub net: Net,
+    /// Where publishers connect (`--publish-target`); `None`: the same server as `net`.
+    pub publish_net: Option<Net>,
     pub protocol: Protocol,
     pub ws_path: String,
     pub transport: Transport,
@@ -84,6 +86,13 @@ pub struct Ctx {
     /// One per publisher (closed loop); empty in open loop.
     pub windows: Vec<Arc<Window>>,
     pub release: Release,
+}
+
+impl Ctx {
+    /// The server publishers connect to.
+    pub fn pub_net(&self) -> &Net {
+        self.publish_net.as_ref().unwrap_or(&self.net)
+    }
 }
 
 fn is_error(frame: &[u8]) -> bool {
@@ -311,7 +320,7 @@ pub async fn publisher(
             let (tx, rx) = mpsc::channel::<Job>(http_workers.max(1) * 2);
             let rx = Arc::new(tokio::sync::Mutex::new(rx));
             for _ in 0..http_workers.max(1) {
-                let http = with_retries(|| ctx.net.http())
+                let http = with_retries(|| ctx.pub_net().http())
                     .await
                     .context("cannot open the publishers' HTTP connections")?;
                 tokio::spawn(http_worker(ctx.clone(), id, http, rx.clone(), auth.clone()));
@@ -324,7 +333,7 @@ pub async fn publisher(
                 .as_deref()
                 .context("publishing to Herald needs --token")?;
             let ws = with_retries(|| async {
-                let mut ws = ctx.net.ws(&ctx.ws_path, ctx.ws_read_buffer).await?;
+                let mut ws = ctx.pub_net().ws(&ctx.ws_path, ctx.ws_read_buffer).await?;
                 let auth = json!({"type": "authenticate", "data": {"token": token}});
                 ws.send(Message::text(auth.to_string())).await?;
                 wait_for(&mut ws, b"\"type\":\"authenticated\"").await?;
@@ -342,7 +351,7 @@ pub async fn publisher(
             Ok(PubConn::Ws(sink))
         }
         (Protocol::Rooms, _) => {
-            let ws = with_retries(|| ctx.net.ws(&ctx.ws_path, ctx.ws_read_buffer))
+            let ws = with_retries(|| ctx.pub_net().ws(&ctx.ws_path, ctx.ws_read_buffer))
                 .await
                 .with_context(|| {
                     format!(
@@ -413,7 +422,7 @@ async fn http_worker(
                 if phase() == DONE {
                     break;
                 }
-                match with_retries(|| ctx.net.http()).await {
+                match with_retries(|| ctx.pub_net().http()).await {
                     Some(h) => http = h,
                     None => break,
                 }
@@ -431,7 +440,7 @@ async fn http_worker(
 async fn post(ctx: &Ctx, http: &mut Http, auth: &HeaderValue, body: Bytes) -> anyhow::Result<bool> {
     http.ready().await?;
     let req = Request::post("/api/realtime/publish")
-        .header(HOST, &ctx.net.authority)
+        .header(HOST, &ctx.pub_net().authority)
         .header(CONTENT_TYPE, "application/json")
         .header(AUTHORIZATION, auth.clone())
         .body(Full::new(body))?;

@@ -8,6 +8,17 @@ pub struct ProcSample {
     pub hwm_kb: u64,
 }
 
+impl ProcSample {
+    /// Several processes as one: CPU ticks, RSS and peak RSS added up (`None` for none).
+    pub fn sum(samples: &[ProcSample]) -> Option<ProcSample> {
+        samples.iter().copied().reduce(|a, b| ProcSample {
+            cpu_ticks: a.cpu_ticks + b.cpu_ticks,
+            rss_kb: a.rss_kb + b.rss_kb,
+            hwm_kb: a.hwm_kb + b.hwm_kb,
+        })
+    }
+}
+
 /// Samples `/proc/<pid>` (`None` for the bench process itself).
 pub fn sample(pid: Option<u32>) -> std::io::Result<ProcSample> {
     let dir = match pid {
@@ -100,6 +111,20 @@ mod tests {
         assert_eq!(parse_status_kb(status, "VmRSS:"), Some(10240));
         assert_eq!(parse_status_kb(status, "VmHWM:"), Some(20480));
         assert_eq!(parse_status_kb(status, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn sums_several_processes() {
+        let s = |cpu_ticks, rss_kb, hwm_kb| ProcSample {
+            cpu_ticks,
+            rss_kb,
+            hwm_kb,
+        };
+        assert!(ProcSample::sum(&[]).is_none());
+        let one = ProcSample::sum(&[s(5, 10, 20)]).unwrap();
+        assert_eq!((one.cpu_ticks, one.rss_kb, one.hwm_kb), (5, 10, 20));
+        let two = ProcSample::sum(&[s(5, 10, 20), s(1, 2, 3)]).unwrap();
+        assert_eq!((two.cpu_ticks, two.rss_kb, two.hwm_kb), (6, 12, 23));
     }
 
     #[test]

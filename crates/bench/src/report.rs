@@ -11,6 +11,8 @@ pub struct Report {
     pub scenario: &'static str,
     pub protocol: &'static str,
     pub target: String,
+    /// Where publishers connected, when not `target` (`--publish-target`).
+    pub publish_target: Option<String>,
     /// How publishers published (`ws` or `http`); absent for idle.
     pub publish: Option<&'static str>,
     /// How Herald subscribers connected (`ws` or `sse`).
@@ -60,7 +62,10 @@ pub struct Connections {
 
 #[derive(Serialize, Debug, Clone)]
 pub struct ServerCost {
+    /// The first `--server-pid`.
     pub pid: u32,
+    /// Every `--server-pid`; CPU and RSS below are their sums.
+    pub pids: Vec<u32>,
     /// Server CPU over the window; 100 = one core.
     pub cpu_percent: f64,
     pub cpu_us_per_delivered: Option<f64>,
@@ -118,8 +123,14 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "herald bench · {} · protocol {} · target {}",
-            self.scenario, self.protocol, self.target
+            "herald bench · {} · protocol {} · target {}{}",
+            self.scenario,
+            self.protocol,
+            self.target,
+            self.publish_target
+                .as_deref()
+                .map(|t| format!(" · publishers to {t}"))
+                .unwrap_or_default()
         );
         let load = match (self.mode, self.rate, self.in_flight) {
             ("open", Some(r), _) => format!("open loop at {} msgs/s", thousands(r.round() as u64)),
@@ -228,7 +239,12 @@ impl Report {
         }
         match &self.server {
             Some(sv) => {
-                let mut line = format!("  server     pid {}: {:.1} % CPU", sv.pid, sv.cpu_percent);
+                let pids: Vec<String> = sv.pids.iter().map(u32::to_string).collect();
+                let mut line = format!(
+                    "  server     pid {}: {:.1} % CPU",
+                    pids.join(" + "),
+                    sv.cpu_percent
+                );
                 if let Some(u) = sv.cpu_us_per_delivered {
                     let _ = write!(line, ", {u:.2} µs CPU per delivered msg");
                 } else if let Some(u) = sv.cpu_us_per_acked {

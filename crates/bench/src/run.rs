@@ -44,7 +44,13 @@ pub async fn execute(args: &BenchArgs) -> anyhow::Result<Report> {
     let net = Net::new(&args.target, args.source_addrs, planned).await?;
     match args.scenario {
         Scenario::Idle => run_idle(args, net).await,
-        _ => run_pubsub(args, net).await,
+        _ => {
+            let publish_net = match publish_target(args) {
+                Some(t) => Some(Net::new(t, args.source_addrs, planned_publishers(args)).await?),
+                None => None,
+            };
+            run_pubsub(args, net, publish_net).await
+        }
     }
 }
 
@@ -52,7 +58,15 @@ fn payload_epoch() {
     let _ = crate::payload::now_us();
 }
 
+/// `--publish-target` when it names another server than `--target`.
+fn publish_target(a: &BenchArgs) -> Option<&str> {
+    a.publish_target.as_deref().filter(|t| *t != a.target)
+}
+
 fn validate(a: &BenchArgs) -> anyhow::Result<()> {
+    if a.scenario == Scenario::Idle && publish_target(a).is_some() {
+        bail!("--publish-target needs publishers; --scenario idle has none");
+    }
     if a.protocol == Protocol::Rooms {
         if a.scenario == Scenario::Ingest {
             bail!(
@@ -153,12 +167,19 @@ fn planned_connections(a: &BenchArgs) -> usize {
         return a.connections;
     }
     let p = plan(a);
-    p.rooms.len() * p.members + p.publishers * p.http_workers.max(1)
+    p.rooms.len() * p.members + planned_publishers(a)
+}
+
+/// The publishers' connections (each HTTP worker has its own).
+fn planned_publishers(a: &BenchArgs) -> usize {
+    let p = plan(a);
+    p.publishers * p.http_workers.max(1)
 }
 
 fn make_ctx(
     a: &BenchArgs,
     net: Net,
+    publish_net: Option<Net>,
     rooms: Vec<String>,
     windows: Vec<Arc<Window>>,
     release: Release,
@@ -166,6 +187,7 @@ fn make_ctx(
     let quote = |s: &str| serde_json::to_string(s).expect("a string serialises");
     Ctx {
         net,
+        publish_net,
         protocol: a.protocol,
         ws_path: a.ws_path.clone().unwrap_or_else(|| {
             match a.protocol {
@@ -194,11 +216,16 @@ fn make_ctx(
     }
 }
 
-fn sample_server(pid: Option<u32>) -> anyhow::Result<Option<ProcSample>> {
-    pid.map(|p| {
-        procstat::sample(Some(p)).with_context(|| format!("cannot read /proc/{p} (--server-pid)"))
-    })
-    .transpose()
+/// The `--server-pid` processes, added up (`None` without the flag).
+fn sample_server(pids: &[u32]) -> anyhow::Result<Option<ProcSample>> {
+    let samples = pids
+        .iter()
+        .map(|&p| {
+            procstat::sample(Some(p))
+                .with_context(|| format!("cannot read /proc/{p} (--server-pid)"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(ProcSample::sum(&samples))
 }
 
 /// What was sampled around the measuring window.
@@ -214,14 +241,14 @@ struct Sampled {
 async fn measure(a: &BenchArgs, server_before: Option<ProcSample>) -> anyhow::Result<Sampled> {
     tokio::time::sleep(Duration::from_secs_f64(a.warmup)).await;
     stats::reset();
-    let server_start = sample_server(a.server_pid)?;
+    let server_start = sample_server(&a.server_pid)?;
     let bench_start = procstat::sample(None)?;
     let t0 = Instant::now();
     stats::set_phase(stats::MEASURE);
     tokio::time::sleep(Duration::from_secs_f64(a.duration)).await;
     stats::set_phase(stats::DONE);
     let secs = t0.elapsed().as_secs_f64();
-    let server_end = sample_server(a.server_pid)?;
+    let server_end = sample_server(&a.server_pid)?;
     let bench_end = procstat::sample(None)?;
     Ok(Sampled {
         secs,
@@ -247,7 +274,7 @@ where
         .await
 }
 
-async fn run_pubsub(a: &BenchArgs, net: Net) -> anyhow::Result<Report> {
+async fn run_pubsub(a: &BenchArgs, net: Net, publish_net: Option<Net>) -> anyhow::Result<Report> {
     let p = plan(a);
     let windows: Vec<Arc<Window>> = match p.window {
         Some(k) => (0..p.publishers).map(|_| Window::new(k)).collect(),
@@ -257,11 +284,12 @@ async fn run_pubsub(a: &BenchArgs, net: Net) -> anyhow::Result<Report> {
     let ctx = Arc::new(make_ctx(
         a,
         net,
+        publish_net,
         p.rooms.clone(),
         windows.clone(),
         p.release,
     ));
-    let server_before = sample_server(a.server_pid)?;
+    let server_before = sample_server(&a.server_pid)?;
 
     let opening = Instant::now();
     let subscriber_count = p.rooms.len() * p.members;
@@ -344,6 +372,7 @@ async fn run_pubsub(a: &BenchArgs, net: Net) -> anyhow::Result<Report> {
         scenario: a.scenario.name(),
         protocol: a.protocol.name(),
         target: a.target.clone(),
+        publish_target: publish_target(a).map(str::to_owned),
         publish: Some(p.via.name()),
         transport: a.transport.name(),
         rooms: p.rooms.len(),
@@ -378,8 +407,8 @@ async fn run_idle(a: &BenchArgs, net: Net) -> anyhow::Result<Report> {
         .collect();
     let room_count = rooms.len();
     let source_addrs = net.source_count();
-    let ctx = Arc::new(make_ctx(a, net, rooms, Vec::new(), Release::Delivery));
-    let server_before = sample_server(a.server_pid)?;
+    let ctx = Arc::new(make_ctx(a, net, None, rooms, Vec::new(), Release::Delivery));
+    let server_before = sample_server(&a.server_pid)?;
     let opening = Instant::now();
     let subscribe = a.idle_subscribe;
     let held = open_all(a.connections, a.connect_concurrency, |i| {
@@ -412,6 +441,7 @@ async fn run_idle(a: &BenchArgs, net: Net) -> anyhow::Result<Report> {
         scenario: a.scenario.name(),
         protocol: a.protocol.name(),
         target: a.target.clone(),
+        publish_target: None,
         publish: None,
         transport: a.transport.name(),
         rooms: if subscribe { room_count } else { 0 },
@@ -452,7 +482,8 @@ fn server_cost(
     let per = |n: u64| (n > 0).then(|| (cpu * 1e6 / n as f64 * 100.0).round() / 100.0);
     let grown_kb = end.rss_kb.saturating_sub(before.rss_kb);
     Some(ServerCost {
-        pid: a.server_pid?,
+        pid: *a.server_pid.first()?,
+        pids: a.server_pid.clone(),
         cpu_percent: (cpu / w.secs * 1000.0).round() / 10.0,
         cpu_us_per_delivered: per(delivered),
         cpu_us_per_acked: per(acked),
@@ -470,5 +501,95 @@ fn bench_cost(w: &Sampled) -> BenchCost {
     BenchCost {
         cpu_percent: (cpu / w.secs * 1000.0).round() / 10.0,
         rss_kb: w.bench_end.rss_kb,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn args(flags: &[&str]) -> BenchArgs {
+        Cli::try_parse_from(std::iter::once("bench").chain(flags.iter().copied()))
+            .unwrap()
+            .bench
+    }
+
+    #[test]
+    fn publishers_go_to_the_publish_target() {
+        let a = args(&["--target", "127.0.0.1:3002"]);
+        assert_eq!(publish_target(&a), None);
+        assert!(a.server_pid.is_empty());
+
+        let a = args(&[
+            "--target",
+            "127.0.0.1:3002",
+            "--publish-target",
+            "127.0.0.1:3002",
+        ]);
+        assert_eq!(
+            publish_target(&a),
+            None,
+            "the same server is no other target"
+        );
+
+        let a = args(&[
+            "--target",
+            "127.0.0.1:3002",
+            "--publish-target",
+            "127.0.0.1:3001",
+            "--server-pid",
+            "10",
+            "--server-pid",
+            "11",
+        ]);
+        assert_eq!(publish_target(&a), Some("127.0.0.1:3001"));
+        assert_eq!(a.server_pid, [10, 11]);
+        assert_eq!(planned_publishers(&a), 1);
+        assert_eq!(planned_connections(&a), 1001);
+
+        let idle = args(&["--scenario", "idle", "--publish-target", "127.0.0.1:3001"]);
+        assert!(validate(&idle).is_err());
+    }
+
+    #[tokio::test]
+    async fn publishers_and_subscribers_open_their_own_servers() {
+        let sub = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let publ = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (s, p) = (sub.local_addr().unwrap(), publ.local_addr().unwrap());
+        let a = args(&[
+            "--target",
+            &s.to_string(),
+            "--publish-target",
+            &p.to_string(),
+            "--token",
+            "t",
+        ]);
+        let net = Net::new(&a.target, None, 1).await.unwrap();
+        let publish_net = Net::new(publish_target(&a).unwrap(), None, 1)
+            .await
+            .unwrap();
+        let ctx = make_ctx(
+            &a,
+            net,
+            Some(publish_net),
+            vec![],
+            vec![],
+            Release::Delivery,
+        );
+        assert_eq!(ctx.net.target, s);
+        assert_eq!(ctx.pub_net().target, p);
+        assert_eq!(ctx.pub_net().authority, p.to_string());
+        // Publishers' connections reach the publish target.
+        let _c = ctx.pub_net().tcp().await.unwrap();
+        let (_, from) = publ.accept().await.unwrap();
+        assert!(from.ip().is_loopback());
     }
 }
