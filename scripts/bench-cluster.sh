@@ -114,8 +114,10 @@ for rep in $(seq "$REPS"); do
   done
 done
 
-python3 - "$out" "$REPS" "$RATE" "$SUBS" <<'EOF'
-import glob, json, os, statistics, sys
+PYTHONPATH=scripts python3 - "$out" "$REPS" "$RATE" "$SUBS" <<'EOF'
+import glob, json, os, sys
+
+from bench_stats import f2, k, print_table, us
 
 out, reps, rate, subs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 runs = {}
@@ -125,21 +127,11 @@ for path in sorted(glob.glob(os.path.join(out, "*.json"))):
         r = json.load(open(path))
     except json.JSONDecodeError:
         continue
-    runs.setdefault((setup, load), []).append(r)
+    runs.setdefault((load, setup), []).append(r)
     errors = r["errors"]
     if any(v for k, v in errors.items() if k != "connect_retries"):
         print(f"note: {setup} {load} rep {rep}: errors {errors} {r.get('last_error') or ''}", file=sys.stderr)
 
-def stat(values, fmt):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "–"
-    med = statistics.median(values)
-    return f"{fmt(med)} [{fmt(min(values))}–{fmt(max(values))}]" if len(values) > 1 else fmt(med)
-
-k = lambda v: f"{v / 1000:.0f} k" if v < 1e6 else f"{v / 1e6:.2f} M"
-us = lambda v: f"{v:.0f}"
-f2 = lambda v: f"{v:.2f}"
 r_ = f"{rate:g}"
 rows = [
     (f"64 in flight: delivered msgs/s", "closed", lambda r: r["delivered_per_sec"], k),
@@ -158,18 +150,6 @@ names = {
     "postgres": "1 node, --postgres",
     "sqlite": "1 node, SQLite (embedded)",
 }
-setups = [s for s in names if any(key[0] == s for key in runs)]
-print(f"| fan-out 1 room × {subs} (median of {reps} [min–max]) | " + " | ".join(names[s] for s in setups) + " |")
-print("|---|" + "---|" * len(setups))
-for label, load, get, fmt in rows:
-    cells = []
-    for s in setups:
-        vals = []
-        for r in runs.get((s, load), []):
-            try:
-                vals.append(get(r))
-            except (KeyError, TypeError):
-                pass
-        cells.append(stat(vals, fmt))
-    print(f"| {label} | " + " | ".join(cells) + " |")
+setups = [s for s in names if any(key[1] == s for key in runs)]
+print_table(f"fan-out 1 room × {subs} (median of {reps} [min–max])", setups, [names[s] for s in setups], rows, runs)
 EOF

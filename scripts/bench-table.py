@@ -3,8 +3,9 @@ the median of the repetitions, with the range in brackets."""
 import glob
 import json
 import os
-import statistics
 import sys
+
+from bench_stats import f2, k, kb, print_table, us
 
 out, reps = sys.argv[1], int(sys.argv[2])
 runs = {}
@@ -15,17 +16,6 @@ for path in glob.glob(os.path.join(out, "*.json")):
     except json.JSONDecodeError:
         pass
 
-def stat(values, fmt):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "–"
-    med = statistics.median(values)
-    return f"{fmt(med)} [{fmt(min(values))}–{fmt(max(values))}]" if len(values) > 1 else fmt(med)
-
-k = lambda v: f"{v / 1000:.0f} k" if v < 1e6 else f"{v / 1e6:.2f} M"
-us = lambda v: f"{v:.0f}"
-f2 = lambda v: f"{v:.2f}"
-kb = lambda v: f"{v / 1000:.2f}"
 rows = [
     ("fan-out 1×1000, 64 in flight: delivered msgs/s", "fanout", lambda r: r["delivered_per_sec"], k),
     ("fan-out: server CPU %", "fanout", lambda r: r["server"]["cpu_percent"], us),
@@ -42,17 +32,4 @@ rows = [
     ("HTTP publish ingest: p99 ack latency µs", "ingest", lambda r: r["ack_latency_us"]["p99"], us),
 ]
 servers = ["herald", "herald-rooms", "node-ws", "bun"]
-print(f"| scenario (median of {reps} [min–max]) | " + " | ".join(servers) + " |")
-print("|---|" + "---|" * len(servers))
-for label, name, get, fmt in rows:
-    cells = []
-    for s in servers:
-        rs = runs.get((name, s), [])
-        vals = []
-        for r in rs:
-            try:
-                vals.append(get(r))
-            except (KeyError, TypeError):
-                pass
-        cells.append(stat(vals, fmt))
-    print(f"| {label} | " + " | ".join(cells) + " |")
+print_table(f"scenario (median of {reps} [min–max])", servers, servers, rows, runs)
