@@ -128,11 +128,8 @@ async fn run(
             // Nothing was committed, so the positions are reused by the next batch: `seq`
             // stays gap-free.
             Err(e) => {
-                let msg = e.to_string();
                 for ack in acks {
-                    let _ = ack.send(Err(PublishError::Store(StoreError::Unavailable(
-                        msg.clone(),
-                    ))));
+                    let _ = ack.send(Err(PublishError::Store(e.clone())));
                 }
             }
         }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::event::{EncodedEvent, Event};
 use crate::identity::Identity;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("event store unavailable: {0}")]
     Unavailable(String),
