@@ -3,19 +3,13 @@
 // Screenshots: $ARTIFACTS/dashboard*.png
 import { readFileSync } from "node:fs";
 import WebSocket from "ws";
-import { check, launch, run, until, watchErrors } from "./lib.mjs";
+import { check, launch, postJson, run, until, watchErrors } from "./lib.mjs";
 
 const [base, adminToken] = process.argv.slice(2);
 const artifacts = process.env.ARTIFACTS || "../../test-artifacts/browser";
 
 async function publishHttp(body) {
-  const res = await fetch(`${base}/api/realtime/publish`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${adminToken}`, "content-type": "application/json" },
-    body: JSON.stringify(body),
-  });
-  check(res.status === 201, `publish answered ${res.status}`);
-  return (await res.json()).event;
+  return (await postJson(base, adminToken, "/api/realtime/publish", body, 201)).event;
 }
 
 const text = (page, selector) => page.locator(selector).textContent();
@@ -87,12 +81,7 @@ async function herald(page, errors) {
   await publishHttp({ type: "system.warning", data: { message: "disk <b>80%</b> full" } });
   await page.locator(".toast.warning", { hasText: "disk <b>80%</b> full" }).waitFor({ timeout: 2000 });
   await page.locator("#systemAlerts", { hasText: "warning" }).waitFor({ timeout: 2000 });
-  const notify = await fetch(`${base}/api/dashboard/notify`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${adminToken}`, "content-type": "application/json" },
-    body: JSON.stringify({ message: "deploy finished", type: "info" }),
-  });
-  check(notify.status === 201, `notify answered ${notify.status}`);
+  await postJson(base, adminToken, "/api/dashboard/notify", { message: "deploy finished", type: "info" }, 201);
   await page.locator(".toast", { hasText: "deploy finished" }).waitFor({ timeout: 2000 });
 
   // A burst: the page renders in batches and keeps at most 200 rows.
@@ -124,11 +113,7 @@ async function seed(context) {
   await page.locator("#eventLog .event", { hasText: "seed.published" }).first().waitFor({ timeout: 2000 });
   await publishHttp({ type: "user.login", data: { ipAddress: "10.0.0.7" } });
   await page.locator("#eventLog .event", { hasText: "user.login" }).first().waitFor({ timeout: 2000 });
-  await fetch(`${base}/api/dashboard/notify`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${adminToken}`, "content-type": "application/json" },
-    body: JSON.stringify({ message: "hello seed page", type: "info" }),
-  });
+  await postJson(base, adminToken, "/api/dashboard/notify", { message: "hello seed page", type: "info" }, 201);
   await page.locator(".notification", { hasText: "hello seed page" }).waitFor({ timeout: 2000 });
   await page.screenshot({ path: `${artifacts}/dashboard-seed-000.png`, fullPage: true });
   check(errors.length === 0, `no page errors: ${errors}`);

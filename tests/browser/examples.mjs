@@ -2,21 +2,13 @@
 // pages chat (messages, typing, presence, markup shown as text), and every other page shows
 // live data. One browser for all of it. Usage: node examples.mjs http://host:port <admin token>
 // Screenshots: $ARTIFACTS/examples-*.png
-import { check, launch, run, until, watchErrors } from "./lib.mjs";
+import { check, launch, postJson, run, until, watchErrors } from "./lib.mjs";
 
 const [base, adminToken] = process.argv.slice(2);
 const artifacts = process.env.ARTIFACTS || "../../test-artifacts/browser";
 const MARKUP = '<img src=x onerror="window.pwned=1">';
 
-async function post(path, body) {
-  const res = await fetch(`${base}${path}`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${adminToken}`, "content-type": "application/json" },
-    body: JSON.stringify(body),
-  });
-  check(res.ok, `${path} answered ${res.status}`);
-  return res.json();
-}
+const post = (path, body) => postJson(base, adminToken, path, body);
 
 const texts = (page, selector) => page.locator(selector).allTextContents();
 

@@ -46,6 +46,18 @@ export async function until(cond, what, ms = WAIT_MS) {
   }
 }
 
+/** POSTs JSON with a bearer token; checks the status (`status`, or any 2xx) and returns the
+ * parsed body. */
+export async function postJson(base, token, path, body, status) {
+  const res = await fetch(`${base}${path}`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  check(status ? res.status === status : res.ok, `${path} answered ${res.status}`);
+  return res.json();
+}
+
 export function check(cond, what) {
   if (!cond) throw new Error(what);
 }

@@ -2,18 +2,11 @@
 // live messages, arrive as unnamed `message` events (so `onmessage` fires, as seed 002's pages
 // expect) with ids for Last-Event-ID; a batching stream delivers one JSON array per interval.
 // Usage: node streams.mjs http://host:port <admin token>
-import { check, launch, run, until, watchErrors } from "./lib.mjs";
+import { check, launch, postJson, run, until, watchErrors } from "./lib.mjs";
 
 const [base, adminToken] = process.argv.slice(2);
 
-async function post(path, body) {
-  const res = await fetch(`${base}${path}`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${adminToken}`, "content-type": "application/json" },
-    body: JSON.stringify(body),
-  });
-  check(res.ok, `${path} answered ${res.status}`);
-}
+const post = (path, body) => postJson(base, adminToken, path, body);
 
 run(async () => {
   await post("/api/streams", { name: "ticks", path: "/ticks", history: 3 });
