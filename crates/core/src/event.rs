@@ -80,6 +80,60 @@ impl Event {
         }
     }
 
+    /// A chat message as a room's history lists it in a dialect: the flat message of the room
+    /// dialects, the event itself in Herald's.
+    pub fn history_entry(&self, dialect: Dialect) -> Value {
+        match dialect {
+            Dialect::Herald => serde_json::to_value(self).expect("events serialise"),
+            _ => self.flat(dialect),
+        }
+    }
+
+    /// Seed 001: `{"type":"chat","user","text","timestamp","room",..}`; seed 004:
+    /// `{"type":"message","from","content","timestamp" (ms),"room",..}`; a private message is
+    /// `private_message` in both. `id`, `seq` and `userId` ride along.
+    fn flat(&self, dialect: Dialect) -> Value {
+        let e = self;
+        let private = e.kind == CHAT_PRIVATE;
+        let mut m = serde_json::Map::new();
+        let kind = match (private, dialect) {
+            (true, _) => "private_message",
+            (false, Dialect::Chat) => "chat",
+            (false, _) => "message",
+        };
+        m.insert("type".into(), kind.into());
+        m.insert("id".into(), e.id.to_string().into());
+        m.insert("seq".into(), e.seq.into());
+        match dialect {
+            Dialect::Chat => {
+                m.insert(
+                    if private { "from" } else { "user" }.into(),
+                    e.chat_author(),
+                );
+                m.insert("text".into(), e.chat_text());
+                m.insert(
+                    "timestamp".into(),
+                    e.timestamp
+                        .to_rfc3339_opts(SecondsFormat::Millis, true)
+                        .into(),
+                );
+            }
+            _ => {
+                m.insert("from".into(), e.chat_author());
+                m.insert("content".into(), e.chat_text());
+                m.insert("timestamp".into(), e.timestamp.timestamp_millis().into());
+            }
+        }
+        if let Some(u) = &e.user_id {
+            m.insert("userId".into(), u.clone().into());
+        }
+        if let (Some(r), false) = (&e.room_id, private) {
+            m.insert("room".into(), r.clone().into());
+            m.insert("roomId".into(), r.clone().into());
+        }
+        Value::Object(m)
+    }
+
     /// The text of a chat message: `data.text` (or seed 004's `data.content`), else the data.
     fn chat_text(&self) -> Value {
         match self.data.get("text").or_else(|| self.data.get("content")) {
@@ -146,61 +200,7 @@ impl EncodedEvent {
     }
 
     fn flat_frame(&self, dialect: Dialect) -> Bytes {
-        Bytes::from(serde_json::to_vec(&self.flat(dialect)).expect("json values serialise"))
-    }
-
-    /// A chat message as a room's history lists it in a dialect: the flat message of the room
-    /// dialects, the event itself in Herald's.
-    pub fn history_entry(&self, dialect: Dialect) -> Value {
-        match dialect {
-            Dialect::Herald => serde_json::from_slice(&self.json).expect("events are JSON"),
-            _ => self.flat(dialect),
-        }
-    }
-
-    /// Seed 001: `{"type":"chat","user","text","timestamp","room",..}`; seed 004:
-    /// `{"type":"message","from","content","timestamp" (ms),"room",..}`; a private message is
-    /// `private_message` in both. `id`, `seq` and `userId` ride along.
-    fn flat(&self, dialect: Dialect) -> Value {
-        let e = &self.event;
-        let private = e.kind == CHAT_PRIVATE;
-        let mut m = serde_json::Map::new();
-        let kind = match (private, dialect) {
-            (true, _) => "private_message",
-            (false, Dialect::Chat) => "chat",
-            (false, _) => "message",
-        };
-        m.insert("type".into(), kind.into());
-        m.insert("id".into(), e.id.to_string().into());
-        m.insert("seq".into(), e.seq.into());
-        match dialect {
-            Dialect::Chat => {
-                m.insert(
-                    if private { "from" } else { "user" }.into(),
-                    e.chat_author(),
-                );
-                m.insert("text".into(), e.chat_text());
-                m.insert(
-                    "timestamp".into(),
-                    e.timestamp
-                        .to_rfc3339_opts(SecondsFormat::Millis, true)
-                        .into(),
-                );
-            }
-            _ => {
-                m.insert("from".into(), e.chat_author());
-                m.insert("content".into(), e.chat_text());
-                m.insert("timestamp".into(), e.timestamp.timestamp_millis().into());
-            }
-        }
-        if let Some(u) = &e.user_id {
-            m.insert("userId".into(), u.clone().into());
-        }
-        if let (Some(r), false) = (&e.room_id, private) {
-            m.insert("room".into(), r.clone().into());
-            m.insert("roomId".into(), r.clone().into());
-        }
-        Value::Object(m)
+        Bytes::from(serde_json::to_vec(&self.event.flat(dialect)).expect("json values serialise"))
     }
 
     /// The event object as JSON.

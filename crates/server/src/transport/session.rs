@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use herald_core::event::{CHAT_MESSAGE, CHAT_PRIVATE, EncodedEvent};
+use herald_core::event::{CHAT_MESSAGE, CHAT_PRIVATE};
 use herald_core::hub::{Connection, HubError};
 use herald_core::protocol::{
     Command, Dialect, Envelope, JoinArgs, ServerMessage, SubscribeArgs, code,
@@ -337,7 +337,7 @@ impl Session {
                     events.reverse();
                     let messages: Vec<Value> = events
                         .into_iter()
-                        .map(|e| EncodedEvent::new(e).history_entry(dialect))
+                        .map(|e| e.history_entry(dialect))
                         .collect();
                     conn.send(Outgoing::Message(ServerMessage::flat(
                         "room_history",
