@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
 step "toolchain"
+# The build needs several GB (target/); say how much there is, so a full disk is plain to see.
+df -h . | tail -1 | awk '{print "disk free here: " $4}'
+
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   rustup component add rustfmt clippy
