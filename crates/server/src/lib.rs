@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use chrono::Utc;
 use herald_core::{CloseReason, EventStore};
 use herald_store::{PgStore, SqliteStore};
@@ -82,13 +81,7 @@ pub async fn serve(
     let stopping = app.stopping.clone();
     let router = api::router(app.clone());
     let write_timeout = Duration::from_secs(app.config.write_timeout_secs.max(1));
-    // Small frames must leave at once: without TCP_NODELAY, Nagle's algorithm holds a write
-    // back until the previous one is acknowledged (milliseconds on a delayed-ACK peer).
-    let listener = listener::Listener::new(listener, write_timeout).tap_io(|io| {
-        if let Err(e) = io.tcp().set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
+    let listener = listener::Listener::new(listener, write_timeout, router.clone());
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),

@@ -1,4 +1,4 @@
-//! The TCP listener Herald serves on: every accepted socket gets a write timeout.
+//! The write timeout on every accepted socket.
 //!
 //! The write timeout is what frees a client that stopped reading. hyper stops polling a
 //! response body once the socket's send buffer and its own write buffer are full, so an SSE
@@ -14,40 +14,8 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
-
-pub struct Listener {
-    tcp: TcpListener,
-    write_timeout: Duration,
-}
-
-impl Listener {
-    pub fn new(tcp: TcpListener, write_timeout: Duration) -> Self {
-        Self { tcp, write_timeout }
-    }
-}
-
-impl axum::serve::Listener for Listener {
-    type Io = TimedStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (tcp, peer) = axum::serve::Listener::accept(&mut self.tcp).await;
-        let io = TimedStream {
-            tcp,
-            peer,
-            timeout: self.write_timeout,
-            stall: None,
-            stalled: false,
-        };
-        (io, peer)
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.tcp.local_addr()
-    }
-}
 
 /// A TCP stream whose writes fail with `TimedOut` after `timeout` without progress: the timer
 /// runs from the first write the socket could not take until one succeeds.
@@ -63,6 +31,16 @@ pub struct TimedStream {
 }
 
 impl TimedStream {
+    pub fn new(tcp: TcpStream, peer: SocketAddr, timeout: Duration) -> Self {
+        Self {
+            tcp,
+            peer,
+            timeout,
+            stall: None,
+            stalled: false,
+        }
+    }
+
     pub fn tcp(&self) -> &TcpStream {
         &self.tcp
     }
@@ -143,18 +121,23 @@ impl AsyncWrite for TimedStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::serve::Listener as _;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn accept(listener: &TcpListener, timeout: Duration) -> TimedStream {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        TimedStream::new(tcp, peer, timeout)
+    }
 
     #[tokio::test]
     async fn a_write_the_peer_never_reads_times_out_and_a_reading_peer_is_unaffected() {
-        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut listener = Listener::new(tcp, Duration::from_millis(200));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let timeout = Duration::from_millis(200);
         let addr = listener.local_addr().unwrap();
 
         // A peer that never reads: the writes fill both socket buffers, then stall.
         let _silent = TcpStream::connect(addr).await.unwrap();
-        let (mut io, _) = listener.accept().await;
+        let mut io = accept(&listener, timeout).await;
         let chunk = vec![0u8; 64 * 1024];
         let failed = tokio::time::timeout(Duration::from_secs(30), async {
             loop {
@@ -170,7 +153,7 @@ mod tests {
         // A peer that reads slowly — a pause after each read, the pauses adding up to more
         // than the timeout — gets everything: only a write that makes no progress fails.
         let mut reader = TcpStream::connect(addr).await.unwrap();
-        let (mut io, _) = listener.accept().await;
+        let mut io = accept(&listener, timeout).await;
         let total = 8 << 20;
         let writing = tokio::spawn(async move {
             for _ in 0..total / chunk.len() {
