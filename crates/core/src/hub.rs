@@ -543,12 +543,14 @@ impl Hub {
             .count()
     }
 
-    /// Queues a ping on every WebSocket connection (their heartbeat); returns how many.
-    pub fn ping_websockets(&self) -> usize {
+    /// Queues the heartbeat on every connection — a WebSocket sends it as a ping frame, an SSE
+    /// stream as its keep-alive record — so that no connection needs a timer of its own;
+    /// returns how many took it.
+    pub fn heartbeat(&self) -> usize {
         let s = self.state.read();
         s.connections
             .values()
-            .filter(|c| c.transport == Transport::WebSocket && c.send(Outgoing::Ping))
+            .filter(|c| c.send(Outgoing::Ping))
             .count()
     }
 

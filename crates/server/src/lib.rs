@@ -129,7 +129,7 @@ fn random_secret() -> String {
     )
 }
 
-/// Retention, WebSocket pings, idle-connection sweeping and rate-limiter housekeeping.
+/// Retention, heartbeats, idle-connection sweeping and rate-limiter housekeeping.
 fn spawn_background_jobs(app: Arc<App>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let retention = Duration::from_secs(app.config.retention_interval_secs.max(1));
@@ -141,7 +141,7 @@ fn spawn_background_jobs(app: Arc<App>) -> tokio::task::JoinHandle<()> {
         loop {
             tokio::select! {
                 _ = ping_tick.tick() => {
-                    app.hub.ping_websockets();
+                    app.hub.heartbeat();
                 }
                 _ = retention_tick.tick() => {
                     let cutoff = Utc::now() - chrono::Duration::hours(app.config.retention_hours as i64);

@@ -247,7 +247,7 @@ fn open(
         .subscribe(&registration.conn, sse::raw_last_event_id(headers, params))
         .map_err(stream_error)?;
     let leave = Box::new(Leave { stream, conn });
-    Ok(sse::respond(app, registration, FLAVOR, Some(leave)))
+    Ok(sse::respond(registration, FLAVOR, Some(leave)))
 }
 
 /// Unsubscribes the SSE connection when its response ends, however it ends.

@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, State};
@@ -149,19 +148,17 @@ pub fn open(
         }
     }
 
-    Ok(respond(&app, registration, flavor, None))
+    Ok(respond(registration, flavor, None))
 }
 
-/// The `text/event-stream` response that writes the connection's outbox, with heartbeats,
-/// until the client goes or the outbox closes. `attached` is dropped with the stream (e.g. to
+/// The `text/event-stream` response that writes the connection's outbox (heartbeats
+/// included) until the client goes or the outbox closes. `attached` is dropped with the stream (e.g. to
 /// leave a data stream), right before the connection is unregistered.
 pub fn respond(
-    app: &App,
     registration: Registration,
     flavor: Flavor,
     attached: Option<Box<dyn Send>>,
 ) -> Response {
-    let period = Duration::from_secs(app.config.ping_interval_secs.max(1));
     let watcher = tokio::spawn(unregister_on_overflow(
         registration.hub.clone(),
         registration.conn.clone(),
@@ -171,7 +168,6 @@ pub fn respond(
         _attached: attached,
         _watcher: AbortOnDrop(watcher.abort_handle()),
         registration,
-        heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + period, period),
         batch: Vec::new(),
         done: false,
     };
@@ -277,49 +273,49 @@ struct StreamState {
     _attached: Option<Box<dyn Send>>,
     _watcher: AbortOnDrop,
     registration: Registration,
-    heartbeat: tokio::time::Interval,
     batch: Vec<Outgoing>,
     done: bool,
 }
 
-/// Everything queued since the last chunk becomes one chunk (one write).
+/// Everything queued since the last chunk becomes one chunk (one write). The hub's heartbeat
+/// arrives as `Outgoing::Ping` and becomes the flavor's keep-alive record.
 async fn next_chunk(mut s: StreamState) -> Option<(Result<Bytes, std::io::Error>, StreamState)> {
     if s.done {
         return None;
     }
     let conn = s.registration.conn.clone();
-    tokio::select! {
-        drained = conn.outbox.drain(&mut s.batch) => {
-            let mut out = BytesMut::new();
-            for item in s.batch.drain(..) {
-                match item {
-                    Outgoing::Event(e) if s.flavor.plain => out.extend_from_slice(e.sse_plain_frame()),
-                    Outgoing::Event(e) => out.extend_from_slice(e.sse_frame()),
-                    Outgoing::Message(m) => out.extend_from_slice(m.sse_frame()),
-                    Outgoing::Raw { payload, .. } => out.extend_from_slice(&payload),
-                    // SSE streams send their own heartbeats.
-                    Outgoing::Ping => {}
+    let drained = conn.outbox.drain(&mut s.batch).await;
+    let mut out = BytesMut::new();
+    for item in s.batch.drain(..) {
+        match item {
+            Outgoing::Event(e) if s.flavor.plain => out.extend_from_slice(e.sse_plain_frame()),
+            Outgoing::Event(e) => out.extend_from_slice(e.sse_frame()),
+            Outgoing::Message(m) => out.extend_from_slice(m.sse_frame()),
+            Outgoing::Raw { payload, .. } => out.extend_from_slice(&payload),
+            Outgoing::Ping => {
+                // An SSE client never speaks: the heartbeat it takes is its sign of life.
+                conn.touch();
+                match s.flavor.keep_alive {
+                    KeepAlive::Event(name) => out.extend_from_slice(
+                        ServerMessage::new(name, Some(json!({"timestamp": now()}))).sse_frame(),
+                    ),
+                    KeepAlive::Comment => out.extend_from_slice(b": keep-alive\n\n"),
                 }
             }
-            if let Drained::Close(reason) = drained {
-                // Counted here, once the client is told; a client that never reads again is
-                // counted when the write times out instead (`crate::listener`).
-                if reason == CloseReason::SLOW_CONSUMER {
-                    metrics::counter!("herald_slow_consumers_total").increment(1);
-                }
-                let close = ServerMessage::new("close", Some(json!({"code": reason.code, "reason": reason.reason})));
-                out.extend_from_slice(close.sse_frame());
-                s.done = true;
-            }
-            Some((Ok(out.freeze()), s))
-        }
-        _ = s.heartbeat.tick() => {
-            conn.touch();
-            let beat = match s.flavor.keep_alive {
-                KeepAlive::Event(name) => ServerMessage::new(name, Some(json!({"timestamp": now()}))).sse_frame().clone(),
-                KeepAlive::Comment => Bytes::from_static(b": keep-alive\n\n"),
-            };
-            Some((Ok(beat), s))
         }
     }
+    if let Drained::Close(reason) = drained {
+        // Counted here, once the client is told; a client that never reads again is
+        // counted when the write times out instead (`crate::listener`).
+        if reason == CloseReason::SLOW_CONSUMER {
+            metrics::counter!("herald_slow_consumers_total").increment(1);
+        }
+        let close = ServerMessage::new(
+            "close",
+            Some(json!({"code": reason.code, "reason": reason.reason})),
+        );
+        out.extend_from_slice(close.sse_frame());
+        s.done = true;
+    }
+    Some((Ok(out.freeze()), s))
 }
