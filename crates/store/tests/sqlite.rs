@@ -16,3 +16,43 @@ impl Backend for Sqlite {
 }
 
 behaviour_tests!(async { Sqlite(tempfile::tempdir().unwrap()) });
+
+/// Committed events reach the database file itself in the background, while the server runs:
+/// a copy of the file alone (without its `-wal`) already holds them.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_checkpointer_copies_commits_into_the_database_file() {
+    use std::sync::Arc;
+
+    use herald_core::event::{EncodedEvent, NewEvent};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let store = SqliteStore::open(&path).unwrap();
+    for seq in 1..=50 {
+        let event = NewEvent {
+            kind: "checkpoint.test".into(),
+            data: serde_json::json!({"n": seq}),
+            user_id: None,
+            room_id: None,
+            metadata: None,
+        };
+        let event = EncodedEvent::new(event.commit(seq, chrono::Utc::now()));
+        store.append(vec![Arc::clone(&event)]).await.unwrap();
+    }
+    let copy = dir.path().join("copy.db");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let in_file = loop {
+        std::fs::copy(&path, &copy).unwrap();
+        // Until the first checkpoint, even the table exists only in the WAL.
+        let n: i64 = rusqlite::Connection::open(&copy)
+            .unwrap()
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap_or(0);
+        if n == 50 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(in_file, 50, "the database file holds every committed event");
+    store.close().await.unwrap();
+}
