@@ -80,6 +80,7 @@ for rep in $(seq "$REPS"); do
     bench idle-19k "$server" 2 --scenario idle --connections 19000
     if [ "$server" = herald ]; then
       bench idle-sse-10k herald 2 --scenario idle --transport sse --connections 10000
+      bench idle-sse-19k herald 2 --scenario idle --transport sse --connections 19000
       bench ingest herald "$DURATION" --scenario ingest --publish http --concurrency 64
     fi
   done

@@ -28,6 +28,7 @@ rows = [
     ("10 000 idle WebSockets: server KB RSS per connection", "idle-10k", lambda r: r["server"]["rss_per_connection_bytes"], kb),
     ("19 000 idle WebSockets: server KB RSS per connection", "idle-19k", lambda r: r["server"]["rss_per_connection_bytes"], kb),
     ("10 000 idle SSE streams: server KB RSS per connection", "idle-sse-10k", lambda r: r["server"]["rss_per_connection_bytes"], kb),
+    ("19 000 idle SSE streams: server KB RSS per connection", "idle-sse-19k", lambda r: r["server"]["rss_per_connection_bytes"], kb),
     ("HTTP publish ingest (durable), 64 in flight: events/s", "ingest", lambda r: r["acked_per_sec"], k),
     ("HTTP publish ingest: p99 ack latency µs", "ingest", lambda r: r["ack_latency_us"]["p99"], us),
 ]
