@@ -43,7 +43,7 @@ pub struct Peeked {
 
 /// Looks at the connection's first bytes without consuming them: a complete `GET` for an event
 /// stream, without a body or an upgrade, is this path's; `None` leaves everything to hyper.
-pub async fn peek_request(io: &TimedStream) -> Option<Peeked> {
+pub async fn peek_request(io: &TimedStream) -> Option<Box<Peeked>> {
     let mut buf = vec![0; MAX_HEAD];
     let n = tokio::time::timeout(HEAD_TIMEOUT, io.tcp().peek(&mut buf))
         .await
@@ -66,7 +66,7 @@ pub async fn peek_request(io: &TimedStream) -> Option<Peeked> {
     }
     // Anything the builder rejects (a malformed header value) is hyper's to answer.
     let request = request.body(Body::empty()).ok()?;
-    Some(Peeked { head_len, request })
+    Some(Box::new(Peeked { head_len, request }))
 }
 
 fn is_event_stream(head: &httparse::Request) -> bool {
@@ -93,17 +93,45 @@ fn is_event_stream(head: &httparse::Request) -> bool {
 
 /// Consumes the request head, routes the request, and writes the response: an event stream
 /// chunk by chunk for as long as it lasts, anything else (an error) whole.
-pub async fn serve(mut io: TimedStream, peer: SocketAddr, peeked: Peeked, router: Router) {
+pub async fn serve(mut io: TimedStream, peer: SocketAddr, peeked: Box<Peeked>, router: Router) {
+    // Routing runs boxed: a task keeps room for its largest state for as long as it lives, and
+    // routing's is several times a stream's (measured: a 2 464-byte future against 352).
+    match Box::pin(route(&mut io, peer, peeked, router)).await {
+        Some(Answer::Stream {
+            head,
+            body,
+            chunked,
+        }) => write_stream(&mut io, head, body, chunked).await,
+        Some(Answer::Whole(response)) => drop(io.write_all(&response).await),
+        None => {}
+    }
+    let _ = io.shutdown().await;
+}
+
+enum Answer {
+    /// An event stream: its response head, then its body's chunks as they come.
+    Stream {
+        head: BytesMut,
+        body: Body,
+        chunked: bool,
+    },
+    /// Any other response (an error), whole.
+    Whole(BytesMut),
+}
+
+async fn route(
+    io: &mut TimedStream,
+    peer: SocketAddr,
+    peeked: Box<Peeked>,
+    router: Router,
+) -> Option<Answer> {
     let Peeked {
         head_len,
         mut request,
-    } = peeked;
+    } = *peeked;
     // The head is already in the socket's receive queue (it was peeked): this does not wait.
     let mut head = vec![0; head_len];
-    if io.read_exact(&mut head).await.is_err() {
-        return;
-    }
-    drop(head);
+    io.read_exact(&mut head).await.ok()?;
     let http10 = request.version() == Version::HTTP_10;
     request.extensions_mut().insert(ConnectInfo(peer));
     let Ok(response) = router.oneshot(request).await;
@@ -119,23 +147,20 @@ pub async fn serve(mut io: TimedStream, peer: SocketAddr, peeked: Peeked, router
         } else {
             ""
         };
-        // The head is built before the stream starts, so the response's header map is freed.
         let head = response_head(&parts, http10, encoding);
-        drop(parts);
-        write_stream(&mut io, head, body, chunked).await;
-    } else {
-        let body = axum::body::to_bytes(body, MAX_ERROR_BODY)
-            .await
-            .unwrap_or_default();
-        let mut out = response_head(
-            &parts,
-            http10,
-            &format!("content-length: {}\r\n", body.len()),
-        );
-        out.put_slice(&body);
-        let _ = io.write_all(&out).await;
+        return Some(Answer::Stream {
+            head,
+            body,
+            chunked,
+        });
     }
-    let _ = io.shutdown().await;
+    let body = axum::body::to_bytes(body, MAX_ERROR_BODY)
+        .await
+        .unwrap_or_default();
+    let length = format!("content-length: {}\r\n", body.len());
+    let mut response = response_head(&parts, http10, &length);
+    response.put_slice(&body);
+    Some(Answer::Whole(response))
 }
 
 /// Writes the stream's chunks as they come, until it ends or the client goes away (a read

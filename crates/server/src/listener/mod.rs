@@ -80,7 +80,9 @@ async fn triage(
     to_hyper: mpsc::UnboundedSender<(TimedStream, SocketAddr)>,
 ) {
     match event_stream::peek_request(&io).await {
-        Some(request) => event_stream::serve(io, peer, request, router).await,
+        // A task of its own, sized for serving alone: a task keeps room for its largest state
+        // for as long as it lives, and triage's is several times a stream's.
+        Some(request) => drop(tokio::spawn(event_stream::serve(io, peer, request, router))),
         // The server is shutting down when hyper's side is gone: the connection just closes.
         None => drop(to_hyper.send((io, peer))),
     }
