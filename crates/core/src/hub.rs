@@ -30,7 +30,9 @@ pub struct Connection {
     pub id: Uuid,
     pub transport: Transport,
     pub outbox: Outbox,
-    identity: RwLock<Option<Identity>>,
+    /// Boxed, like `held`: most connections never authenticate or resume, and every byte
+    /// here is paid by each open connection.
+    identity: RwLock<Option<Box<Identity>>>,
     subscriptions: Mutex<Vec<Uuid>>,
     /// The last `seq` queued here, so overlapping subscriptions deliver an event once.
     last_delivered: AtomicU64,
@@ -38,7 +40,7 @@ pub struct Connection {
     /// Set (under the hub's write lock) while a resume replays history: live matches are held
     /// in `held` instead of the outbox until the replay has been queued.
     replaying: AtomicBool,
-    held: Mutex<Held>,
+    held: Mutex<Option<Box<Held>>>,
 }
 
 /// Live events that arrived while the connection was replaying; bounded like the outbox.
@@ -51,7 +53,7 @@ struct Held {
 
 impl Connection {
     pub fn identity(&self) -> Option<Identity> {
-        self.identity.read().clone()
+        self.identity.read().as_deref().cloned()
     }
 
     pub fn user_id(&self) -> Option<String> {
@@ -95,17 +97,18 @@ impl Connection {
     /// Holds a live event aside during a replay. Overflowing the bound closes the connection as
     /// a slow consumer (it can resume again).
     fn hold(&self, event: &Arc<EncodedEvent>, limits: OutboxLimits) -> bool {
-        let mut h = self.held.lock();
+        let mut held = self.held.lock();
+        let h = held.get_or_insert_default();
         if h.overflowed {
             return false;
         }
         let weight = event.json().len() + 32;
         if h.events.len() >= limits.max_messages || h.bytes + weight > limits.max_bytes {
-            *h = Held {
+            **h = Held {
                 overflowed: true,
                 ..Held::default()
             };
-            drop(h);
+            drop(held);
             self.outbox.close(CloseReason::SLOW_CONSUMER);
             return false;
         }
@@ -235,7 +238,7 @@ impl Hub {
             last_delivered: AtomicU64::new(0),
             last_activity_ms: AtomicI64::new(Utc::now().timestamp_millis()),
             replaying: AtomicBool::new(false),
-            held: Mutex::new(Held::default()),
+            held: Mutex::new(None),
         });
         self.state.write().connections.insert(conn.id, conn.clone());
         Ok(conn)
@@ -280,7 +283,7 @@ impl Hub {
             .entry(identity.user_id.clone())
             .or_default()
             .insert(conn.id);
-        *conn.identity.write() = Some(identity);
+        *conn.identity.write() = Some(Box::new(identity));
     }
 
     pub fn subscribe(
@@ -346,7 +349,7 @@ impl Hub {
             s.index.insert(sub.clone());
             s.subscriptions.insert(sub.id, sub);
         }
-        *conn.held.lock() = Held::default();
+        *conn.held.lock() = None;
         conn.replaying.store(true, Ordering::Relaxed);
         Ok(ReplayStart {
             ids,
@@ -368,9 +371,9 @@ impl Hub {
     /// `u64::MAX` drops what was held (an abandoned replay; the connection is being closed).
     pub fn end_replay(&self, conn: &Connection, replayed_to: u64) {
         let _s = self.state.write();
-        let held = std::mem::take(&mut *conn.held.lock());
+        let held = conn.held.lock().take();
         conn.replaying.store(false, Ordering::Relaxed);
-        for e in held.events {
+        for e in held.map(|h| h.events).unwrap_or_default() {
             if e.event.seq > replayed_to && !conn.send(Outgoing::Event(e)) {
                 break;
             }
@@ -466,7 +469,7 @@ impl Hub {
             to_room(&s.rooms, room, &msg, Some(conn.id));
         }
         if hold_live {
-            *conn.held.lock() = Held::default();
+            *conn.held.lock() = None;
             conn.replaying.store(true, Ordering::Relaxed);
         }
         Ok((joined, self.head()))

@@ -228,22 +228,47 @@ impl Outbox {
     /// frame into `batch`. Cancel-safe: nothing is taken until the wait completes.
     pub async fn drain(&self, batch: &mut Vec<Outgoing>) -> Drained {
         loop {
+            if let Some(drained) = self.try_drain(batch) {
+                return drained;
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// `drain` for a writer that keeps no buffer between batches: while it waits, its state
+    /// holds no batch (a waiting writer is what an idle connection is).
+    pub async fn next_batch(&self) -> (Vec<Outgoing>, Drained) {
+        loop {
             {
-                let mut s = self.state.lock();
-                if !s.items.is_empty() || s.closed.is_some() {
-                    batch.extend(s.items.drain(..));
-                    s.bytes = 0;
-                    if s.items.capacity() > 64 {
-                        s.items.shrink_to(16);
-                    }
-                    return match &s.closed {
-                        Some(r) => Drained::Close(r.clone()),
-                        None => Drained::Batch,
-                    };
+                let mut batch = Vec::new();
+                if let Some(drained) = self.try_drain(&mut batch) {
+                    return (batch, drained);
                 }
             }
             self.ready.notified().await;
         }
+    }
+
+    fn try_drain(&self, batch: &mut Vec<Outgoing>) -> Option<Drained> {
+        let mut s = self.state.lock();
+        if s.items.is_empty() && s.closed.is_none() {
+            return None;
+        }
+        if batch.is_empty() {
+            // Hands the queue's buffer over: a writer that frees its batch once written leaves
+            // an idle connection holding no buffer.
+            *batch = Vec::from(std::mem::take(&mut s.items));
+        } else {
+            batch.extend(s.items.drain(..));
+            if s.items.capacity() > 64 {
+                s.items.shrink_to(16);
+            }
+        }
+        s.bytes = 0;
+        Some(match &s.closed {
+            Some(r) => Drained::Close(r.clone()),
+            None => Drained::Batch,
+        })
     }
 }
 
@@ -265,6 +290,16 @@ mod tests {
         assert_eq!(o.drain(&mut b).await, Drained::Batch);
         assert_eq!(b.len(), 2);
         assert_eq!(o.queued(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn next_batch_takes_the_queue_with_its_buffer() {
+        let o = Outbox::new(OutboxLimits::default());
+        assert!(o.push(msg()));
+        assert!(o.push(msg()));
+        let (b, drained) = o.next_batch().await;
+        assert_eq!((b.len(), drained), (2, Drained::Batch));
+        assert_eq!(o.state.lock().items.capacity(), 0);
     }
 
     #[tokio::test]

@@ -60,7 +60,7 @@ impl axum::serve::Listener for Listener {
                     if let Err(e) = tcp.set_nodelay(true) {
                         tracing::debug!(error = %e, "could not set TCP_NODELAY");
                     }
-                    let io = TimedStream::new(tcp, peer, self.write_timeout);
+                    let io = TimedStream::new(tcp, self.write_timeout);
                     tokio::spawn(triage(io, peer, self.router.clone(), self.to_hyper.clone()));
                 }
                 Some(for_hyper) = self.for_hyper.recv() => return for_hyper,

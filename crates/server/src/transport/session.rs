@@ -25,10 +25,16 @@ pub struct Session {
     app: Arc<App>,
     conn: Arc<Connection>,
     dialect: Dialect,
-    publish_limit: DefaultDirectRateLimiter,
-    typing_limit: DefaultDirectRateLimiter,
     /// Publishes refused in a row; a client that keeps flooding is disconnected.
     refused: u32,
+    /// Created by the first command that needs it: most connections never send one, and the
+    /// session lives in the connection's task for as long as it is open.
+    limits: Option<Box<Limits>>,
+}
+
+struct Limits {
+    publish: DefaultDirectRateLimiter,
+    typing: DefaultDirectRateLimiter,
     /// Resumes and room joins (which queue history first) on one connection replay one at a
     /// time.
     resuming: Arc<tokio::sync::Mutex<()>>,
@@ -52,20 +58,29 @@ pub enum Flow {
 
 impl Session {
     pub fn new(app: Arc<App>, conn: Arc<Connection>, dialect: Dialect) -> Self {
-        let rate = NonZeroU32::new(app.config.publish_rate_per_connection.max(1)).expect("nonzero");
-        let typing = NonZeroU32::new(TYPING_RATE).expect("nonzero");
         Self {
-            publish_limit: RateLimiter::direct(
-                Quota::per_second(rate)
-                    .allow_burst(rate.saturating_mul(NonZeroU32::new(2).expect("2"))),
-            ),
-            typing_limit: RateLimiter::direct(Quota::per_second(typing)),
             app,
             conn,
             dialect,
             refused: 0,
-            resuming: Arc::default(),
+            limits: None,
         }
+    }
+
+    fn limits(&mut self) -> &mut Limits {
+        let config = &self.app.config;
+        self.limits.get_or_insert_with(|| {
+            let rate = NonZeroU32::new(config.publish_rate_per_connection.max(1)).expect("nonzero");
+            let typing = NonZeroU32::new(TYPING_RATE).expect("nonzero");
+            Box::new(Limits {
+                publish: RateLimiter::direct(
+                    Quota::per_second(rate)
+                        .allow_burst(rate.saturating_mul(NonZeroU32::new(2).expect("2"))),
+                ),
+                typing: RateLimiter::direct(Quota::per_second(typing)),
+                resuming: Arc::default(),
+            })
+        })
     }
 
     fn reply(&self, msg: Arc<ServerMessage>) {
@@ -235,7 +250,7 @@ impl Session {
     /// Counts a publish against the connection's rate; when over it, answers the refusal and
     /// says whether the client is flooding.
     fn over_publish_rate(&mut self, id: &Option<Value>) -> Option<Flow> {
-        if self.publish_limit.check().is_ok() {
+        if self.limits().publish.check().is_ok() {
             self.refused = 0;
             return None;
         }
@@ -278,7 +293,7 @@ impl Session {
 
     /// Joins now (so the next command already sees the room), then queues `room_joined` and
     /// `room_history` before any live event of the room.
-    fn join(&self, args: JoinArgs, id: Option<Value>) {
+    fn join(&mut self, args: JoinArgs, id: Option<Value>) {
         let member = validate_room(&args.room)
             .map_err(AppError::bad_request)
             .and_then(|()| self.check_room_access(&args.room))
@@ -291,12 +306,12 @@ impl Session {
         let (app, conn, resuming, dialect) = (
             self.app.clone(),
             self.conn.clone(),
-            self.resuming.clone(),
+            self.limits().resuming.clone(),
             self.dialect,
         );
         let room = args.room;
         // A resume in progress holds live events itself; wait for it before holding again.
-        let joined = match self.resuming.clone().try_lock_owned() {
+        let joined = match resuming.clone().try_lock_owned() {
             Ok(guard) => app
                 .hub
                 .join_room(&conn, &room, member, true)
@@ -445,9 +460,9 @@ impl Session {
     }
 
     /// Typing indicators are volatile: relayed to the room's other connections, never stored.
-    fn typing(&self, room: Option<String>, typing: bool, id: Option<Value>) {
+    fn typing(&mut self, room: Option<String>, typing: bool, id: Option<Value>) {
         let result = self.room_or_current(room).and_then(|room| {
-            if self.typing_limit.check().is_err() {
+            if self.limits().typing.check().is_err() {
                 return Err(AppError::rate_limited(
                     "typing notices are limited; slow down",
                 ));
@@ -483,8 +498,9 @@ impl Session {
     /// `subscribe` with `since`: replays what the client missed, then goes live. Runs beside
     /// the session (the writer keeps draining the outbox while the replay fills it); the reply
     /// `subscription.created` (with `recovered`) precedes the replayed events.
-    fn resume(&self, spec: SubscriptionSpec, since: u64, id: Option<Value>) {
-        let (app, conn, resuming) = (self.app.clone(), self.conn.clone(), self.resuming.clone());
+    fn resume(&mut self, spec: SubscriptionSpec, since: u64, id: Option<Value>) {
+        let resuming = self.limits().resuming.clone();
+        let (app, conn) = (self.app.clone(), self.conn.clone());
         tokio::spawn(async move {
             let _one_at_a_time = resuming.lock().await;
             let replay = match Replay::begin(&app.hub, &conn, vec![spec.clone()], since) {
