@@ -171,7 +171,8 @@ async fn write_stream(io: &mut TimedStream, head: BytesMut, body: Body, chunked:
     }
     drop(head);
     let mut chunks = body.into_data_stream();
-    let mut ignored = [0u8; 64];
+    // Small: it is part of every open stream's task, and clients have nothing to send.
+    let mut ignored = [0u8; 8];
     loop {
         tokio::select! {
             chunk = chunks.next() => {
