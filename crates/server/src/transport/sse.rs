@@ -168,7 +168,6 @@ pub fn respond(
         _attached: attached,
         _watcher: AbortOnDrop(watcher.abort_handle()),
         registration,
-        batch: Vec::new(),
         done: false,
     };
     let body = Body::from_stream(futures_util::stream::unfold(state, next_chunk));
@@ -273,7 +272,6 @@ struct StreamState {
     _attached: Option<Box<dyn Send>>,
     _watcher: AbortOnDrop,
     registration: Registration,
-    batch: Vec<Outgoing>,
     done: bool,
 }
 
@@ -284,9 +282,10 @@ async fn next_chunk(mut s: StreamState) -> Option<(Result<Bytes, std::io::Error>
         return None;
     }
     let conn = s.registration.conn.clone();
-    let drained = conn.outbox.drain(&mut s.batch).await;
+    // The batch is taken with the queue's buffer and freed once written: an idle stream holds none.
+    let (batch, drained) = conn.outbox.next_batch().await;
     let mut out = BytesMut::new();
-    for item in s.batch.drain(..) {
+    for item in batch {
         match item {
             Outgoing::Event(e) if s.flavor.plain => out.extend_from_slice(e.sse_plain_frame()),
             Outgoing::Event(e) => out.extend_from_slice(e.sse_frame()),
