@@ -3,10 +3,11 @@
 //! everything queued in one batch and flushes once.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 use crate::event::EncodedEvent;
 use crate::protocol::ServerMessage;
@@ -99,19 +100,39 @@ impl Default for OutboxLimits {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
     items: VecDeque<Outgoing>,
     bytes: usize,
     closed: Option<CloseReason>,
+    /// The writer's waker while it waits (for a batch, or for an overflow during a write).
+    /// Kept under the queue's lock, so a push cannot slip in between its check and its wait;
+    /// one slot rather than `Notify`s, whose wait futures would sit in every idle connection's
+    /// task.
+    waker: Option<Waker>,
+    /// Run once, on overflow (see `on_overflow`).
+    on_overflow: Option<OverflowHook>,
 }
 
+/// Called when the queue overflows, from whichever task pushed: it must not block or take
+/// the hub's locks (the hub may be delivering).
+pub type OverflowHook = Box<dyn FnOnce() + Send>;
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("items", &self.items.len())
+            .field("bytes", &self.bytes)
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection's outbound queue. It has one consumer, the connection's writer: only the
+/// last task to wait on it is woken.
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
-    ready: Notify,
-    /// Wakes `overflowed` waiters.
-    overflow: Notify,
     limits: OutboxLimits,
 }
 
@@ -137,8 +158,6 @@ impl Outbox {
     pub fn new(limits: OutboxLimits) -> Self {
         Self {
             state: Mutex::new(State::default()),
-            ready: Notify::new(),
-            overflow: Notify::new(),
             limits,
         }
     }
@@ -160,7 +179,10 @@ impl Outbox {
 
     /// Wakes the writer after `push_deferred` said so.
     pub fn wake(&self) {
-        self.ready.notify_one();
+        let waker = self.state.lock().waker.take();
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     /// Queues a frame without waking the writer, so a producer queuing several frames (a
@@ -176,9 +198,9 @@ impl Outbox {
             s.items.clear();
             s.bytes = 0;
             s.closed = Some(CloseReason::SLOW_CONSUMER);
+            let (waker, hook) = (s.waker.take(), s.on_overflow.take());
             drop(s);
-            self.ready.notify_one();
-            self.overflow.notify_waiters();
+            fire(waker, hook);
             return Pushed::Refused;
         }
         s.bytes += w;
@@ -193,26 +215,41 @@ impl Outbox {
         let mut s = self.state.lock();
         let overflowed = s.closed.is_none() && reason == CloseReason::SLOW_CONSUMER;
         s.closed.get_or_insert(reason);
+        // A replay's side buffer overflowing closes this way: it counts as an overflow.
+        let hook = if overflowed {
+            s.on_overflow.take()
+        } else {
+            None
+        };
+        let waker = s.waker.take();
         drop(s);
-        self.ready.notify_one();
-        // A replay's side buffer overflowing closes this way: `overflowed` waiters must hear
-        // of it as of a push that overflowed.
-        if overflowed {
-            self.overflow.notify_waiters();
+        fire(waker, hook);
+    }
+
+    /// Runs `hook` once if the queue overflows (at once if it already has). For writers that
+    /// cannot watch for it themselves while their client's socket is full.
+    pub fn on_overflow(&self, hook: OverflowHook) {
+        let mut s = self.state.lock();
+        if s.closed == Some(CloseReason::SLOW_CONSUMER) {
+            drop(s);
+            hook();
+        } else {
+            s.on_overflow = Some(hook);
         }
     }
 
     /// Resolves once the queue has overflowed, so a writer blocked on a client that stopped
-    /// reading can give up at once instead of waiting for its write timeout.
-    pub async fn overflowed(&self) {
-        loop {
-            // Registered before the check, so a notification in between is not missed.
-            let notified = self.overflow.notified();
-            if self.state.lock().closed == Some(CloseReason::SLOW_CONSUMER) {
-                return;
+    /// reading can give up at once instead of waiting for its write timeout. For the writer's
+    /// own task only (see `Outbox`).
+    pub fn overflowed(&self) -> impl Future<Output = ()> + '_ {
+        poll_fn(|cx| {
+            let mut s = self.state.lock();
+            if s.closed == Some(CloseReason::SLOW_CONSUMER) {
+                return Poll::Ready(());
             }
-            notified.await;
-        }
+            register(&mut s.waker, cx);
+            Poll::Pending
+        })
     }
 
     pub fn is_closed(&self) -> bool {
@@ -227,32 +264,25 @@ impl Outbox {
     /// Waits until there is something to write or the outbox closes, then moves every queued
     /// frame into `batch`. Cancel-safe: nothing is taken until the wait completes.
     pub async fn drain(&self, batch: &mut Vec<Outgoing>) -> Drained {
-        loop {
-            if let Some(drained) = self.try_drain(batch) {
-                return drained;
-            }
-            self.ready.notified().await;
-        }
+        poll_fn(|cx| self.poll_drain(cx, batch)).await
     }
 
     /// `drain` for a writer that keeps no buffer between batches: while it waits, its state
-    /// holds no batch (a waiting writer is what an idle connection is).
-    pub async fn next_batch(&self) -> (Vec<Outgoing>, Drained) {
-        loop {
-            {
-                let mut batch = Vec::new();
-                if let Some(drained) = self.try_drain(&mut batch) {
-                    return (batch, drained);
-                }
-            }
-            self.ready.notified().await;
-        }
+    /// holds no batch (a waiting writer is what an idle connection is), only this reference
+    /// (a plain `fn`: an `async fn` would add its own state around it).
+    pub fn next_batch(&self) -> impl Future<Output = (Vec<Outgoing>, Drained)> + '_ {
+        poll_fn(|cx| {
+            let mut batch = Vec::new();
+            self.poll_drain(cx, &mut batch)
+                .map(|drained| (batch, drained))
+        })
     }
 
-    fn try_drain(&self, batch: &mut Vec<Outgoing>) -> Option<Drained> {
+    fn poll_drain(&self, cx: &mut Context<'_>, batch: &mut Vec<Outgoing>) -> Poll<Drained> {
         let mut s = self.state.lock();
         if s.items.is_empty() && s.closed.is_none() {
-            return None;
+            register(&mut s.waker, cx);
+            return Poll::Pending;
         }
         if batch.is_empty() {
             // Hands the queue's buffer over: a writer that frees its batch once written leaves
@@ -265,10 +295,27 @@ impl Outbox {
             }
         }
         s.bytes = 0;
-        Some(match &s.closed {
+        Poll::Ready(match &s.closed {
             Some(r) => Drained::Close(r.clone()),
             None => Drained::Batch,
         })
+    }
+}
+
+fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
+/// Wakes the writer and runs the overflow hook, outside the queue's lock.
+fn fire(waker: Option<Waker>, hook: Option<OverflowHook>) {
+    if let Some(w) = waker {
+        w.wake();
+    }
+    if let Some(hook) = hook {
+        hook();
     }
 }
 
@@ -353,6 +400,35 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_overflow_hook_runs_once_on_overflow_only() {
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let hook = |runs: &Arc<std::sync::atomic::AtomicUsize>| -> OverflowHook {
+            let runs = runs.clone();
+            Box::new(move || {
+                runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+        };
+        let o = Outbox::new(OutboxLimits {
+            max_messages: 1,
+            max_bytes: 1 << 20,
+        });
+        o.on_overflow(hook(&runs));
+        assert!(o.push(msg()));
+        assert!(!o.push(msg()));
+        assert!(!o.push(msg()));
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Registered after the overflow: runs at once.
+        o.on_overflow(hook(&runs));
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+        let closed = Outbox::new(OutboxLimits::default());
+        closed.on_overflow(hook(&runs));
+        closed.close(CloseReason::NORMAL);
+        closed.close(CloseReason::SLOW_CONSUMER);
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

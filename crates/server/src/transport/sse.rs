@@ -10,11 +10,10 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use chrono::{SecondsFormat, Utc};
-use herald_core::hub::Connection;
 use herald_core::outbox::Drained;
 use herald_core::protocol::{ServerMessage, SubscribeArgs};
 use herald_core::resume::Replay;
-use herald_core::{CloseReason, Filters, Hub, Identity, Outgoing, SubscriptionSpec, Transport};
+use herald_core::{CloseReason, Filters, Identity, Outgoing, SubscriptionSpec, Transport};
 use serde_json::json;
 
 use super::Registration;
@@ -159,14 +158,10 @@ pub fn respond(
     flavor: Flavor,
     attached: Option<Box<dyn Send>>,
 ) -> Response {
-    let watcher = tokio::spawn(unregister_on_overflow(
-        registration.hub.clone(),
-        registration.conn.clone(),
-    ));
+    unregister_on_overflow(&registration);
     let state = StreamState {
         flavor,
         _attached: attached,
-        _watcher: AbortOnDrop(watcher.abort_handle()),
         registration,
         done: false,
     };
@@ -247,22 +242,20 @@ fn now() -> String {
 }
 
 /// Unregisters the connection from the hub as soon as its outbox overflows. The stream cannot
-/// do it in time itself: hyper stops polling the body while the client's socket is full, which
-/// is when a queue overflows. The TCP connection goes when the client reads again (and gets the
-/// `close` record) or when the write times out (`crate::listener`), whichever comes first.
-async fn unregister_on_overflow(hub: Arc<Hub>, conn: Arc<Connection>) {
-    conn.outbox.overflowed().await;
-    tracing::info!(connection = %conn.id, "SSE outbound buffer overflowed; connection unregistered");
-    hub.disconnect(conn.id);
-}
-
-/// Aborts a task when dropped (the overflow watcher, when its stream ends).
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+/// do it in time itself: its writer stops polling the body while the client's socket is full,
+/// which is when a queue overflows. The TCP connection goes when the client reads again (and
+/// gets the `close` record) or when the write times out (`crate::listener`), whichever comes
+/// first.
+fn unregister_on_overflow(registration: &Registration) {
+    let (hub, id) = (registration.hub.clone(), registration.conn.id);
+    let runtime = tokio::runtime::Handle::current();
+    registration.conn.outbox.on_overflow(Box::new(move || {
+        // In a task: the push that overflowed may come from the hub, under its locks.
+        drop(runtime.spawn(async move {
+            tracing::info!(connection = %id, "SSE outbound buffer overflowed; connection unregistered");
+            hub.disconnect(id);
+        }));
+    }));
 }
 
 struct StreamState {
@@ -270,7 +263,6 @@ struct StreamState {
     /// Held only to be dropped with the stream; declared before `registration`, so it is
     /// dropped first.
     _attached: Option<Box<dyn Send>>,
-    _watcher: AbortOnDrop,
     registration: Registration,
     done: bool,
 }
