@@ -163,8 +163,28 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    limit_malloc_arenas();
+    tokio::runtime::Runtime::new()?.block_on(run())
+}
+
+/// glibc gives threads malloc arenas of their own, up to 8 per core. A connection is set up
+/// on one runtime thread and lives on: with many arenas, each one's long-lived connection
+/// state sits among freed set-up buffers (hyper's, the request's) on pages that stay
+/// resident. Two arenas: 2.00 instead of 2.15 KB of RSS per idle WebSocket and the same
+/// fan-out throughput (docs/performance.md). Set before any thread starts; an explicit
+/// `MALLOC_ARENA_MAX` in the environment wins.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only changes a malloc tunable; no other thread exists yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     match cli.command {

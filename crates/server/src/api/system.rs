@@ -6,8 +6,6 @@ use std::sync::{Arc, OnceLock};
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, MatchedPath, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -29,7 +27,7 @@ pub async fn root(
     path: MatchedPath,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<ws::Handshake, AppError>,
 ) -> Result<Response, AppError> {
     match upgrade {
         Ok(upgrade) => ws::events(State(app), peer, path, upgrade).await,
