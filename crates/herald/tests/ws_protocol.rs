@@ -1192,3 +1192,53 @@ async fn a_slow_consumer_is_disconnected_while_a_reader_gets_everything() {
     assert_eq!(slow_total, Some(1.0));
     assert_alive(&mut reader, json!("reader-ok")).await;
 }
+
+#[tokio::test]
+async fn a_request_that_is_not_a_handshake_gets_a_clear_error_and_a_valid_one_is_accepted() {
+    let server = Server::start();
+    // A plain GET on a WebSocket path.
+    let (status, body) = get(&server, "/ws", None).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "VALIDATION_ERROR");
+    assert!(
+        body["error"].as_str().unwrap().contains("Connection"),
+        "{body}"
+    );
+
+    // An otherwise complete handshake with an unsupported version.
+    let handshake = |version: &str| {
+        format!(
+            "GET /ws/rooms HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: {version}\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+    };
+    let head = |version: &str| {
+        let request = handshake(version);
+        let addr = server.addr;
+        async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(request.as_bytes()).await.unwrap();
+            let mut buf = vec![0; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            String::from_utf8_lossy(&buf[..n]).to_lowercase()
+        }
+    };
+    let refused = head("8").await;
+    assert!(refused.starts_with("http/1.1 400"), "{refused}");
+    assert!(
+        refused.contains("sec-websocket-version must be 13"),
+        "{refused}"
+    );
+
+    // The same with version 13: 101, the accept key of RFC 6455's example, then the greeting.
+    let accepted = head("13").await;
+    assert!(accepted.starts_with("http/1.1 101"), "{accepted}");
+    assert!(
+        accepted.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{accepted}"
+    );
+}
