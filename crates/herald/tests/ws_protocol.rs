@@ -1113,21 +1113,22 @@ async fn idle_clients_are_closed_with_4000_and_server_pings_keep_live_ones() {
     assert_eq!(st["connections"]["byType"]["websocket"], 1, "{st}");
 }
 
-#[tokio::test]
-async fn a_slow_consumer_is_disconnected_while_a_reader_gets_everything() {
-    // The kernel lets a socket's send buffer grow to `tcp_wmem`'s maximum (4 MiB by default)
-    // even when the peer's window is tiny, so publish about twice that: the server's writes to
-    // the slow client then block and its queue overflows.
-    const PAD: usize = 8 * 1024;
+/// Events of `PAD` bytes enough to overflow a stalled subscriber's queue of 50: the kernel lets
+/// a socket's send buffer grow to `tcp_wmem`'s maximum (4 MiB by default) even when the peer's
+/// window is tiny, so about twice that, after which the server's writes to it block.
+const PAD: usize = 8 * 1024;
+
+fn overflowing_flood() -> usize {
     let wmem_max = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
         .ok()
         .and_then(|s| s.split_whitespace().nth(2)?.parse::<usize>().ok())
         .unwrap_or(4 << 20);
-    let events = (2 * wmem_max / PAD + 200).max(500);
-    let server = Server::start_with(&["--outbox-max-messages", "50"]);
+    (2 * wmem_max / PAD + 200).max(500)
+}
 
-    // The slow client: a small receive buffer (so the server's writes block soon) and never
-    // read after subscribing.
+/// A subscriber to `load.*` with a small receive buffer (so the server's writes block soon)
+/// that reads nothing after subscribing until the test says so.
+async fn stalled_subscriber(server: &Server) -> Ws {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let tcp = socket.connect(server.addr).await.unwrap();
@@ -1143,6 +1144,35 @@ async fn a_slow_consumer_is_disconnected_while_a_reader_gets_everything() {
     };
     assert_eq!(slow.recv().await["type"], "connection.established");
     slow.subscribe(&["load.*"], json!({})).await;
+    slow
+}
+
+/// Reads a stalled subscriber's stream to its end: the seqs of the events it got, and the
+/// close code (`None` when the stream broke off or was not a valid WebSocket stream).
+async fn read_to_end(slow: &mut Ws) -> (Vec<u64>, Option<u16>) {
+    let mut seqs = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, slow.stream.next())
+            .await
+            .expect("the slow consumer's stream did not end")
+        {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                assert_eq!(v["type"], "event", "{v}");
+                seqs.push(v["data"]["seq"].as_u64().unwrap());
+            }
+            Some(Ok(Message::Close(frame))) => return (seqs, close_code(&frame)),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return (seqs, None),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_disconnected_while_a_reader_gets_everything() {
+    let server = Server::start_with(&["--outbox-max-messages", "50"]);
+    let mut slow = stalled_subscriber(&server).await;
+    let events = overflowing_flood();
 
     let mut reader = Ws::connect(&server, "/ws").await;
     reader.subscribe(&["load.*"], json!({})).await;
@@ -1163,22 +1193,7 @@ async fn a_slow_consumer_is_disconnected_while_a_reader_gets_everything() {
     stats_until(&server, |s| s["connections"]["total"] == 1).await;
     // ...and its stream ends with 4008 or a dropped socket, after a gap-free run of the
     // events that were already buffered for it.
-    let mut slow_seqs = Vec::new();
-    let end = loop {
-        match tokio::time::timeout(WAIT, slow.stream.next())
-            .await
-            .expect("the slow consumer's stream did not end")
-        {
-            Some(Ok(Message::Text(t))) => {
-                let v: Value = serde_json::from_str(t.as_str()).unwrap();
-                assert_eq!(v["type"], "event", "{v}");
-                slow_seqs.push(v["data"]["seq"].as_u64().unwrap());
-            }
-            Some(Ok(Message::Close(frame))) => break close_code(&frame),
-            Some(Ok(_)) => continue,
-            Some(Err(_)) | None => break None,
-        }
-    };
+    let (slow_seqs, end) = read_to_end(&mut slow).await;
     assert!(matches!(end, Some(4008) | None), "ended with {end:?}");
     assert!(
         slow_seqs.len() < events,
@@ -1191,6 +1206,33 @@ async fn a_slow_consumer_is_disconnected_while_a_reader_gets_everything() {
     let slow_total = metric(&server, "herald_slow_consumers_total").await;
     assert_eq!(slow_total, Some(1.0));
     assert_alive(&mut reader, json!("reader-ok")).await;
+}
+
+#[tokio::test]
+async fn a_slow_consumer_that_reads_again_at_once_gets_whole_frames_then_4008() {
+    let server = Server::start_with(&["--outbox-max-messages", "50"]);
+    let mut slow = stalled_subscriber(&server).await;
+    // It starts reading as soon as the server counts it as a slow consumer: the server then
+    // finishes the batch its write was blocked in (a frame cut short would corrupt the
+    // stream) and closes with 4008 within the second it gives the client.
+    let reading = async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while metric(&server, "herald_slow_consumers_total").await != Some(1.0) {
+            assert!(
+                Instant::now() < deadline,
+                "never counted as a slow consumer"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        read_to_end(&mut slow).await
+    };
+    let (acked, (seqs, end)) = tokio::join!(flood(&server, overflowing_flood(), PAD), reading);
+    assert_eq!(end, Some(4008), "after {} events", seqs.len());
+    assert!(seqs.len() < acked.len(), "it was cut off");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "what it got is gap-free"
+    );
 }
 
 #[tokio::test]

@@ -146,7 +146,7 @@ async fn on_frame(
         Some(Ok(f)) => f,
         Some(Err(e)) => {
             if let Some(reason) = close_reason_for(&e) {
-                send_close(socket, reason).await;
+                send_close(socket, reason, &[]).await;
             }
             return Written::Ended;
         }
@@ -209,8 +209,9 @@ async fn write_batch(
         frame(&mut frames, opcode, payload);
     }
     drop(batch);
+    let mut sent = 0;
     let written = tokio::select! {
-        r = tokio::time::timeout(write_timeout, socket.send(&frames)) => r,
+        r = tokio::time::timeout(write_timeout, socket.send(&frames, &mut sent)) => r,
         // The queue overflowed while this write was blocked on a client that stopped
         // reading: disconnect it now, not when the write times out.
         () = conn.outbox.overflowed(), if close.is_none() => {
@@ -234,7 +235,8 @@ async fn write_batch(
         tracing::info!(connection = %conn.id, "outbound buffer overflowed; disconnecting");
         metrics::counter!("herald_slow_consumers_total").increment(1);
     }
-    if send_close(socket, reason).await {
+    // What an overflow interrupted goes first, so the close frame follows whole frames.
+    if send_close(socket, reason, &frames[sent..]).await {
         linger(socket).await;
     }
     Written::Ended
@@ -260,9 +262,13 @@ fn close_reason_for(e: &Error) -> Option<CloseReason> {
     }
 }
 
-/// Sends a close frame; true when it was flushed to the socket.
-async fn send_close(socket: &mut Socket, reason: CloseReason) -> bool {
-    let close = socket.close(reason.code, reason.reason);
+/// Sends the rest of an interrupted batch, then a close frame; true when both were flushed
+/// to the socket within a second.
+async fn send_close(socket: &mut Socket, reason: CloseReason, unsent: &[u8]) -> bool {
+    let close = async {
+        socket.send(unsent, &mut 0).await?;
+        socket.close(reason.code, reason.reason).await
+    };
     matches!(
         tokio::time::timeout(Duration::from_secs(1), close).await,
         Ok(Ok(()))

@@ -138,10 +138,18 @@ impl Socket {
     }
 
     /// Writes frames built with `frame`, after anything the protocol queued (a pong, a close
-    /// reply) so that frames never interleave, and flushes.
-    pub async fn send(&mut self, frames: &[u8]) -> Result<(), Error> {
+    /// reply) so that frames never interleave, and flushes. `written` counts the bytes of
+    /// `frames` already sent, so that a send given up half-way (the caller's timeout or
+    /// select) can be finished before anything else is written: a frame cut short would
+    /// corrupt the stream.
+    pub async fn send(&mut self, frames: &[u8], written: &mut usize) -> Result<(), Error> {
         self.flush().await?;
-        self.io.write_all(frames).await?;
+        while *written < frames.len() {
+            match self.io.write(&frames[*written..]).await? {
+                0 => return Err(Error::Io(io::ErrorKind::WriteZero.into())),
+                n => *written += n,
+            }
+        }
         self.io.flush().await?;
         Ok(())
     }
