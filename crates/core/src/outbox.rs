@@ -57,6 +57,15 @@ impl CloseReason {
         code: 1008,
         reason: "policy violation",
     };
+    /// A frame that breaks RFC 6455 (unmasked, bad opcode, bad control frame, ...).
+    pub const PROTOCOL_ERROR: Self = Self {
+        code: 1002,
+        reason: "protocol error",
+    };
+    pub const INVALID_UTF8: Self = Self {
+        code: 1007,
+        reason: "text is not valid UTF-8",
+    };
     pub const TOO_BIG: Self = Self {
         code: 1009,
         reason: "message too big",

@@ -934,6 +934,48 @@ async fn a_message_over_the_size_limit_closes_with_1009() {
     assert_eq!(frame.unwrap().reason.as_str(), "message too big");
 }
 
+#[tokio::test]
+async fn invalid_utf8_closes_with_1007_and_an_unmasked_frame_with_1002() {
+    use tungstenite::protocol::frame::Frame;
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    let server = Server::start();
+    let mut ws = Ws::connect(&server, "/ws").await;
+    let text = |payload: &'static [u8]| {
+        Message::Frame(Frame::message(
+            bytes::Bytes::from_static(payload),
+            OpCode::Data(Data::Text),
+            true,
+        ))
+    };
+    ws.send_raw(text(b"{\"type\":\"ping\",\"id\":1}")).await;
+    assert_eq!(ws.recv().await, json!({"type": "pong", "id": 1}));
+    ws.send_raw(text(b"{\"type\":\"\xff\xfe\"}")).await;
+    let frame = ws.closed().await;
+    assert_eq!(close_code(&frame), Some(1007), "{frame:?}");
+
+    // A client frame must be masked (RFC 6455 5.1): a raw unmasked one is refused.
+    let mut raw = TcpStream::connect(server.addr).await.unwrap();
+    raw.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    raw.write_all(b"\x81\x02hi").await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, raw.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    // The 101 head, the greeting, then a close frame with 1002.
+    let close = [0x88, 0x10, 0x03, 0xea];
+    assert!(
+        got.windows(close.len()).any(|w| w == close),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Limits
 

@@ -258,6 +258,9 @@ fn greeting(dialect: Dialect, id: uuid::Uuid) -> Arc<ServerMessage> {
 fn close_reason_for(e: &Error) -> Option<CloseReason> {
     match e {
         Error::Capacity(_) => Some(CloseReason::TOO_BIG),
+        Error::Utf8(_) => Some(CloseReason::INVALID_UTF8),
+        Error::Protocol(_) => Some(CloseReason::PROTOCOL_ERROR),
+        // The connection itself failed: nothing more can be sent.
         _ => None,
     }
 }
