@@ -1326,3 +1326,48 @@ async fn a_request_that_is_not_a_handshake_gets_a_clear_error_and_a_valid_one_is
         "{accepted}"
     );
 }
+
+#[tokio::test]
+async fn a_handshake_whose_head_arrives_in_pieces_is_accepted() {
+    // The listener peeks at each connection's first request (event streams are answered
+    // there): a WebSocket handshake that arrives in two pieces must still be upgraded.
+    let server = Server::start();
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET /ws/rooms HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tcp.write_all(
+        b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // The 101 head, byte by byte so that nothing of the WebSocket stream is read here.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.unwrap());
+    }
+    let head = String::from_utf8(head).unwrap().to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+
+    let stream = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+        tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    let mut ws = Ws {
+        stream,
+        connection_id: String::new(),
+    };
+    assert_eq!(ws.recv().await["type"], "connected");
+    ws.send(json!({"type": "ping", "id": 7})).await;
+    assert_eq!(ws.recv().await["type"], "pong");
+    ws.stream.close(None).await.unwrap();
+    stats_until(&server, |s| s["connections"]["total"] == 0).await;
+}
