@@ -31,6 +31,8 @@ use crate::error::AppError;
 const READ_BUFFER: usize = 256;
 /// How long a server-initiated close waits for the client's half of the closing handshake.
 const LINGER: Duration = Duration::from_secs(1);
+/// How long a close frame with nothing owed before it may take to reach the socket.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy)]
 enum Mode {
@@ -108,7 +110,7 @@ async fn run(app: Arc<App>, registration: Registration, mut socket: Box<Socket>,
         let conn = &registration.conn;
         conn.send(Outgoing::Message(greeting(dialect, conn.id)));
     }
-    loop {
+    let overflowed = loop {
         // The select only picks the next step; the step runs boxed after it. Awaiting inside
         // the select's arms would keep their bindings (the frame, the batch) in the task's
         // state for as long as the connection is open.
@@ -118,20 +120,37 @@ async fn run(app: Arc<App>, registration: Registration, mut socket: Box<Socket>,
                     Drained::Batch => None,
                     Drained::Close(r) => Some(r),
                 };
-                // A client that does not accept a batch within this time is a slow consumer.
-                let timeout = Duration::from_secs(app.config.write_timeout_secs.max(1));
-                Box::pin(write_batch(&mut socket, &registration.conn, batch, close, dialect, timeout))
+                Box::pin(write_batch(&mut socket, &registration.conn, batch, close, dialect, write_timeout(&app)))
             }
             frame = socket.recv() => {
                 Box::pin(on_frame(&mut socket, &mut session, &registration.conn, frame, mode))
             }
         };
-        if step.await == Written::Ended {
-            break;
+        match step.await {
+            Written::Open => {}
+            Written::Ended => break None,
+            Written::Overflowed { unsent } => break Some(unsent),
         }
-    }
+    };
     app.streams.unsubscribe_connection(registration.conn.id);
     drop(registration);
+    if let Some(unsent) = overflowed {
+        // Off the server's books first: a client that fell behind must not hold its slot
+        // while it gets the write timeout to take the rest of the batch and the close frame.
+        // Boxed, so its timer is not part of every idle connection's task.
+        Box::pin(close_slow_consumer(socket, unsent, write_timeout(&app))).await;
+    }
+}
+
+async fn close_slow_consumer(mut socket: Box<Socket>, unsent: Vec<u8>, timeout: Duration) {
+    if send_close(&mut socket, CloseReason::SLOW_CONSUMER, &unsent, timeout).await {
+        linger(&mut socket).await;
+    }
+}
+
+/// A client that does not accept a batch within this time is a slow consumer.
+fn write_timeout(app: &App) -> Duration {
+    Duration::from_secs(app.config.write_timeout_secs.max(1))
 }
 
 /// Handles one frame from the client, or the end of its stream.
@@ -146,7 +165,7 @@ async fn on_frame(
         Some(Ok(f)) => f,
         Some(Err(e)) => {
             if let Some(reason) = close_reason_for(&e) {
-                send_close(socket, reason, &[]).await;
+                send_close(socket, reason, &[], CLOSE_TIMEOUT).await;
             }
             return Written::Ended;
         }
@@ -184,10 +203,13 @@ async fn on_frame(
     Written::Open
 }
 
-#[derive(PartialEq)]
 enum Written {
     Open,
     Ended,
+    /// The outbox overflowed: what is left of the batch goes out before the 4008 close.
+    Overflowed {
+        unsent: Vec<u8>,
+    },
 }
 
 /// Writes a drained batch with one flush, then closes the connection if the outbox asked for
@@ -234,9 +256,11 @@ async fn write_batch(
     if reason == CloseReason::SLOW_CONSUMER {
         tracing::info!(connection = %conn.id, "outbound buffer overflowed; disconnecting");
         metrics::counter!("herald_slow_consumers_total").increment(1);
+        // What an overflow interrupted goes first, so the close frame follows whole frames.
+        frames.drain(..sent);
+        return Written::Overflowed { unsent: frames };
     }
-    // What an overflow interrupted goes first, so the close frame follows whole frames.
-    if send_close(socket, reason, &frames[sent..]).await {
+    if send_close(socket, reason, &frames[sent..], CLOSE_TIMEOUT).await {
         linger(socket).await;
     }
     Written::Ended
@@ -266,16 +290,18 @@ fn close_reason_for(e: &Error) -> Option<CloseReason> {
 }
 
 /// Sends the rest of an interrupted batch, then a close frame; true when both were flushed
-/// to the socket within a second.
-async fn send_close(socket: &mut Socket, reason: CloseReason, unsent: &[u8]) -> bool {
+/// to the socket in time.
+async fn send_close(
+    socket: &mut Socket,
+    reason: CloseReason,
+    unsent: &[u8],
+    timeout: Duration,
+) -> bool {
     let close = async {
         socket.send(unsent, &mut 0).await?;
         socket.close(reason.code, reason.reason).await
     };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), close).await,
-        Ok(Ok(()))
-    )
+    matches!(tokio::time::timeout(timeout, close).await, Ok(Ok(())))
 }
 
 /// After the server's close frame, reads (and drops) what the client still sends until its
