@@ -3,6 +3,9 @@
 # run, each repeated REPS times with a freshly started server, and prints a Markdown table of
 # medians and ranges (the table in docs/performance.md). Raw JSON goes to target/bench-results.
 #   scripts/bench-compare.sh            # REPS=3 SERVERS="herald herald-rooms node-ws bun" DURATION=5
+# SCENARIOS picks some of the runs (default: all of them, as named below); OUT is where the
+# JSON goes (default target/bench-results), so a partial run does not mix with a full one:
+#   SCENARIOS=rooms-rate SERVERS="herald bun" REPS=5 DURATION=20 OUT=target/bench-latency scripts/bench-compare.sh
 # `herald` speaks Herald's protocol (subscribe with a room filter, publish over WebSocket);
 # `herald-rooms` is the same binary speaking the peers' seed-004 room protocol on /ws/rooms
 # (join, message; every message a durable chat.message event).
@@ -12,8 +15,9 @@ cd "$(dirname "$0")/.."
 REPS=${REPS:-3}
 SERVERS=${SERVERS:-"herald herald-rooms node-ws bun"}
 DURATION=${DURATION:-5}
+SCENARIOS=${SCENARIOS:-"fanout rooms-rate rooms-max idle-10k idle-19k idle-sse-10k idle-sse-19k ingest"}
 PEERS_DIR=${PEERS_DIR:-../shared/bench/peers}
-out=target/bench-results
+out=${OUT:-target/bench-results}
 mkdir -p "$out" target/bench-peers
 cargo build --release --locked --bin herald >/dev/null
 herald=$PWD/target/release/herald
@@ -54,6 +58,7 @@ stop() {  # no graceful shutdown needed between runs: kill the server and any ch
 
 bench() {  # bench NAME SERVER SECS ARGS...: one run against a fresh server, JSON saved
   local name=$1 server=$2 secs=$3; shift 3
+  [[ " $SCENARIOS " == *" $name "* ]] || return 0
   local port=3300 protocol=(--protocol herald)
   case $server in
     herald) ;;

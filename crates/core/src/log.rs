@@ -108,6 +108,7 @@ async fn run(
 ) {
     let mut pending = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut pending, MAX_BATCH).await > 0 {
+        gather(&mut rx, &mut pending).await;
         let now = Utc::now();
         let (batch, acks): (Vec<_>, Vec<_>) = pending
             .drain(..)
@@ -132,6 +133,27 @@ async fn run(
                     let _ = ack.send(Err(PublishError::Store(e.clone())));
                 }
             }
+        }
+    }
+}
+
+/// Publishes come in bursts (a client's pipeline of publishes, requests read together): the
+/// first of a burst wakes the sequencer while the rest are still being parsed. Letting the
+/// tasks that are ready run first, for as long as that brings more publishes, gathers the
+/// burst into one transaction, and so into one fan-out round, where the first publish would
+/// otherwise be committed, and fanned out, alone.
+async fn gather(rx: &mut mpsc::Receiver<Publish>, pending: &mut Vec<Publish>) {
+    while pending.len() < MAX_BATCH {
+        tokio::task::yield_now().await;
+        let before = pending.len();
+        while pending.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => pending.push(p),
+                Err(_) => break,
+            }
+        }
+        if pending.len() == before {
+            return;
         }
     }
 }

@@ -56,3 +56,53 @@ async fn the_checkpointer_copies_commits_into_the_database_file() {
     assert_eq!(in_file, 50, "the database file holds every committed event");
     store.close().await.unwrap();
 }
+
+/// Publishes that arrive together are committed together: the first of a burst wakes the
+/// sequencer before the others are handed over (here: it is already queued to run when they
+/// are spawned), and it still makes one transaction of all of them, so one fan-out round.
+#[tokio::test]
+async fn a_burst_of_publishes_is_committed_in_one_transaction() {
+    use std::sync::{Arc, Mutex};
+
+    use herald_core::log::CommitSink;
+    use herald_core::{LocalLog, Log, NewEvent};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("herald.db")).unwrap();
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let sink: CommitSink = {
+        let batches = batches.clone();
+        Arc::new(move |batch| batches.lock().unwrap().push(batch.len()))
+    };
+    let log = Arc::new(LocalLog::start(Arc::new(store), sink).await.unwrap());
+    let publish = |n: usize| {
+        let log = log.clone();
+        async move {
+            let event = NewEvent {
+                kind: "burst.test".into(),
+                data: serde_json::json!({"n": n}),
+                user_id: None,
+                room_id: None,
+                metadata: None,
+            };
+            log.publish(event).await.unwrap().event.seq
+        }
+    };
+
+    // The first publish is handed over (which wakes the sequencer) and then waits for its
+    // commit; the rest are spawned behind the sequencer's turn.
+    let mut first = std::pin::pin!(publish(0));
+    tokio::select! {
+        biased;
+        _ = &mut first => panic!("committed before the sequencer ran"),
+        () = std::future::ready(()) => {}
+    }
+    let rest: Vec<_> = (1..10).map(|n| tokio::spawn(publish(n))).collect();
+    let mut seqs = vec![first.await];
+    for r in rest {
+        seqs.push(r.await.unwrap());
+    }
+    assert_eq!(seqs, (1..=10).collect::<Vec<u64>>());
+    assert_eq!(*batches.lock().unwrap(), vec![10], "one transaction");
+    log.shutdown().await;
+}
