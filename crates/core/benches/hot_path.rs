@@ -7,6 +7,7 @@ use chrono::Utc;
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use herald_core::hub::Connection;
 use herald_core::protocol::Envelope;
 use herald_core::{
     EncodedEvent, Filters, Hub, NewEvent, OutboxLimits, SubscriptionSpec, Transport,
@@ -26,29 +27,34 @@ fn event(seq: u64, room: &str) -> Arc<EncodedEvent> {
     )
 }
 
-/// 10 000 connections, each subscribed to `chat.message` in one of 1 000 rooms, plus 100
-/// wildcard and 100 prefix subscribers: an event in one room should visit ~210 subscriptions.
-fn index(c: &mut Criterion) {
-    let hub = Hub::new(
+fn unbounded_hub() -> Hub {
+    Hub::new(
         20_000,
         10,
         OutboxLimits {
             max_messages: usize::MAX,
             max_bytes: usize::MAX,
         },
-    );
+    )
+}
+
+fn spec(types: &[&str], room: Option<String>) -> SubscriptionSpec {
+    let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
+    SubscriptionSpec::parse(
+        &types,
+        Filters {
+            room_id: room,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// 10 000 connections, each subscribed to `chat.message` in one of 1 000 rooms, plus 100
+/// wildcard and 100 prefix subscribers: an event in one room should visit ~210 subscriptions.
+fn index(c: &mut Criterion) {
+    let hub = unbounded_hub();
     let mut conns = Vec::new();
-    let spec = |types: &[&str], room: Option<String>| {
-        let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
-        SubscriptionSpec::parse(
-            &types,
-            Filters {
-                room_id: room,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-    };
     for i in 0..10_000 {
         let conn = hub.connect(Transport::WebSocket).unwrap();
         hub.subscribe(
@@ -65,32 +71,60 @@ fn index(c: &mut Criterion) {
             conns.push(conn);
         }
     }
-    // Each iteration delivers a new seq (the hub delivers a seq once per connection); the
-    // untimed setup empties the outboxes now and then so memory stays flat.
+    deliver(
+        c,
+        "deliver: 1 event, 10 200 subscriptions, 210 matching",
+        &hub,
+        &conns,
+        "room-7",
+    );
+}
+
+/// The fan-out benchmark's shape: 1 000 connections subscribed to one room.
+fn busy_room(c: &mut Criterion) {
+    let hub = unbounded_hub();
+    let conns: Vec<_> = (0..1000)
+        .map(|_| {
+            let conn = hub.connect(Transport::WebSocket).unwrap();
+            hub.subscribe(&conn, spec(&["chat.message"], Some("lobby".into())))
+                .unwrap();
+            conn
+        })
+        .collect();
+    deliver(
+        c,
+        "deliver: 1 event to a room of 1 000",
+        &hub,
+        &conns,
+        "lobby",
+    );
+}
+
+/// Times `Hub::deliver` of one event in `room`. Each iteration delivers a new seq (the hub
+/// delivers a seq once per connection); the untimed setup empties the outboxes now and then
+/// so memory stays flat.
+fn deliver(c: &mut Criterion, name: &str, hub: &Hub, conns: &[Arc<Connection>], room: &str) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
     let mut seq = 0;
     let mut scratch = Vec::new();
-    c.bench_function(
-        "deliver: 1 event, 10 200 subscriptions, 210 matching",
-        |b| {
-            b.iter_batched(
-                || {
-                    seq += 1;
-                    if seq % 1024 == 0 {
-                        for conn in conns.iter().filter(|c| c.outbox.queued().0 > 0) {
-                            rt.block_on(conn.outbox.drain(&mut scratch));
-                            scratch.clear();
-                        }
+    c.bench_function(name, |b| {
+        b.iter_batched(
+            || {
+                seq += 1;
+                if seq % 1024 == 0 {
+                    for conn in conns.iter().filter(|c| c.outbox.queued().0 > 0) {
+                        rt.block_on(conn.outbox.drain(&mut scratch));
+                        scratch.clear();
                     }
-                    event(seq, "room-7")
-                },
-                |e| black_box(hub.deliver(&[e])),
-                BatchSize::SmallInput,
-            )
-        },
-    );
+                }
+                event(seq, room)
+            },
+            |e| black_box(hub.deliver(&[e])),
+            BatchSize::SmallInput,
+        )
+    });
 }
 
 fn encoding(c: &mut Criterion) {
@@ -106,5 +140,5 @@ fn encoding(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, index, encoding);
+criterion_group!(benches, index, busy_room, encoding);
 criterion_main!(benches);

@@ -847,6 +847,38 @@ mod tests {
     }
 
     #[test]
+    fn a_subscription_found_by_its_room_still_applies_its_other_filters() {
+        let hub = Hub::new(100, 10, OutboxLimits::default());
+        let bobs = hub.connect(Transport::WebSocket).unwrap();
+        let mut high = serde_json::Map::new();
+        high.insert("level".into(), json!("high"));
+        hub.subscribe(
+            &bobs,
+            spec(
+                &["chat.*"],
+                Filters {
+                    room_id: Some("r1".into()),
+                    user_id: Some("bob".into()),
+                    custom: high,
+                },
+            ),
+        )
+        .unwrap();
+        let high = json!({"level": "high"});
+        // Right room; wrong user, wrong data, wrong room, then everything right.
+        for (seq, user, room, data, reaches) in [
+            (1, Some("eve"), "r1", high.clone(), 0),
+            (2, Some("bob"), "r1", json!({"level": "low"}), 0),
+            (3, Some("bob"), "r2", high.clone(), 0),
+            (4, Some("bob"), "r1", high.clone(), 1),
+        ] {
+            let e = event(seq, "chat.message", user, Some(room), data);
+            assert_eq!(deliver_one(&hub, e), reaches, "event {seq}");
+        }
+        assert_eq!(queued(&bobs), 1);
+    }
+
+    #[test]
     fn overlapping_subscriptions_deliver_once() {
         let hub = Hub::new(100, 10, OutboxLimits::default());
         let c = hub.connect(Transport::WebSocket).unwrap();
