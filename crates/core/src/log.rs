@@ -107,8 +107,14 @@ async fn run(
     mut next_seq: u64,
 ) {
     let mut pending = Vec::with_capacity(MAX_BATCH);
+    let mut last_batch = 0;
     while rx.recv_many(&mut pending, MAX_BATCH).await > 0 {
-        gather(&mut rx, &mut pending).await;
+        // Only under load: at a low rate, publishes come one at a time, and the yield cost
+        // CPU and latency (measured: 1 000 msgs/s in 100 rooms, 3 of 4 interleaved pairs).
+        if last_batch > 1 || pending.len() > 1 {
+            gather(&mut rx, &mut pending).await;
+        }
+        last_batch = pending.len();
         let now = Utc::now();
         let (batch, acks): (Vec<_>, Vec<_>) = pending
             .drain(..)

@@ -57,9 +57,10 @@ async fn the_checkpointer_copies_commits_into_the_database_file() {
     store.close().await.unwrap();
 }
 
-/// Publishes that arrive together are committed together: the first of a burst wakes the
-/// sequencer before the others are handed over (here: it is already queued to run when they
-/// are spawned), and it still makes one transaction of all of them, so one fan-out round.
+/// Under load, publishes that arrive together are committed together: the first of a burst
+/// wakes the sequencer before the others are handed over (here: it is already queued to run
+/// when they are spawned), and it still makes one transaction of all of them, so one fan-out
+/// round.
 #[tokio::test]
 async fn a_burst_of_publishes_is_committed_in_one_transaction() {
     use std::sync::{Arc, Mutex};
@@ -89,8 +90,13 @@ async fn a_burst_of_publishes_is_committed_in_one_transaction() {
         }
     };
 
-    // The first publish is handed over (which wakes the sequencer) and then waits for its
-    // commit; the rest are spawned behind the sequencer's turn.
+    // Load: two publishes handed over before the sequencer runs are one transaction.
+    let load = [tokio::spawn(publish(0)), tokio::spawn(publish(0))];
+    for p in load {
+        p.await.unwrap();
+    }
+    // Then a burst: its first publish is handed over (which wakes the sequencer) and waits
+    // for its commit; the rest are spawned behind the sequencer's turn.
     let mut first = std::pin::pin!(publish(0));
     tokio::select! {
         biased;
@@ -102,7 +108,11 @@ async fn a_burst_of_publishes_is_committed_in_one_transaction() {
     for r in rest {
         seqs.push(r.await.unwrap());
     }
-    assert_eq!(seqs, (1..=10).collect::<Vec<u64>>());
-    assert_eq!(*batches.lock().unwrap(), vec![10], "one transaction");
+    assert_eq!(seqs, (3..=12).collect::<Vec<u64>>());
+    assert_eq!(
+        *batches.lock().unwrap(),
+        vec![2, 10],
+        "the burst in one transaction"
+    );
     log.shutdown().await;
 }
