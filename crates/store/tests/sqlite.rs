@@ -17,25 +17,30 @@ impl Backend for Sqlite {
 
 behaviour_tests!(async { Sqlite(tempfile::tempdir().unwrap()) });
 
+/// An event of `kind` whose data is `{"n": n}`.
+fn numbered(kind: &str, n: u64) -> herald_core::NewEvent {
+    herald_core::NewEvent {
+        kind: kind.into(),
+        data: serde_json::json!({ "n": n }),
+        user_id: None,
+        room_id: None,
+        metadata: None,
+    }
+}
+
 /// Committed events reach the database file itself in the background, while the server runs:
 /// a copy of the file alone (without its `-wal`) already holds them.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_checkpointer_copies_commits_into_the_database_file() {
     use std::sync::Arc;
 
-    use herald_core::event::{EncodedEvent, NewEvent};
+    use herald_core::event::EncodedEvent;
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("herald.db");
     let store = SqliteStore::open(&path).unwrap();
     for seq in 1..=50 {
-        let event = NewEvent {
-            kind: "checkpoint.test".into(),
-            data: serde_json::json!({"n": seq}),
-            user_id: None,
-            room_id: None,
-            metadata: None,
-        };
+        let event = numbered("checkpoint.test", seq);
         let event = EncodedEvent::new(event.commit(seq, chrono::Utc::now()));
         store.append(vec![Arc::clone(&event)]).await.unwrap();
     }
@@ -66,7 +71,7 @@ async fn a_burst_of_publishes_is_committed_in_one_transaction() {
     use std::sync::{Arc, Mutex};
 
     use herald_core::log::CommitSink;
-    use herald_core::{LocalLog, Log, NewEvent};
+    use herald_core::{LocalLog, Log};
 
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("herald.db")).unwrap();
@@ -76,17 +81,14 @@ async fn a_burst_of_publishes_is_committed_in_one_transaction() {
         Arc::new(move |batch| batches.lock().unwrap().push(batch.len()))
     };
     let log = Arc::new(LocalLog::start(Arc::new(store), sink).await.unwrap());
-    let publish = |n: usize| {
+    let publish = |n: u64| {
         let log = log.clone();
         async move {
-            let event = NewEvent {
-                kind: "burst.test".into(),
-                data: serde_json::json!({"n": n}),
-                user_id: None,
-                room_id: None,
-                metadata: None,
-            };
-            log.publish(event).await.unwrap().event.seq
+            log.publish(numbered("burst.test", n))
+                .await
+                .unwrap()
+                .event
+                .seq
         }
     };
 
