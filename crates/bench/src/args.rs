@@ -100,6 +100,12 @@ pub struct BenchArgs {
     #[arg(long, value_enum)]
     pub publish: Option<PublishVia>,
 
+    /// HTTP publishers: events per request. Above 1, each request is one
+    /// `POST /api/realtime/publish/batch` of this many events, and --concurrency / --in-flight
+    /// count requests.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub batch: u16,
+
     /// How Herald subscribers (and idle connections) connect: `ws` or `sse`.
     #[arg(long, value_enum, default_value_t = Transport::Ws)]
     pub transport: Transport,

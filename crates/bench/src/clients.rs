@@ -80,6 +80,8 @@ pub struct Ctx {
     pub rooms_json: Vec<String>,
     pub event_type_json: String,
     pub payload_bytes: usize,
+    /// Events per HTTP publish request (above 1: `/api/realtime/publish/batch`).
+    pub http_batch: usize,
     /// Read buffer of every WebSocket (tungstenite allocates it up front and zero-fills the
     /// free part before each read, so bigger is not cheaper).
     pub ws_read_buffer: usize,
@@ -294,6 +296,8 @@ async fn read_sub(ctx: Arc<Ctx>, sub: Sub, designated: bool) {
 /// One HTTP publish waiting for a worker.
 pub struct Job {
     ts: u64,
+    /// Events in `body`.
+    events: usize,
     body: Bytes,
 }
 
@@ -413,7 +417,10 @@ async fn http_worker(
         match post(&ctx, &mut http, &auth, job.body).await {
             Ok(true) => {
                 if measuring() {
-                    stats::record_ack(Some(now_us().saturating_sub(job.ts)));
+                    let latency = now_us().saturating_sub(job.ts);
+                    for _ in 0..job.events {
+                        stats::record_ack(Some(latency));
+                    }
                 }
             }
             Ok(false) => inc(&ERRORS.http),
@@ -436,10 +443,15 @@ async fn http_worker(
     }
 }
 
-/// One `POST /api/realtime/publish`; `Ok(true)` for 201.
+/// One `POST /api/realtime/publish` (or `/publish/batch`); `Ok(true)` for 201.
 async fn post(ctx: &Ctx, http: &mut Http, auth: &HeaderValue, body: Bytes) -> anyhow::Result<bool> {
     http.ready().await?;
-    let req = Request::post("/api/realtime/publish")
+    let path = if ctx.http_batch > 1 {
+        "/api/realtime/publish/batch"
+    } else {
+        "/api/realtime/publish"
+    };
+    let req = Request::post(path)
         .header(HOST, &ctx.pub_net().authority)
         .header(CONTENT_TYPE, "application/json")
         .header(AUTHORIZATION, auth.clone())
@@ -560,13 +572,26 @@ pub async fn run_publisher(
                 }
             }
             PubConn::Http(tx) => {
+                let events = ctx.http_batch;
                 for &ts in &batch {
-                    let room = rooms[next % rooms.len()];
-                    next += 1;
-                    let mut body = String::with_capacity(frame_capacity);
-                    encode(&ctx, &mut body, true, room, ts, id);
+                    let mut body = String::with_capacity(frame_capacity * events + 16);
+                    if events > 1 {
+                        body.push_str("{\"events\":[");
+                    }
+                    for i in 0..events {
+                        if i > 0 {
+                            body.push(',');
+                        }
+                        let room = rooms[next % rooms.len()];
+                        next += 1;
+                        encode(&ctx, &mut body, true, room, ts, id);
+                    }
+                    if events > 1 {
+                        body.push_str("]}");
+                    }
                     let job = Job {
                         ts,
+                        events,
                         body: Bytes::from(body),
                     };
                     let sent_ok = tokio::select! {
@@ -577,7 +602,7 @@ pub async fn run_publisher(
                     if !sent_ok {
                         break;
                     }
-                    sent += 1;
+                    sent += events as u64;
                 }
             }
         }

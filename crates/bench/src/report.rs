@@ -27,6 +27,8 @@ pub struct Report {
     /// Closed-loop window per publisher.
     pub in_flight: Option<usize>,
     pub payload_bytes: usize,
+    /// Events per HTTP publish request (`--batch`).
+    pub events_per_request: usize,
     pub warmup_secs: f64,
     /// The measured window, as it really lasted.
     pub window_secs: f64,
@@ -160,9 +162,14 @@ impl Report {
                     self.transport
                 )
             };
+            let batch = if self.events_per_request > 1 {
+                format!(" ({} events per request)", self.events_per_request)
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 s,
-                "  setup      {subs}; {} {} publisher(s); {load}; {}-byte payloads",
+                "  setup      {subs}; {} {} publisher(s){batch}; {load}; {}-byte payloads",
                 self.publishers,
                 self.publish.unwrap_or("-"),
                 self.payload_bytes

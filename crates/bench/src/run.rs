@@ -85,6 +85,9 @@ fn validate(a: &BenchArgs) -> anyhow::Result<()> {
             "publishing to Herald needs --token (or HERALD_TOKEN): herald token --user bench --role admin"
         );
     }
+    if a.batch > 1 && (a.scenario != Scenario::Ingest || a.publish == Some(PublishVia::Ws)) {
+        bail!("--batch is for --scenario ingest over HTTP (POST /api/realtime/publish/batch)");
+    }
     if a.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         bail!("--rate must be a positive number of messages per second");
     }
@@ -203,6 +206,7 @@ fn make_ctx(
         rooms_json: rooms.iter().map(|r| quote(r)).collect(),
         rooms,
         payload_bytes: a.payload_bytes,
+        http_batch: usize::from(a.batch),
         ws_read_buffer: a
             .ws_read_buffer
             .unwrap_or(if a.scenario == Scenario::Idle {
@@ -383,6 +387,7 @@ async fn run_pubsub(a: &BenchArgs, net: Net, publish_net: Option<Net>) -> anyhow
         rate: a.rate,
         in_flight: p.window,
         payload_bytes: a.payload_bytes,
+        events_per_request: usize::from(a.batch),
         warmup_secs: a.warmup,
         window_secs: w.secs,
         connections,
@@ -452,6 +457,7 @@ async fn run_idle(a: &BenchArgs, net: Net) -> anyhow::Result<Report> {
         rate: None,
         in_flight: None,
         payload_bytes: 0,
+        events_per_request: 0,
         warmup_secs: a.warmup,
         window_secs: w.secs,
         connections,

@@ -379,6 +379,131 @@ async fn bodies_over_max_message_bytes_are_413() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// POST /api/realtime/publish/batch
+
+const BATCH: &str = "/api/realtime/publish/batch";
+
+#[tokio::test]
+async fn a_batch_gets_consecutive_seqs_in_its_order_and_is_delivered_in_that_order() {
+    let server = Server::start();
+    let alice = token("alice");
+    let mut ws = Ws::user(&server, "bob").await;
+    ws.subscribe(&["batch.*"], json!({})).await;
+    let before = publish(&server, &alice, json!({"type": "batch.before"})).await;
+
+    let events: Vec<Value> = (0..300)
+        .map(|i| json!({"type": "batch.item", "data": {"i": i}, "roomId": "r"}))
+        .collect();
+    let (status, body) = post(&server, BATCH, Some(&alice), &json!({ "events": events })).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["message"], "Events published");
+    let acks = body["events"].as_array().unwrap();
+    assert_eq!(acks.len(), 300);
+    let first = before["seq"].as_u64().unwrap() + 1;
+    for (i, ack) in acks.iter().enumerate() {
+        assert_eq!(ack["seq"], first + i as u64, "{ack}");
+        assert_eq!(ack["type"], "batch.item");
+        assert_eq!(ack["success"], true);
+    }
+
+    // Live delivery: the event before, then the batch in its order.
+    let mut seen = Vec::new();
+    while seen.len() < 301 {
+        let v = ws.recv().await;
+        if v["type"] == "event" {
+            seen.push(v["data"].clone());
+        }
+    }
+    assert_eq!(seen[0]["seq"], before["seq"]);
+    for (i, e) in seen[1..].iter().enumerate() {
+        assert_eq!(e["seq"], acks[i]["seq"], "{e}");
+        assert_eq!(e["data"]["i"], i, "{e}");
+        assert_eq!(e["userId"], "alice", "published as the caller: {e}");
+    }
+
+    // Durable, with the answered ids.
+    let stored = history(&server, &alice, "types=batch.item&limit=1000").await;
+    assert_eq!(stored.len(), 300);
+    assert_eq!(stored[0]["id"], acks[299]["id"], "newest first");
+    assert_eq!(stored[0]["data"]["i"], 299);
+    assert_eq!(stored[0]["roomId"], "r");
+}
+
+#[tokio::test]
+async fn a_batch_with_one_bad_event_is_refused_whole() {
+    let server = Server::start_with(&["--max-message-bytes", "1024"]);
+    let alice = token("alice");
+    let good = json!({"type": "batch.ok"});
+    let cases = [
+        (json!({"events": []}), 400, "VALIDATION_ERROR"),
+        (
+            json!({"events": vec![good.clone(); 1001]}),
+            400,
+            "VALIDATION_ERROR",
+        ),
+        (
+            json!({"events": [good, {"type": "bad type!"}]}),
+            400,
+            "VALIDATION_ERROR",
+        ),
+        (json!({"events": [good, [1, 2]]}), 400, "VALIDATION_ERROR"),
+        (
+            json!({"events": [good, {"type": "x", "roomId": 7}]}),
+            400,
+            "VALIDATION_ERROR",
+        ),
+        (
+            json!({"events": [good, {"type": "x", "userId": "bob"}]}),
+            403,
+            "FORBIDDEN",
+        ),
+        (json!({"events": good}), 400, "VALIDATION_ERROR"),
+        (json!([good]), 400, "VALIDATION_ERROR"),
+        (
+            json!({"events": [good, {"type": "x", "data": "y".repeat(2000)}]}),
+            413,
+            "VALIDATION_ERROR",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (s, b) = post(&server, BATCH, Some(&alice), &body).await;
+        assert_error(s, &b, status, code);
+    }
+    // Which event was wrong is named.
+    let (_, b) = post(
+        &server,
+        BATCH,
+        Some(&alice),
+        &json!({"events": [good, good, {"type": ""}]}),
+    )
+    .await;
+    assert!(
+        b["error"].as_str().unwrap().starts_with("events[2]: "),
+        "{b}"
+    );
+    let (s, b) = post_raw(&server, BATCH, Some(&alice), r#"{"events": [{"type": "x"}"#).await;
+    assert_error(s, &b, 400, "INVALID_JSON");
+    let (s, b) = post(&server, BATCH, None, &json!({"events": [good]})).await;
+    assert_error(s, &b, 401, "AUTH_REQUIRED");
+
+    // Nothing of any refused batch was stored.
+    let stored = history(&server, &admin_token(), "limit=1000").await;
+    assert!(stored.is_empty(), "{stored:?}");
+
+    // The body may exceed max_message_bytes as long as each event fits, up to 1 MiB.
+    let events: Vec<Value> = (0..200)
+        .map(|i| json!({"type": "batch.ok", "data": {"i": i, "pad": "z".repeat(900)}}))
+        .collect();
+    let (s, b) = post(&server, BATCH, Some(&alice), &json!({ "events": events })).await;
+    assert_eq!(s, 201, "{b}");
+    let too_big: Vec<Value> = (0..1100)
+        .map(|_| json!({"type": "batch.ok", "data": "z".repeat(950)}))
+        .collect();
+    let (s, b) = post(&server, BATCH, Some(&alice), &json!({ "events": too_big })).await;
+    assert_error(s, &b, 413, "VALIDATION_ERROR");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Authentication
 
 #[tokio::test]

@@ -1,9 +1,9 @@
 //! The scaled-out log: several Herald nodes share one sequence through Redis (or Valkey) and
 //! one PostgreSQL event store.
 //!
-//! A publish runs one Lua script that atomically assigns the global `seq` (`INCR`) and appends
-//! the event to a bounded stream whose entry id is the `seq` (`XADD MAXLEN ~`). Nothing is
-//! delivered yet: the event is not durable.
+//! A publish runs one Lua script that atomically assigns the global `seq` (`INCRBY`; a batch
+//! gets consecutive ones) and appends each event to a bounded stream whose entry id is the
+//! `seq` (`XADD MAXLEN ~`). Nothing is delivered yet: the events are not durable.
 //!
 //! One node at a time — the one holding the writer lock, a key with an expiry that it renews —
 //! reads the stream in order and commits what it finds to the store in batches (group commit),
@@ -47,15 +47,19 @@ pub mod cluster;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
-/// Assigns the next `seq` and appends the event under it. Fails with `NOSEQ` when the counter
-/// is missing (a new or emptied Redis): the caller seeds it from the store and retries.
+/// Assigns the next `seq`s and appends the events (ARGV[2..]) under them, in order, as one
+/// atomic step. Fails with `NOSEQ` when the counter is missing (a new or emptied Redis): the
+/// caller seeds it from the store and retries.
 const APPEND: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('NOSEQ sequence not initialised')
 end
-local seq = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', ARGV[1])
-return seq
+local n = #ARGV - 1
+local first = redis.call('INCRBY', KEYS[1], n) - n
+for i = 1, n do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], (first + i) .. '-0', 'e', ARGV[i + 1])
+end
+return first + n
 ";
 
 /// Creates the counter, or raises it to at least the store's `last_seq` (never lowers it).
@@ -246,10 +250,14 @@ impl Shared {
         Ok(last)
     }
 
-    /// Runs the append script (which assigns the `seq`; the reader learns it from the entry).
-    async fn append(&self, json: &str) -> Result<(), PublishError> {
+    /// Runs the append script (which assigns the `seq`s; the reader learns them from the
+    /// entries).
+    async fn append(&self, jsons: &[String]) -> Result<(), PublishError> {
         let mut invocation = self.append_script.key(&self.keys.seq);
-        invocation.key(&self.keys.events).arg(json).arg(STREAM_LEN);
+        invocation.key(&self.keys.events).arg(STREAM_LEN);
+        for json in jsons {
+            invocation.arg(json);
+        }
         let mut conn = self.commands.clone();
         let result = match invocation.invoke_async::<u64>(&mut conn).await {
             Err(e) if e.code() == Some("NOSEQ") => {
@@ -276,35 +284,56 @@ impl Shared {
 
 #[async_trait]
 impl Log for RedisLog {
-    async fn publish_skipping(
+    async fn publish_all(
         &self,
-        event: NewEvent,
+        events: Vec<NewEvent>,
         skip: Option<Uuid>,
-    ) -> Result<Arc<EncodedEvent>, PublishError> {
+    ) -> Result<Vec<Arc<EncodedEvent>>, PublishError> {
         let shared = &self.shared;
         if shared.closing.load(Ordering::Acquire) {
             return Err(PublishError::Closed);
         }
-        // The `seq` is Redis's to assign; the stream entry's id carries it.
-        let event = event.commit(0, Utc::now());
-        let id = event.id;
-        let json = serde_json::to_string(&event).expect("events serialise");
-        let (ack, committed) = oneshot::channel();
-        shared.pending.lock().insert(id, Pending { skip, ack });
-        if let Err(e) = shared.append(&json).await {
-            shared.pending.lock().remove(&id);
-            return Err(e);
-        }
-        match tokio::time::timeout(COMMIT_TIMEOUT, committed).await {
-            Ok(Ok(event)) => Ok(event),
-            Ok(Err(_)) => Err(PublishError::Closed),
-            Err(_) => {
-                shared.pending.lock().remove(&id);
-                Err(PublishError::Unavailable(format!(
-                    "the event was not committed within {COMMIT_TIMEOUT:?}"
-                )))
+        // The `seq`s are Redis's to assign; each stream entry's id carries its own.
+        let now = Utc::now();
+        let events: Vec<Event> = events.into_iter().map(|e| e.commit(0, now)).collect();
+        let jsons: Vec<String> = events
+            .iter()
+            .map(|e| serde_json::to_string(e).expect("events serialise"))
+            .collect();
+        let mut commits = Vec::with_capacity(events.len());
+        {
+            let mut pending = shared.pending.lock();
+            for event in &events {
+                let (ack, committed) = oneshot::channel();
+                pending.insert(event.id, Pending { skip, ack });
+                commits.push(committed);
             }
         }
+        let forget = || {
+            let mut pending = shared.pending.lock();
+            for event in &events {
+                pending.remove(&event.id);
+            }
+        };
+        if let Err(e) = shared.append(&jsons).await {
+            forget();
+            return Err(e);
+        }
+        let deadline = tokio::time::Instant::now() + COMMIT_TIMEOUT;
+        let mut committed = Vec::with_capacity(commits.len());
+        for commit in commits {
+            match tokio::time::timeout_at(deadline, commit).await {
+                Ok(Ok(event)) => committed.push(event),
+                Ok(Err(_)) => return Err(PublishError::Closed),
+                Err(_) => {
+                    forget();
+                    return Err(PublishError::Unavailable(format!(
+                        "the events were not committed within {COMMIT_TIMEOUT:?}"
+                    )));
+                }
+            }
+        }
+        Ok(committed)
     }
 
     async fn shutdown(&self) {

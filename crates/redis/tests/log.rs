@@ -70,3 +70,55 @@ async fn committed_events_missing_from_the_stream_are_delivered_from_the_store()
     assert_eq!(store.last_seq().await.unwrap(), 6);
     log.shutdown().await;
 }
+
+/// A batch from `publish_all` gets consecutive `seq`s in its order, also while single
+/// publishes go on at the same time, and every event is delivered once, in `seq` order.
+#[tokio::test]
+async fn publish_all_assigns_consecutive_seqs_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&dir.path().join("h.db")).unwrap());
+    let delivered = Arc::new(Mutex::new(Vec::new()));
+    let seen = delivered.clone();
+    let sink: CommitSink = Arc::new(move |batch: &[Arc<EncodedEvent>]| {
+        seen.lock().extend(batch.iter().map(|e| e.event.seq));
+    });
+    let config = RedisConfig {
+        url: redis_url(),
+        prefix: scratch_prefix(),
+    };
+    let log = Arc::new(
+        RedisLog::start(&config, store.clone(), sink, 0)
+            .await
+            .unwrap(),
+    );
+    let singles: Vec<_> = (0..30)
+        .map(|n| {
+            let log = log.clone();
+            tokio::spawn(async move { log.publish(event(n)).await.unwrap() })
+        })
+        .collect();
+    let batches: Vec<_> = (0..5)
+        .map(|b| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let events = (0..40).map(|n| event(1000 * (b + 1) + n)).collect();
+                log.publish_all(events, None).await.unwrap()
+            })
+        })
+        .collect();
+    for s in singles {
+        s.await.unwrap();
+    }
+    for b in batches {
+        let events = b.await.unwrap();
+        let first = events[0].event.seq;
+        let base = events[0].event.data["n"].as_u64().unwrap();
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e.event.seq, first + i as u64, "consecutive");
+            assert_eq!(e.event.data["n"], base + i as u64, "in the order given");
+        }
+    }
+    assert_eq!(*delivered.lock(), (1..=230).collect::<Vec<u64>>());
+    assert_eq!(store.last_seq().await.unwrap(), 230);
+    log.shutdown().await;
+}

@@ -158,25 +158,50 @@ impl App {
         publisher: &Identity,
         args: PublishArgs,
     ) -> Result<Arc<EncodedEvent>, AppError> {
-        validate_type(&args.kind).map_err(AppError::bad_request)?;
-        check_id("roomId", args.room_id.as_deref())?;
-        check_id("userId", args.user_id.as_deref())?;
-        let user_id = match args.user_id {
-            Some(u) if u != publisher.user_id && !publisher.is_privileged() => {
-                return Err(AppError::forbidden("you may only publish as yourself"));
-            }
-            Some(u) => Some(u),
-            None => Some(publisher.user_id.clone()),
-        };
-        let event = NewEvent {
-            kind: args.kind,
-            data: args.data,
-            user_id,
-            room_id: args.room_id,
-            metadata: args.metadata.map(Value::Object),
-        };
+        let event = new_event(publisher, args)?;
         Ok(self.log.publish(event).await?)
     }
+
+    /// Validates every event, then publishes them as one unit (consecutive `seq`s, committed
+    /// together or not at all); nothing is published when any one is invalid.
+    pub async fn publish_all(
+        &self,
+        publisher: &Identity,
+        all: Vec<PublishArgs>,
+    ) -> Result<Vec<Arc<EncodedEvent>>, AppError> {
+        let events = all
+            .into_iter()
+            .enumerate()
+            .map(|(i, args)| {
+                new_event(publisher, args).map_err(|mut e| {
+                    e.message = format!("events[{i}]: {}", e.message);
+                    e
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.log.publish_all(events, None).await?)
+    }
+}
+
+/// The event `publisher` asks for, if its fields are valid and it may publish it.
+fn new_event(publisher: &Identity, args: PublishArgs) -> Result<NewEvent, AppError> {
+    validate_type(&args.kind).map_err(AppError::bad_request)?;
+    check_id("roomId", args.room_id.as_deref())?;
+    check_id("userId", args.user_id.as_deref())?;
+    let user_id = match args.user_id {
+        Some(u) if u != publisher.user_id && !publisher.is_privileged() => {
+            return Err(AppError::forbidden("you may only publish as yourself"));
+        }
+        Some(u) => Some(u),
+        None => Some(publisher.user_id.clone()),
+    };
+    Ok(NewEvent {
+        kind: args.kind,
+        data: args.data,
+        user_id,
+        room_id: args.room_id,
+        metadata: args.metadata.map(Value::Object),
+    })
 }
 
 fn nonzero(n: u32) -> NonZeroU32 {

@@ -118,3 +118,74 @@ async fn a_burst_of_publishes_is_committed_in_one_transaction() {
     );
     log.shutdown().await;
 }
+
+/// `publish_all` is one unit among concurrent publishes: its events get consecutive `seq`s in
+/// their order and are committed in the same transaction (one fan-out round); when the commit
+/// fails, every one of them fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_all_commits_its_events_together_in_order() {
+    use std::sync::{Arc, Mutex};
+
+    use herald_core::log::CommitSink;
+    use herald_core::{LocalLog, Log};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("herald.db")).unwrap());
+    let committed = Arc::new(Mutex::new(Vec::new()));
+    let sink: CommitSink = {
+        let committed = committed.clone();
+        Arc::new(move |batch| {
+            let seqs: Vec<u64> = batch.iter().map(|e| e.event.seq).collect();
+            committed.lock().unwrap().push(seqs);
+        })
+    };
+    let log = Arc::new(LocalLog::start(store.clone(), sink).await.unwrap());
+
+    let singles: Vec<_> = (0..200)
+        .map(|n| {
+            let log = log.clone();
+            tokio::spawn(async move { log.publish(numbered("single", n)).await.unwrap() })
+        })
+        .collect();
+    let batches: Vec<_> = (0..20)
+        .map(|b| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let events = (0..50).map(|n| numbered("batch", b * 100 + n)).collect();
+                log.publish_all(events, None).await.unwrap()
+            })
+        })
+        .collect();
+    for s in singles {
+        s.await.unwrap();
+    }
+    let mut published = Vec::new();
+    for b in batches {
+        published.push(b.await.unwrap());
+    }
+    let transactions = committed.lock().unwrap().clone();
+    for events in published {
+        assert_eq!(events.len(), 50);
+        let first = events[0].event.seq;
+        let base = events[0].event.data["n"].as_u64().unwrap();
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e.event.seq, first + i as u64, "consecutive");
+            assert_eq!(e.event.data["n"], base + i as u64, "in the order given");
+        }
+        assert!(
+            transactions
+                .iter()
+                .any(|t| t.contains(&first) && t.contains(&(first + 49))),
+            "one transaction holds the whole batch: {transactions:?}"
+        );
+    }
+    let all: Vec<u64> = transactions.concat();
+    assert_eq!(all, (1..=1200).collect::<Vec<u64>>(), "gap-free, in order");
+
+    // A failed commit fails the whole batch, and nothing of it is delivered.
+    store.close().await.unwrap();
+    let events = (0..5).map(|n| numbered("batch", n)).collect();
+    assert!(log.publish_all(events, None).await.is_err());
+    assert_eq!(committed.lock().unwrap().concat().len(), 1200);
+    log.shutdown().await;
+}

@@ -56,6 +56,12 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/api/realtime/subscribe", post(realtime::subscribe))
         .route("/api/realtime/publish", post(realtime::publish))
+        .route(
+            "/api/realtime/publish/batch",
+            post(realtime::publish_batch).layer(DefaultBodyLimit::max(realtime::batch_body_limit(
+                app.config.max_message_bytes,
+            ))),
+        )
         .route("/api/realtime/events", get(realtime::events))
         .route("/api/realtime/stats", get(realtime::stats))
         .route("/api/dashboard/live-data", get(dashboard::live_data))
@@ -114,10 +120,14 @@ fn cors(origins: &[String]) -> CorsLayer {
 pub fn json_body<T: DeserializeOwned>(
     body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<T, AppError> {
-    let body = body_bytes(body)?;
-    let parsed = parse_json(&body)?;
+    json_object(&body_bytes(body)?)
+}
+
+/// Parses a JSON object into `T`, answering 400 with the parser's reason.
+pub fn json_object<T: DeserializeOwned>(json: &[u8]) -> Result<T, AppError> {
+    let parsed = parse_json(json)?;
     // serde also fills a struct from a JSON array, positionally; bodies are objects only.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+    if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(AppError::bad_request("request body must be a JSON object"));
     }
     Ok(parsed)

@@ -12,7 +12,8 @@ use crate::transport::{mailbox, poll, sse};
 #[openapi(
     info(title = "Herald HTTP API", license(name = "MIT"), description = "Publish, history, statistics and streams. WebSocket messages are described in docs/protocol.md."),
     paths(
-        realtime::publish, realtime::subscribe, realtime::events, realtime::stats, sse::stream,
+        realtime::publish, realtime::publish_batch, realtime::subscribe, realtime::events,
+        realtime::stats, sse::stream,
         poll::poll,
         dashboard::live_data, dashboard::activity, dashboard::alerts, dashboard::notify,
         system::health, system::metrics, cluster::nodes,

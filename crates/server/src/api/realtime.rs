@@ -9,16 +9,18 @@ use axum::extract::{Query, State};
 use axum::http::header::{self, HeaderName};
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
-use herald_core::protocol::{PublishArgs, ServerMessage, SubscribeArgs};
+use herald_core::log::MAX_PUBLISH_ALL;
+use herald_core::protocol::{PublishArgs, ServerMessage, SubscribeArgs, code};
 use herald_core::store::{HistoryQuery, PrivateAccess};
 use herald_core::{Event, Outgoing};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::auth::Caller;
-use super::json_body;
+use super::{json_body, json_object};
 use crate::app::App;
 use crate::error::{AppError, ErrorBody};
 use crate::transport::session::{self, Published};
@@ -55,6 +57,77 @@ pub async fn publish(
         Json(PublishResponse {
             message: "Event published",
             event,
+        }),
+    ))
+}
+
+/// The body of `POST /api/realtime/publish/batch`: each event as `/publish` takes it.
+#[derive(Deserialize, ToSchema)]
+pub struct PublishBatchArgs {
+    /// 1..=1000 events, published in this order.
+    #[schema(value_type = Vec<PublishArgs>)]
+    events: Vec<Box<RawValue>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PublishBatchResponse {
+    /// Always "Events published".
+    message: &'static str,
+    /// One per event, in the order sent (consecutive `seq`s).
+    events: Vec<Published>,
+}
+
+/// A batch's body may hold up to 1 MiB (each of its events up to `max_message_bytes`).
+pub fn batch_body_limit(max_message_bytes: usize) -> usize {
+    max_message_bytes.max(1 << 20)
+}
+
+/// Publishes several events as one unit: consecutive `seq`s in the order sent, committed
+/// together or not at all; answers once they are durable and fanned out.
+#[utoipa::path(post, path = "/api/realtime/publish/batch", tag = "realtime", security(("bearer" = [])),
+    request_body = PublishBatchArgs,
+    responses(
+        (status = 201, description = "All committed and delivered", body = PublishBatchResponse),
+        (status = 400, description = "Invalid JSON; no events or more than 1000; an invalid event (`events[i]: ...`): nothing is published", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "An event published as another user: nothing is published", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB, or an event over max_message_bytes", body = ErrorBody),
+        (status = 503, description = "Store unavailable or shutting down: nothing is published", body = ErrorBody)))]
+pub async fn publish_batch(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+    body: Result<bytes::Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<PublishBatchResponse>), AppError> {
+    let batch: PublishBatchArgs = json_body(body)?;
+    if !(1..=MAX_PUBLISH_ALL).contains(&batch.events.len()) {
+        return Err(AppError::bad_request(format!(
+            "events must hold 1..={MAX_PUBLISH_ALL} events"
+        )));
+    }
+    let all = batch
+        .events
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            if raw.get().len() > app.config.max_message_bytes {
+                return Err(AppError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    code::VALIDATION_ERROR,
+                    format!("events[{i}]: over {} bytes", app.config.max_message_bytes),
+                ));
+            }
+            json_object(raw.get().as_bytes()).map_err(|mut e| {
+                e.message = format!("events[{i}]: {}", e.message);
+                e
+            })
+        })
+        .collect::<Result<Vec<PublishArgs>, _>>()?;
+    let events = app.publish_all(&caller, all).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(PublishBatchResponse {
+            message: "Events published",
+            events: events.iter().map(|e| Published::of(&e.event)).collect(),
         }),
     ))
 }
