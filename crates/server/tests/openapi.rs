@@ -22,6 +22,7 @@ fn every_http_route_is_described() {
             "/api/realtime/events",
             "/api/realtime/poll",
             "/api/realtime/publish",
+            "/api/realtime/publish/batch",
             "/api/realtime/stats",
             "/api/realtime/stream",
             "/api/realtime/subscribe",
@@ -59,6 +60,8 @@ fn every_http_route_is_described() {
     for s in [
         "Event",
         "PublishArgs",
+        "PublishBatchArgs",
+        "PublishBatchResponse",
         "SubscribeArgs",
         "Filters",
         "ErrorBody",
