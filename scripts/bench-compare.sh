@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 REPS=${REPS:-3}
 SERVERS=${SERVERS:-"herald herald-rooms node-ws bun"}
 DURATION=${DURATION:-5}
-SCENARIOS=${SCENARIOS:-"fanout rooms-rate rooms-max idle-10k idle-19k idle-sse-10k idle-sse-19k ingest"}
+SCENARIOS=${SCENARIOS:-"fanout rooms-rate rooms-max idle-10k idle-19k idle-sse-10k idle-sse-19k ingest ingest-batch"}
 PEERS_DIR=${PEERS_DIR:-../shared/bench/peers}
 out=${OUT:-target/bench-results}
 mkdir -p "$out" target/bench-peers
@@ -87,6 +87,7 @@ for rep in $(seq "$REPS"); do
       bench idle-sse-10k herald 2 --scenario idle --transport sse --connections 10000
       bench idle-sse-19k herald 2 --scenario idle --transport sse --connections 19000
       bench ingest herald "$DURATION" --scenario ingest --publish http --concurrency 64
+      bench ingest-batch herald "$DURATION" --scenario ingest --publish http --batch 100 --concurrency 2
     fi
   done
 done

@@ -31,6 +31,8 @@ rows = [
     ("19 000 idle SSE streams: server KB RSS per connection", "idle-sse-19k", lambda r: r["server"]["rss_per_connection_bytes"], kb),
     ("HTTP publish ingest (durable), 64 in flight: events/s", "ingest", lambda r: r["acked_per_sec"], k),
     ("HTTP publish ingest: p99 ack latency µs", "ingest", lambda r: r["ack_latency_us"]["p99"], us),
+    ("HTTP batch ingest (durable), 100 events per request, 2 in flight: events/s", "ingest-batch", lambda r: r["acked_per_sec"], k),
+    ("HTTP batch ingest: p99 ack latency µs", "ingest-batch", lambda r: r["ack_latency_us"]["p99"], us),
 ]
 servers = ["herald", "herald-rooms", "node-ws", "bun"]
 print_table(f"scenario (median of {reps} [min–max])", servers, servers, rows, runs)
