@@ -1164,6 +1164,25 @@ async fn dashboard_notify_reaches_targets_or_everyone() {
             .is_empty()
     );
 
+    // Several targets: one stored event each, committed together in the order named.
+    let (s, b) = post(
+        &server,
+        path,
+        Some(API_KEY),
+        &json!({"message": "team", "type": "info", "targetUsers": ["u1", "u2", "u3"]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let stored = history(&server, &admin_token(), "types=user.notification").await;
+    let team: Vec<_> = stored
+        .iter()
+        .filter(|e| e["data"]["message"] == "team")
+        .collect();
+    let users: Vec<_> = team.iter().rev().map(|e| e["userId"].clone()).collect();
+    assert_eq!(users, ["u1", "u2", "u3"]);
+    let seq = |e: &Value| e["seq"].as_u64().unwrap();
+    assert_eq!(seq(team[0]), seq(team[2]) + 2, "consecutive: {team:?}");
+
     // Broadcast: every connection, authenticated or not.
     let (s, b) = post(
         &server,

@@ -8,6 +8,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use chrono::{Duration, SecondsFormat, Utc};
+use herald_core::log::MAX_PUBLISH_ALL;
 use herald_core::protocol::ServerMessage;
 use herald_core::store::{HistoryQuery, PrivateAccess};
 use herald_core::{Event, NewEvent, Outgoing};
@@ -178,10 +179,18 @@ pub async fn notify(
         app.log.publish(event("system.notification", None)).await?;
         reached += app.hub.broadcast(&message);
     } else {
+        // One commit for every target (in chunks the log takes at once), not one per user.
+        let mut events: Vec<NewEvent> = args
+            .target_users
+            .iter()
+            .map(|user| event("user.notification", Some(user)))
+            .collect();
+        while !events.is_empty() {
+            let rest = events.split_off(events.len().min(MAX_PUBLISH_ALL));
+            app.log.publish_all(events, None).await?;
+            events = rest;
+        }
         for user in &args.target_users {
-            app.log
-                .publish(event("user.notification", Some(user)))
-                .await?;
             reached += app.hub.send_to_user(user, &message);
         }
     }
