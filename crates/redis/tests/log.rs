@@ -24,6 +24,24 @@ fn event(n: u64) -> NewEvent {
     }
 }
 
+/// A commit sink that records the `seq` of every event it is handed, in order.
+fn recording_sink() -> (CommitSink, Arc<Mutex<Vec<u64>>>) {
+    let delivered = Arc::new(Mutex::new(Vec::new()));
+    let seen = delivered.clone();
+    let sink: CommitSink = Arc::new(move |batch: &[Arc<EncodedEvent>]| {
+        seen.lock().extend(batch.iter().map(|e| e.event.seq));
+    });
+    (sink, delivered)
+}
+
+/// The test Redis, under keys no other test uses.
+fn scratch_config() -> RedisConfig {
+    RedisConfig {
+        url: redis_url(),
+        prefix: scratch_prefix(),
+    }
+}
+
 /// A node that starts behind the store — its Redis stream never held those events, as after a
 /// Redis restart or a trim — delivers them from the store, in order and once, then goes on live
 /// from the stream.
@@ -39,15 +57,8 @@ async fn committed_events_missing_from_the_stream_are_delivered_from_the_store()
         )
         .await
         .unwrap();
-    let delivered = Arc::new(Mutex::new(Vec::new()));
-    let seen = delivered.clone();
-    let sink: CommitSink = Arc::new(move |batch: &[Arc<EncodedEvent>]| {
-        seen.lock().extend(batch.iter().map(|e| e.event.seq));
-    });
-    let config = RedisConfig {
-        url: redis_url(),
-        prefix: scratch_prefix(),
-    };
+    let (sink, delivered) = recording_sink();
+    let config = scratch_config();
     // The hub has seen nothing: the writer announces the store's last_seq (5) as committed.
     let log = RedisLog::start(&config, store.clone(), sink, 0)
         .await
@@ -77,15 +88,8 @@ async fn committed_events_missing_from_the_stream_are_delivered_from_the_store()
 async fn publish_all_assigns_consecutive_seqs_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&dir.path().join("h.db")).unwrap());
-    let delivered = Arc::new(Mutex::new(Vec::new()));
-    let seen = delivered.clone();
-    let sink: CommitSink = Arc::new(move |batch: &[Arc<EncodedEvent>]| {
-        seen.lock().extend(batch.iter().map(|e| e.event.seq));
-    });
-    let config = RedisConfig {
-        url: redis_url(),
-        prefix: scratch_prefix(),
-    };
+    let (sink, delivered) = recording_sink();
+    let config = scratch_config();
     let log = Arc::new(
         RedisLog::start(&config, store.clone(), sink, 0)
             .await
