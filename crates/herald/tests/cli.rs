@@ -177,6 +177,98 @@ async fn publish_prints_the_acknowledged_event_which_is_then_in_history() {
     );
 }
 
+/// The newest `seq` the server has committed (0 before any).
+async fn last_seq(server: &Server) -> u64 {
+    let (status, health) = get(server, "/health", None).await;
+    assert_eq!(status, 200, "{health}");
+    health["events"]["lastSeq"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn publish_from_a_file_publishes_every_line_in_order_in_batches() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    // More than one request's worth (1 000 per request), and a blank line.
+    let mut lines: Vec<String> = (0..1205)
+        .map(|n| json!({"type": "import.row", "data": {"n": n}, "roomId": "r"}).to_string())
+        .collect();
+    lines.insert(7, String::new());
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let path = file.to_str().unwrap();
+
+    let (ok, out, err) = run(herald(
+        &server,
+        &["publish", "--from", path, "--api-key", API_KEY],
+    ))
+    .await;
+    assert!(ok, "{err}");
+    let acks: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(acks.len(), 1205, "one acknowledgement per event");
+    for (i, ack) in acks.iter().enumerate() {
+        assert_eq!(ack["seq"], i as u64 + 1, "in the file's order: {ack}");
+    }
+    let (_, newest) = get(&server, "/api/realtime/events?limit=1", Some(API_KEY)).await;
+    assert_eq!(newest["events"][0]["data"]["n"], 1204, "{newest}");
+    assert_eq!(newest["events"][0]["roomId"], "r", "{newest}");
+
+    // Standard input.
+    let mut command = herald(&server, &["publish", "--from", "-", "--api-key", API_KEY]);
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, b"{\"type\":\"a.b\"}\n{\"type\":\"a.c\"}\n")
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 2);
+    assert_eq!(last_seq(&server).await, 1207);
+
+    // A line that is not a JSON object: nothing is sent.
+    std::fs::write(&file, "{\"type\":\"a.b\"}\n{\"type\":\"a.c\"}\nnot json\n").unwrap();
+    let (ok, _, err) = run(herald(
+        &server,
+        &["publish", "--from", path, "--api-key", API_KEY],
+    ))
+    .await;
+    assert!(!ok && err.contains(":3: not JSON"), "{err}");
+    std::fs::write(&file, "[1]\n").unwrap();
+    let (ok, _, err) = run(herald(
+        &server,
+        &["publish", "--from", path, "--api-key", API_KEY],
+    ))
+    .await;
+    assert!(!ok && err.contains(":1: not a JSON object"), "{err}");
+    // An event the server refuses: its request is not published, and the error says so.
+    std::fs::write(&file, "{\"type\":\"a.b\"}\n{\"type\":\"bad type!\"}\n").unwrap();
+    let (ok, _, err) = run(herald(
+        &server,
+        &["publish", "--from", path, "--api-key", API_KEY],
+    ))
+    .await;
+    assert!(
+        !ok && err.contains("from line 1 on were not published"),
+        "{err}"
+    );
+    assert!(err.contains("events[1]"), "{err}");
+    assert_eq!(last_seq(&server).await, 1207, "nothing more was published");
+}
+
 #[tokio::test]
 async fn subscribe_prints_matching_events_published_afterwards_as_json_lines() {
     let server = Server::start();
