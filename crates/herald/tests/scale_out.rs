@@ -204,6 +204,53 @@ async fn events_published_on_every_node_at_once_reach_every_node_in_one_order() 
     }
 }
 
+#[tokio::test]
+async fn a_batch_published_on_one_node_reaches_every_node_in_its_order() {
+    let nodes = cluster(2, &redis_url()).await;
+    let mut clients = Vec::new();
+    for node in &nodes {
+        let mut ws = Ws::connect(node, "/ws").await;
+        ws.subscribe(&["chat.*"], json!({})).await;
+        clients.push(ws);
+    }
+    // A batch on one node while the other publishes one event at a time.
+    let batch_url = nodes[0].url("/api/realtime/publish/batch");
+    let batch = tokio::spawn(async move {
+        let events: Vec<Value> = (0..200).map(say).collect();
+        let res = http()
+            .post(&batch_url)
+            .bearer_auth(token("alice"))
+            .json(&json!({ "events": events }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 201);
+        res.json::<Value>().await.unwrap()["events"]
+            .as_array()
+            .unwrap()
+            .clone()
+    });
+    let mut singles = Vec::new();
+    for n in 1000..1050 {
+        singles.push(publish(&nodes[1], &token("bob"), say(n)).await);
+    }
+    let batch = batch.await.unwrap();
+    let first = seq_of(&batch[0]);
+    for (i, ack) in batch.iter().enumerate() {
+        assert_eq!(seq_of(ack), first + i as u64, "consecutive: {ack}");
+    }
+    let mut acked: Vec<Value> = batch.into_iter().chain(singles).collect();
+    acked.sort_by_key(seq_of);
+    for ws in &mut clients {
+        for ack in &acked {
+            let e = ws.recv_type("event").await;
+            assert_eq!(e["data"]["id"], ack["id"], "{e}");
+        }
+    }
+    let stored: Vec<u64> = history(&nodes[1]).await.iter().map(seq_of).collect();
+    assert_eq!(stored, acked.iter().map(seq_of).collect::<Vec<_>>());
+}
+
 /// Publishes to `url` until `stop` is set or the node stops answering, counting acknowledgements
 /// in `acks`; returns what was acknowledged.
 fn publisher(
