@@ -449,8 +449,9 @@ async fn every_client_command_has_help() {
     }
     let publish = help(&["publish", "--help"]).await;
     for flag in [
-        "<TYPE>",
+        "[TYPE]",
         "[DATA]",
+        "--from <FILE>",
         "--room",
         "--user",
         "--token",
