@@ -239,28 +239,22 @@ async fn publish_from_a_file_publishes_every_line_in_order_in_batches() {
     assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 2);
     assert_eq!(last_seq(&server).await, 1207);
 
+    // Writes `contents` to the file and publishes it; whether that succeeded, and stderr.
+    let publish_file = |contents: &'static str| {
+        std::fs::write(&file, contents).unwrap();
+        let command = herald(&server, &["publish", "--from", path, "--api-key", API_KEY]);
+        async move {
+            let (ok, _, err) = run(command).await;
+            (ok, err)
+        }
+    };
     // A line that is not a JSON object: nothing is sent.
-    std::fs::write(&file, "{\"type\":\"a.b\"}\n{\"type\":\"a.c\"}\nnot json\n").unwrap();
-    let (ok, _, err) = run(herald(
-        &server,
-        &["publish", "--from", path, "--api-key", API_KEY],
-    ))
-    .await;
+    let (ok, err) = publish_file("{\"type\":\"a.b\"}\n{\"type\":\"a.c\"}\nnot json\n").await;
     assert!(!ok && err.contains(":3: not JSON"), "{err}");
-    std::fs::write(&file, "[1]\n").unwrap();
-    let (ok, _, err) = run(herald(
-        &server,
-        &["publish", "--from", path, "--api-key", API_KEY],
-    ))
-    .await;
+    let (ok, err) = publish_file("[1]\n").await;
     assert!(!ok && err.contains(":1: not a JSON object"), "{err}");
     // An event the server refuses: its request is not published, and the error says so.
-    std::fs::write(&file, "{\"type\":\"a.b\"}\n{\"type\":\"bad type!\"}\n").unwrap();
-    let (ok, _, err) = run(herald(
-        &server,
-        &["publish", "--from", path, "--api-key", API_KEY],
-    ))
-    .await;
+    let (ok, err) = publish_file("{\"type\":\"a.b\"}\n{\"type\":\"bad type!\"}\n").await;
     assert!(
         !ok && err.contains("from line 1 on were not published"),
         "{err}"

@@ -47,6 +47,17 @@ async fn history(server: &Server) -> Vec<Value> {
     events
 }
 
+/// One WebSocket per node, subscribed to `chat.*`.
+async fn chat_subscribers(nodes: &[Server]) -> Vec<Ws> {
+    let mut clients = Vec::new();
+    for node in nodes {
+        let mut ws = Ws::connect(node, "/ws").await;
+        ws.subscribe(&["chat.*"], json!({})).await;
+        clients.push(ws);
+    }
+    clients
+}
+
 // ---------------------------------------------------------------------------------------------
 // One node on PostgreSQL
 
@@ -146,12 +157,7 @@ async fn the_server_refuses_to_start_without_its_postgres_or_redis() {
 async fn events_published_on_every_node_at_once_reach_every_node_in_one_order() {
     const PER_NODE: u64 = 40;
     let nodes = cluster(3, &redis_url()).await;
-    let mut clients = Vec::new();
-    for node in &nodes {
-        let mut ws = Ws::connect(node, "/ws").await;
-        ws.subscribe(&["chat.*"], json!({})).await;
-        clients.push(ws);
-    }
+    let mut clients = chat_subscribers(&nodes).await;
     // One publisher per node, all at once: the nodes' appends interleave in Redis.
     let publishers: Vec<_> = nodes
         .iter()
@@ -207,12 +213,7 @@ async fn events_published_on_every_node_at_once_reach_every_node_in_one_order() 
 #[tokio::test]
 async fn a_batch_published_on_one_node_reaches_every_node_in_its_order() {
     let nodes = cluster(2, &redis_url()).await;
-    let mut clients = Vec::new();
-    for node in &nodes {
-        let mut ws = Ws::connect(node, "/ws").await;
-        ws.subscribe(&["chat.*"], json!({})).await;
-        clients.push(ws);
-    }
+    let mut clients = chat_subscribers(&nodes).await;
     // A batch on one node while the other publishes one event at a time.
     let batch_url = nodes[0].url("/api/realtime/publish/batch");
     let batch = tokio::spawn(async move {
