@@ -47,7 +47,15 @@ step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
-cargo test --workspace --locked
+# A bound on the whole step (build included), so that a test that hangs fails the run with a
+# message instead of holding it until an outer limit; libtest names any test still running
+# after 60 s ("has been running for over 60 seconds").
+status=0
+timeout --kill-after=1m 45m cargo test --workspace --locked || status=$?
+if [ "$status" = 124 ] || [ "$status" = 137 ]; then
+  echo "cargo test did not finish within 45 minutes: see the test named as running for over 60 seconds" >&2
+fi
+[ "$status" = 0 ] || exit "$status"
 
 step "WebSocket conformance (Autobahn TestSuite)"
 scripts/conformance.sh

@@ -120,7 +120,28 @@ impl AsyncWrite for TimedStream {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpSocket};
+
+    /// Socket buffers for the test's connections, set explicitly: with the kernel's autotuning
+    /// (receive buffers up to 32 MB on some hosts) a slow reader may not open its window again
+    /// for longer than any timeout worth testing, and the stalls would measure the host.
+    const BUFFER: u32 = 64 * 1024;
+
+    async fn listen() -> TcpListener {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_send_buffer_size(BUFFER).unwrap(); // inherited by accepted sockets
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        socket.listen(16).unwrap()
+    }
+
+    async fn connect(listener: &TcpListener) -> TcpStream {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(BUFFER).unwrap();
+        socket
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap()
+    }
 
     async fn accept(listener: &TcpListener, timeout: Duration) -> TimedStream {
         let (tcp, _) = listener.accept().await.unwrap();
@@ -129,14 +150,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_write_the_peer_never_reads_times_out_and_a_reading_peer_is_unaffected() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let timeout = Duration::from_millis(200);
-        let addr = listener.local_addr().unwrap();
+        let listener = listen().await;
+        let timeout = Duration::from_millis(500);
 
         // A peer that never reads: the writes fill both socket buffers, then stall.
-        let _silent = TcpStream::connect(addr).await.unwrap();
+        let _silent = connect(&listener).await;
         let mut io = accept(&listener, timeout).await;
-        let chunk = vec![0u8; 64 * 1024];
+        let chunk = vec![0u8; 16 * 1024];
         let failed = tokio::time::timeout(Duration::from_secs(30), async {
             loop {
                 if let Err(e) = io.write_all(&chunk).await {
@@ -148,22 +168,31 @@ mod tests {
         .expect("the stalled write failed");
         assert_eq!(failed.kind(), io::ErrorKind::TimedOut);
 
-        // A peer that reads slowly — a pause after each read, the pauses adding up to more
-        // than the timeout — gets everything: only a write that makes no progress fails.
-        let mut reader = TcpStream::connect(addr).await.unwrap();
+        // A peer that reads slowly — a pause after each read, the pauses adding up to several
+        // times the timeout — gets everything: only a write that makes no progress fails.
+        let mut reader = connect(&listener).await;
         let mut io = accept(&listener, timeout).await;
-        let total = 8 << 20;
+        let total = 4 << 20;
         let writing = tokio::spawn(async move {
             for _ in 0..total / chunk.len() {
-                io.write_all(&chunk).await.unwrap();
+                io.write_all(&chunk).await?;
             }
+            io::Result::Ok(())
         });
         let mut got = 0;
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; 16 * 1024];
         while got < total {
-            got += reader.read(&mut buf).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            let read = reader.read(&mut buf).await.unwrap();
+            if read == 0 {
+                break; // the writer gave up: its error says why
+            }
+            got += read;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        writing.await.unwrap();
+        writing
+            .await
+            .unwrap()
+            .expect("a slow but reading peer's writes succeed");
+        assert_eq!(got, total);
     }
 }
