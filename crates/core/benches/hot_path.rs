@@ -77,6 +77,7 @@ fn index(c: &mut Criterion) {
         &hub,
         &conns,
         "room-7",
+        1,
     );
 }
 
@@ -97,13 +98,29 @@ fn busy_room(c: &mut Criterion) {
         &hub,
         &conns,
         "lobby",
+        1,
+    );
+    deliver(
+        c,
+        "deliver: a batch of 32 events to a room of 1 000",
+        &hub,
+        &conns,
+        "lobby",
+        32,
     );
 }
 
-/// Times `Hub::deliver` of one event in `room`. Each iteration delivers a new seq (the hub
-/// delivers a seq once per connection); the untimed setup empties the outboxes now and then
-/// so memory stays flat.
-fn deliver(c: &mut Criterion, name: &str, hub: &Hub, conns: &[Arc<Connection>], room: &str) {
+/// Times `Hub::deliver` of a committed batch of `events` in `room`. Each iteration delivers
+/// new seqs (the hub delivers a seq once per connection); the untimed setup empties the
+/// outboxes now and then so memory stays flat.
+fn deliver(
+    c: &mut Criterion,
+    name: &str,
+    hub: &Hub,
+    conns: &[Arc<Connection>],
+    room: &str,
+    events: u64,
+) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -112,16 +129,18 @@ fn deliver(c: &mut Criterion, name: &str, hub: &Hub, conns: &[Arc<Connection>], 
     c.bench_function(name, |b| {
         b.iter_batched(
             || {
-                seq += 1;
-                if seq % 1024 == 0 {
+                seq += events;
+                if seq % 1024 < events {
                     for conn in conns.iter().filter(|c| c.outbox.queued().0 > 0) {
                         rt.block_on(conn.outbox.drain(&mut scratch));
                         scratch.clear();
                     }
                 }
-                event(seq, room)
+                (seq - events + 1..=seq)
+                    .map(|s| event(s, room))
+                    .collect::<Vec<_>>()
             },
-            |e| black_box(hub.deliver(&[e])),
+            |batch| black_box(hub.deliver(&batch)),
             BatchSize::SmallInput,
         )
     });

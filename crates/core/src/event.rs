@@ -66,6 +66,12 @@ pub const CHAT_MESSAGE: &str = "chat.message";
 pub const CHAT_PRIVATE: &str = "chat.private";
 
 impl Event {
+    /// Whether `other` has the same type, room and user: everything but `data` that decides
+    /// who receives an event (subscriptions' patterns and filters, room members, privacy).
+    pub fn same_route(&self, other: &Event) -> bool {
+        self.kind == other.kind && self.room_id == other.room_id && self.user_id == other.user_id
+    }
+
     /// The only user (besides privileged identities) who may see a private event: `user.*`
     /// events belong to their `userId`, events in a personal room `user:{id}` to that user.
     /// `None` for public events; `Some(None)` for a private event nobody owns.

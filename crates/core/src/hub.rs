@@ -400,26 +400,18 @@ impl Hub {
     /// queued, so each connection writes what it got with one flush. Returns how many
     /// (event, connection) deliveries were queued.
     pub fn deliver(&self, batch: &[Arc<EncodedEvent>]) -> usize {
-        let mut fanout = Fanout {
-            limits: self.outbox_limits,
-            delivered: 0,
-            to_wake: Vec::new(),
-        };
-        {
+        let (delivered, to_wake) = {
             let s = self.state.read();
-            for event in batch {
-                s.index
-                    .for_each_match(&event.event, |sub| fanout.offer(&sub.connection, event));
-                if let Some(room) = &event.event.room_id {
-                    for conn in s.rooms.connections(room) {
-                        fanout.offer(conn, event);
-                    }
-                    let owner = room::personal_owner(room).and_then(|u| s.users.get(u));
-                    for id in owner.into_iter().flatten() {
-                        if let Some(conn) = s.connections.get(id) {
-                            fanout.offer(conn, event);
-                        }
-                    }
+            let mut fanout = Fanout {
+                limits: self.outbox_limits,
+                delivered: 0,
+                to_wake: Vec::new(),
+                recipients: Vec::new(),
+                slots: HashMap::new(),
+            };
+            for run in batch.chunk_by(|a, b| a.event.same_route(&b.event)) {
+                for run in run.chunks(Fanout::MAX_RUN) {
+                    fanout.route(&s, run);
                 }
             }
             // Still under the read lock: a replay registered after this batch sees it as
@@ -427,11 +419,12 @@ impl Hub {
             if let Some(last) = batch.last() {
                 self.head.fetch_max(last.event.seq, Ordering::AcqRel);
             }
-        }
-        for conn in fanout.to_wake {
+            (fanout.delivered, fanout.to_wake)
+        };
+        for conn in to_wake {
             conn.outbox.wake();
         }
-        fanout.delivered
+        delivered
     }
 
     /// Puts a connection in a room. The others are told when the member arrived. With
@@ -671,36 +664,131 @@ fn cluster_view(
 }
 
 /// The fan-out of one batch: what was queued, and which writers to wake at the end.
-struct Fanout {
+///
+/// The batch is taken in runs of consecutive events with the same type, room and user (a
+/// busy room's messages): such events have the same candidate recipients — subscriptions
+/// found by type, room and user, the room's members, the personal room's owner, the same
+/// privacy — so they are looked up once per run, and each recipient gets the run's events it
+/// matches (a bit per event) in one push, under one lock of its outbox. Looking up and
+/// queuing per event and recipient was ~14 % of a busy room's fan-out.
+struct Fanout<'s> {
     limits: OutboxLimits,
     delivered: usize,
     to_wake: Vec<Arc<Connection>>,
+    /// The current run's recipients, each with the run's events it matches (bit i: event i).
+    /// Borrowed from the hub's state, which the fan-out holds read-locked.
+    recipients: Vec<(&'s Arc<Connection>, u64)>,
+    /// Where each recipient is in `recipients`, built only once a connection turns up twice
+    /// in a run (several subscriptions, or a subscription and a room): rare, so most runs
+    /// hash nothing.
+    slots: HashMap<Uuid, usize>,
 }
 
-impl Fanout {
-    /// Queues `event` on `conn` unless it already has it (several subscriptions or a room
-    /// matched), sent it itself, or may not see it.
-    fn offer(&mut self, conn: &Arc<Connection>, event: &Arc<EncodedEvent>) {
-        let seq = event.event.seq;
-        if conn.last_delivered.load(Ordering::Relaxed) == seq
-            || event.skip == Some(conn.id)
-            || !conn.may_see(event)
-        {
+impl<'s> Fanout<'s> {
+    /// The longest run, so that a run's events fit the bits of a `u64`.
+    const MAX_RUN: usize = 64;
+
+    /// Queues `run` (events of one route, in `seq` order) on every connection that may see
+    /// them: each connection once per event, in order, never the event's own sender.
+    fn route(&mut self, s: &'s State, run: &[Arc<EncodedEvent>]) {
+        let first = &run[0].event;
+        let every = u64::MAX >> (64 - run.len());
+        s.index.for_each_route_match(first, |sub| {
+            let filters = &sub.spec.filters;
+            let matched = match filters.custom.is_empty() {
+                true => every,
+                false => bits(run, |e| filters.matches_data(&e.event)),
+            };
+            self.add(&sub.connection, matched, run);
+        });
+        if let Some(room) = &first.room_id {
+            for conn in s.rooms.connections(room) {
+                self.add(conn, every, run);
+            }
+            let owner = room::personal_owner(room).and_then(|u| s.users.get(u));
+            for id in owner.into_iter().flatten() {
+                if let Some(conn) = s.connections.get(id) {
+                    self.add(conn, every, run);
+                }
+            }
+        }
+        let mut recipients = std::mem::take(&mut self.recipients);
+        for (conn, matched) in recipients.drain(..) {
+            self.offer(conn, run, matched);
+        }
+        self.recipients = recipients;
+        self.slots.clear();
+    }
+
+    /// Notes that `conn` matches the events `matched` of `run`. A run of one event is offered
+    /// at once (nothing to merge: the first match is the only one that counts); a longer run
+    /// is offered once every recipient's matches are known.
+    fn add(&mut self, conn: &'s Arc<Connection>, matched: u64, run: &[Arc<EncodedEvent>]) {
+        if matched == 0 {
             return;
         }
-        conn.last_delivered.store(seq, Ordering::Relaxed);
+        // The run's last `seq` marks the connections it found: no other run has it. Only the
+        // fan-out writes `last_delivered`, one batch at a time (the log's commit sink): a
+        // plain load and store, no atomic read-modify-write.
+        let marker = run[run.len() - 1].event.seq;
+        if conn.last_delivered.load(Ordering::Relaxed) != marker {
+            conn.last_delivered.store(marker, Ordering::Relaxed);
+            if run.len() == 1 {
+                self.offer(conn, run, matched);
+                return;
+            }
+            if !self.slots.is_empty() {
+                self.slots.insert(conn.id, self.recipients.len());
+            }
+            self.recipients.push((conn, matched));
+            return;
+        }
+        if run.len() == 1 {
+            return;
+        }
+        if self.slots.is_empty() {
+            let slots = self.recipients.iter().enumerate();
+            self.slots = slots.map(|(i, (c, _))| (c.id, i)).collect();
+        }
+        self.recipients[self.slots[&conn.id]].1 |= matched;
+    }
+
+    /// Queues the events `matched` of `run` on `conn`, but not those it sent itself, and none
+    /// if it may not see them (privacy depends on the type, room and user only: the same for
+    /// the whole run).
+    fn offer(&mut self, conn: &Arc<Connection>, run: &[Arc<EncodedEvent>], mut matched: u64) {
+        if run.iter().any(|e| e.skip == Some(conn.id)) {
+            matched &= !bits(run, |e| e.skip == Some(conn.id));
+        }
+        if matched == 0 || !conn.may_see(&run[0]) {
+            return;
+        }
+        let events = (0..run.len())
+            .filter(|i| matched & (1 << i) != 0)
+            .map(|i| &run[i]);
         if conn.replaying.load(Ordering::Relaxed) {
             // A resume is replaying history: hold live events until it is queued.
-            self.delivered += usize::from(conn.hold(event, self.limits));
-        } else if let Pushed::Queued { wake } =
-            conn.outbox.push_deferred(Outgoing::Event(event.clone()))
+            for event in events {
+                self.delivered += usize::from(conn.hold(event, self.limits));
+            }
+        } else if let Pushed::Queued { wake } = conn
+            .outbox
+            .push_all_deferred(events.map(|e| Outgoing::Event(e.clone())))
         {
-            self.delivered += 1;
+            self.delivered += matched.count_ones() as usize;
             if wake {
                 self.to_wake.push(conn.clone());
             }
         }
     }
+}
+
+/// The events of `run` (at most 64) for which `f` holds, as bits.
+fn bits(run: &[Arc<EncodedEvent>], f: impl Fn(&EncodedEvent) -> bool) -> u64 {
+    run.iter()
+        .enumerate()
+        .filter(|(_, e)| f(e))
+        .fold(0, |mask, (i, _)| mask | 1 << i)
 }
 
 /// Sends a room notice to every connection in the room but `except`.
@@ -888,6 +976,74 @@ mod tests {
             .unwrap();
         assert_eq!(deliver_one(&hub, event(1, "a.b", None, None, json!({}))), 1);
         assert_eq!(queued(&c), 1);
+    }
+
+    /// The `seq`s of the events queued on `c`, in queue order.
+    async fn queued_seqs(c: &Connection) -> Vec<u64> {
+        let mut batch = Vec::new();
+        if c.outbox.queued().0 > 0 {
+            c.outbox.drain(&mut batch).await;
+        }
+        let seqs = batch.iter().filter_map(|item| match item {
+            Outgoing::Event(e) => Some(e.event.seq),
+            _ => None,
+        });
+        seqs.collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_reaches_each_connection_once_per_event_in_seq_order() {
+        let hub = Hub::new(100, 10, OutboxLimits::default());
+        let kind_is = |k: &str| Filters {
+            custom: json!({ "kind": k }).as_object().unwrap().clone(),
+            ..Filters::default()
+        };
+        // Two subscriptions that each match part of every run of the batch.
+        let split = hub.connect(Transport::WebSocket).unwrap();
+        hub.subscribe(&split, spec(&["chat.*"], kind_is("a")))
+            .unwrap();
+        hub.subscribe(&split, spec(&["chat.message"], kind_is("b")))
+            .unwrap();
+        let everything = hub.connect(Transport::WebSocket).unwrap();
+        hub.subscribe(&everything, spec(&["*"], Filters::default()))
+            .unwrap();
+        // A member of room r that also subscribed to part of it, and sent one of its events.
+        let member = hub.connect(Transport::WebSocket).unwrap();
+        hub.join_room(&member, "r", Member::user("m"), false)
+            .unwrap();
+        hub.subscribe(&member, spec(&["chat.message"], kind_is("a")))
+            .unwrap();
+
+        // 150 events of one route in room r (runs longer than a fan-out run's 64), but the
+        // 100th in room s; kinds a, b, c in turn; the 40th sent by the member.
+        let kind = |seq: u64| ["a", "b", "c"][seq as usize % 3];
+        let batch: Vec<_> = (1..=150)
+            .map(|seq| {
+                let room = if seq == 100 { "s" } else { "r" };
+                let e = event(
+                    seq,
+                    "chat.message",
+                    Some("u"),
+                    Some(room),
+                    json!({"kind": kind(seq)}),
+                );
+                match seq {
+                    40 => EncodedEvent::skipping(e.event.clone(), Some(member.id)),
+                    _ => e,
+                }
+            })
+            .collect();
+        let delivered = hub.deliver(&batch);
+
+        let split_gets: Vec<u64> = (1..=150).filter(|&s| kind(s) != "c").collect();
+        let member_gets: Vec<u64> = (1..=150).filter(|&s| s != 40 && s != 100).collect();
+        assert_eq!(queued_seqs(&split).await, split_gets);
+        assert_eq!(
+            queued_seqs(&everything).await,
+            (1..=150).collect::<Vec<_>>()
+        );
+        assert_eq!(queued_seqs(&member).await, member_gets);
+        assert_eq!(delivered, split_gets.len() + 150 + member_gets.len());
     }
 
     #[test]
