@@ -58,6 +58,8 @@ fi
 [ "$status" = 0 ] || exit "$status"
 
 step "WebSocket conformance (Autobahn TestSuite)"
-scripts/conformance.sh
+# About 15 s of cases (plus the suite's installation on a fresh machine); bounded like the
+# tests, so that a stuck case fails the run.
+timeout --kill-after=30s 15m scripts/conformance.sh
 
 printf '\nAll checks passed.\n'
