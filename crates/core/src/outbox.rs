@@ -281,6 +281,20 @@ impl Outbox {
         (s.items.len(), s.bytes)
     }
 
+    /// For tests: takes what is queued and returns the events' `seq`s, in queue order.
+    #[cfg(test)]
+    pub(crate) async fn drain_event_seqs(&self) -> Vec<u64> {
+        let mut batch = Vec::new();
+        if self.queued().0 > 0 {
+            self.drain(&mut batch).await;
+        }
+        let seqs = batch.iter().filter_map(|item| match item {
+            Outgoing::Event(e) => Some(e.event.seq),
+            _ => None,
+        });
+        seqs.collect()
+    }
+
     /// Waits until there is something to write or the outbox closes, then moves every queued
     /// frame into `batch`. Cancel-safe: nothing is taken until the wait completes.
     pub async fn drain(&self, batch: &mut Vec<Outgoing>) -> Drained {

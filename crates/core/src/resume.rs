@@ -352,20 +352,6 @@ mod tests {
         hub.deliver(&batch);
     }
 
-    async fn drained_seqs(conn: &Connection) -> Vec<u64> {
-        let mut batch = Vec::new();
-        if conn.outbox.queued().0 > 0 {
-            conn.outbox.drain(&mut batch).await;
-        }
-        batch
-            .into_iter()
-            .filter_map(|o| match o {
-                Outgoing::Event(e) => Some(e.event.seq),
-                _ => None,
-            })
-            .collect()
-    }
-
     #[tokio::test]
     async fn replay_then_held_events_then_live_without_gap_or_duplicate() {
         let hub = Arc::new(Hub::new(10, 10, OutboxLimits::default()));
@@ -385,7 +371,7 @@ mod tests {
         assert!(seen.unwrap().recovered);
         publish(&hub, &store, 14..=14, "a").await;
         assert_eq!(
-            drained_seqs(&conn).await,
+            conn.outbox.drain_event_seqs().await,
             (4..=12).chain([14]).collect::<Vec<_>>()
         );
     }
@@ -399,13 +385,13 @@ mod tests {
         hub.subscribe(&conn, spec(&["a"], None, None)).unwrap();
         publish(&hub, &store, 5..=6, "a").await;
         publish(&hub, &store, 7..=7, "b").await;
-        assert_eq!(drained_seqs(&conn).await, [5, 6]);
+        assert_eq!(conn.outbox.drain_event_seqs().await, [5, 6]);
         let replay = Replay::begin(&hub, &conn, vec![spec(&["*"], None, None)], 2).unwrap();
         replay.run(&store, |_| {}).await.unwrap();
         // 3 and 4 predate the first subscription; 5 and 6 it already queued.
-        assert_eq!(drained_seqs(&conn).await, [3, 4, 7]);
+        assert_eq!(conn.outbox.drain_event_seqs().await, [3, 4, 7]);
         publish(&hub, &store, 8..=8, "a").await;
-        assert_eq!(drained_seqs(&conn).await, [8]);
+        assert_eq!(conn.outbox.drain_event_seqs().await, [8]);
     }
 
     #[tokio::test]
