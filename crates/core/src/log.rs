@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -127,6 +127,7 @@ async fn run(
 ) {
     let mut pending = Vec::new();
     let mut last_batch = 0;
+    let mut stamped = DateTime::<Utc>::MIN_UTC;
     while let Some(first) = rx.recv().await {
         let mut taken = first.0.len();
         pending.push(first);
@@ -137,7 +138,10 @@ async fn run(
             gather(&mut rx, &mut pending, &mut taken).await;
         }
         last_batch = pending.len();
-        let now = Utc::now();
+        // Never earlier than the batch before, should the clock step back: stores may find a
+        // time's first event by bisecting `seq` (EventStore::append).
+        let now = Utc::now().max(stamped);
+        stamped = now;
         let mut batch = Vec::with_capacity(taken);
         let mut acks = Vec::with_capacity(pending.len());
         for (events, skip, ack) in pending.drain(..) {

@@ -87,7 +87,9 @@ pub struct StoreSummary {
 
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
-    /// Commits a batch atomically; when this returns `Ok`, every event survives a crash.
+    /// Commits a batch atomically; when this returns `Ok`, every event survives a crash. The
+    /// embedded log appends in `seq` order with timestamps that never decrease along `seq`, so
+    /// an embedded store may resolve time bounds through `seq`.
     async fn append(&self, batch: Vec<Arc<EncodedEvent>>) -> Result<(), StoreError>;
     /// The highest `seq` ever committed, even if retention has since deleted it.
     async fn last_seq(&self) -> Result<u64, StoreError>;

@@ -189,3 +189,37 @@ async fn publish_all_commits_its_events_together_in_order() {
     assert_eq!(committed.lock().unwrap().concat().len(), 1200);
     log.shutdown().await;
 }
+
+/// A store written by a version that kept `seq`'s high-water mark in `sqlite_sequence`
+/// (`AUTOINCREMENT`) and indexed `ts`: reopened, it still never reuses a `seq` that retention
+/// deleted, and the index no longer costs every commit a page.
+#[tokio::test]
+async fn a_store_from_the_autoincrement_schema_keeps_its_high_water_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    {
+        let old = rusqlite::Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE events (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT, type TEXT NOT NULL, user_id TEXT,
+                 room_id TEXT, ts INTEGER NOT NULL, body TEXT NOT NULL);
+             CREATE INDEX events_ts ON events(ts);
+             INSERT INTO events (seq, type, ts, body) VALUES (1, 'a', 0, '{}'), (7, 'a', 0, '{}');
+             DELETE FROM events;",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.last_seq().await.unwrap(), 7);
+    store.close().await.unwrap();
+    let indexes: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'events_ts'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexes, 0);
+    assert_eq!(SqliteStore::open(&path).unwrap().last_seq().await.unwrap(), 7);
+}

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use herald_core::event::{EncodedEvent, NewEvent};
 use herald_core::store::{EventStore, HistoryQuery, Order, PrivateAccess};
 use serde_json::json;
@@ -26,6 +26,7 @@ macro_rules! behaviour_tests {
             retention_deletes_old_events_but_seq_is_never_reused,
             a_failed_batch_commits_nothing,
             ascending_pages_between_two_seqs_and_the_oldest_seq,
+            time_bounds_split_a_millisecond_shared_by_several_events,
         );
     };
     (@each $fresh:expr; $($name:ident,)*) => {
@@ -322,4 +323,92 @@ pub async fn ascending_pages_between_two_seqs_and_the_oldest_seq(backend: impl B
         .await
         .unwrap();
     assert_eq!(store.oldest_seq().await.unwrap(), Some(4));
+}
+
+pub async fn time_bounds_split_a_millisecond_shared_by_several_events(backend: impl Backend) {
+    let store = backend.open().await;
+    // 60 events stamped in runs of four per millisecond (as one commit stamps its batch), with
+    // `seq`s that skip every seventh: each bound must land on the exact first event.
+    let start = Utc::now().timestamp_millis() - 1_000;
+    let stamps: Vec<(u64, i64)> = (1..=70u64)
+        .filter(|s| s % 7 != 0)
+        .enumerate()
+        .map(|(i, seq)| (seq, start + (i as i64) / 4))
+        .collect();
+    let at = |ms: i64| DateTime::from_timestamp_millis(ms).unwrap();
+    store
+        .append(
+            stamps
+                .iter()
+                .map(|&(seq, ms)| {
+                    EncodedEvent::new(
+                        NewEvent {
+                            kind: "tick".into(),
+                            data: json!({}),
+                            user_id: None,
+                            room_id: None,
+                            metadata: None,
+                        }
+                        .commit(seq, at(ms)),
+                    )
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let stamped = |keep: &dyn Fn(i64) -> bool| -> Vec<u64> {
+        stamps
+            .iter()
+            .filter(|(_, ms)| keep(*ms))
+            .map(|(s, _)| *s)
+            .collect()
+    };
+    for t in start - 2..=start + 17 {
+        let mut after = HistoryQuery {
+            since_time: Some(at(t)),
+            order: Order::OldestFirst,
+            limit: 1_000,
+            ..Default::default()
+        };
+        assert_eq!(
+            seqs(&store.query(after.clone()).await.unwrap()),
+            stamped(&|ms| ms > t),
+            "since {t}"
+        );
+        after.after_seq = Some(40);
+        assert_eq!(
+            seqs(&store.query(after).await.unwrap()),
+            stamped(&|ms| ms > t)
+                .into_iter()
+                .filter(|&s| s > 40)
+                .collect::<Vec<_>>(),
+            "since {t} and after 40"
+        );
+        assert_eq!(
+            store.count_since(at(t)).await.unwrap() as usize,
+            stamped(&|ms| ms >= t).len(),
+            "count since {t}"
+        );
+    }
+    let cutoff = start + 9;
+    assert_eq!(
+        store.delete_before(at(cutoff)).await.unwrap() as usize,
+        stamped(&|ms| ms < cutoff).len()
+    );
+    let left = HistoryQuery {
+        order: Order::OldestFirst,
+        limit: 1_000,
+        ..Default::default()
+    };
+    assert_eq!(
+        seqs(&store.query(left.clone()).await.unwrap()),
+        stamped(&|ms| ms >= cutoff)
+    );
+    assert_eq!(
+        store.delete_before(at(start + 100)).await.unwrap() as usize,
+        stamped(&|ms| ms >= cutoff).len()
+    );
+    assert!(store.query(left).await.unwrap().is_empty());
+    assert_eq!(store.count_since(at(start)).await.unwrap(), 0);
+    assert_eq!(store.last_seq().await.unwrap(), 69);
 }
