@@ -221,5 +221,8 @@ async fn a_store_from_the_autoincrement_schema_keeps_its_high_water_mark() {
         )
         .unwrap();
     assert_eq!(indexes, 0);
-    assert_eq!(SqliteStore::open(&path).unwrap().last_seq().await.unwrap(), 7);
+    assert_eq!(
+        SqliteStore::open(&path).unwrap().last_seq().await.unwrap(),
+        7
+    );
 }
