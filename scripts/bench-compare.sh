@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 REPS=${REPS:-3}
 SERVERS=${SERVERS:-"herald herald-rooms node-ws bun"}
 DURATION=${DURATION:-5}
-SCENARIOS=${SCENARIOS:-"fanout rooms-rate rooms-max idle-10k idle-19k idle-sse-10k idle-sse-19k ingest ingest-batch"}
+SCENARIOS=${SCENARIOS:-"fanout fanout-deep rooms-rate rooms-max idle-10k idle-19k idle-sse-10k idle-sse-19k ingest ingest-batch"}
 PEERS_DIR=${PEERS_DIR:-../shared/bench/peers}
 out=${OUT:-target/bench-results}
 mkdir -p "$out" target/bench-peers
@@ -78,6 +78,8 @@ for rep in $(seq "$REPS"); do
   for server in $SERVERS; do
     echo "rep $rep: $server" >&2
     bench fanout "$server" "$DURATION" --scenario fanout --subscribers 1000 --in-flight 64
+    # A deeper window: more messages per send for every server (docs/performance.md).
+    bench fanout-deep "$server" "$DURATION" --scenario fanout --subscribers 1000 --in-flight 256
     bench rooms-rate "$server" "$DURATION" --scenario rooms --rooms 100 --members 10 --rate 1000 --threads 1
     bench rooms-max "$server" "$DURATION" --scenario rooms --rooms 100 --members 10 --in-flight 16
     [ "$server" = herald-rooms ] && continue  # the rest does not depend on the protocol

@@ -20,6 +20,8 @@ rows = [
     ("fan-out 1×1000, 64 in flight: delivered msgs/s", "fanout", lambda r: r["delivered_per_sec"], k),
     ("fan-out: server CPU %", "fanout", lambda r: r["server"]["cpu_percent"], us),
     ("fan-out: server µs CPU per delivered msg", "fanout", lambda r: r["server"]["cpu_us_per_delivered"], f2),
+    ("fan-out 1×1000, 256 in flight: delivered msgs/s", "fanout-deep", lambda r: r["delivered_per_sec"], k),
+    ("fan-out, 256 in flight: server µs CPU per delivered msg", "fanout-deep", lambda r: r["server"]["cpu_us_per_delivered"], f2),
     ("100 rooms × 10, 1 000 msgs/s: p50 latency µs", "rooms-rate", lambda r: r["latency_us"]["p50"], us),
     ("100 rooms × 10, 1 000 msgs/s: p99 latency µs", "rooms-rate", lambda r: r["latency_us"]["p99"], us),
     ("100 rooms × 10, 1 000 msgs/s: server µs CPU per delivered msg", "rooms-rate", lambda r: r["server"]["cpu_us_per_delivered"], f2),
