@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::event::EncodedEvent;
 use crate::identity::Identity;
-use crate::outbox::{CloseReason, Outbox, OutboxLimits, Outgoing, Pushed};
+use crate::outbox::{CloseReason, Outbox, OutboxLimits, Outgoing, Pushed, WokenWriters};
 use crate::presence::{self, ClusterPresence};
 use crate::protocol::ServerMessage;
 use crate::room::{self, Joined, Left, Member, Presence, RoomDirectory, RoomStats};
@@ -182,6 +182,8 @@ pub struct Hub {
     max_connections: usize,
     max_subscriptions: usize,
     outbox_limits: OutboxLimits,
+    /// The connections' writers woken by fan-out and not yet run (the embedded log's pacing).
+    woken: Arc<WokenWriters>,
     /// The highest `seq` fanned out; advanced under the read lock by `deliver`.
     head: AtomicU64,
     /// Room presence on the other nodes of a cluster; unset when embedded.
@@ -200,6 +202,7 @@ impl Hub {
             max_connections,
             max_subscriptions,
             outbox_limits,
+            woken: Arc::default(),
             head: AtomicU64::new(0),
             cluster: OnceLock::new(),
         }
@@ -207,6 +210,11 @@ impl Hub {
 
     pub fn outbox_limits(&self) -> OutboxLimits {
         self.outbox_limits
+    }
+
+    /// The writers of this hub's connections that fan-out woke and that have not run yet.
+    pub fn woken_writers(&self) -> Arc<WokenWriters> {
+        self.woken.clone()
     }
 
     /// The highest `seq` fanned out so far (or the store's last `seq` at start-up).
@@ -232,7 +240,7 @@ impl Hub {
         let conn = Arc::new(Connection {
             id: Uuid::new_v4(),
             transport,
-            outbox: Outbox::new(self.outbox_limits),
+            outbox: Outbox::new(self.outbox_limits, self.woken.clone()),
             identity: RwLock::new(None),
             subscriptions: Mutex::new(Vec::new()),
             last_delivered: AtomicU64::new(0),

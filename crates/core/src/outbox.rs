@@ -5,9 +5,12 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use crate::event::EncodedEvent;
 use crate::protocol::ServerMessage;
@@ -121,6 +124,12 @@ struct State {
     waker: Option<Waker>,
     /// Run once, on overflow (see `on_overflow`).
     on_overflow: Option<OverflowHook>,
+    /// The writer is waiting for a batch (not writing one). Set when it last waited: a writer
+    /// that left its wait for something else (a WebSocket reading a frame) still counts when
+    /// woken — `WokenWriters`' slack and bound cover it.
+    parked: bool,
+    /// Counted in `WokenWriters`: woken from `parked` with a batch it has not taken yet.
+    counted: bool,
 }
 
 /// Called when the queue overflows, from whichever task pushed: it must not block or take
@@ -143,6 +152,106 @@ impl std::fmt::Debug for State {
 pub struct Outbox {
     state: Mutex<State>,
     limits: OutboxLimits,
+    woken: Arc<WokenWriters>,
+}
+
+/// How many writers were woken from waiting by frames they have not taken yet, across all of a
+/// hub's connections: the writers a fan-out round has queued up to run. Under load the embedded
+/// log lets them run before it commits the next batch (`settle`), so that batch gathers every
+/// publish they released, and the next round writes more frames per send (fan-out at 64 in
+/// flight: ~31 → ~54 messages per send; docs/performance.md).
+#[derive(Debug)]
+pub struct WokenWriters {
+    count: AtomicUsize,
+    /// Running totals: writers woken, and frames queued for them before they ran.
+    wakes: AtomicU64,
+    frames: AtomicU64,
+    settled: Notify,
+    /// This many still waiting to run count as settled: a few may belong to connections
+    /// busy with something else.
+    slack: usize,
+    /// The longest `settle` waits; bounds the latency it adds.
+    within: Duration,
+}
+
+/// `WokenWriters::totals`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WokenTotals {
+    pub writers: u64,
+    pub frames: u64,
+}
+
+impl WokenTotals {
+    /// True when the writers woken since `earlier` got at least `per_writer` frames each, on
+    /// average.
+    pub fn frames_per_writer_since(&self, earlier: WokenTotals, per_writer: u64) -> bool {
+        let writers = self.writers - earlier.writers;
+        writers > 0 && self.frames - earlier.frames >= per_writer * writers
+    }
+}
+
+impl Default for WokenWriters {
+    fn default() -> Self {
+        Self::new(16, Duration::from_millis(20))
+    }
+}
+
+impl WokenWriters {
+    pub fn new(slack: usize, within: Duration) -> Self {
+        Self {
+            count: AtomicUsize::new(0),
+            wakes: AtomicU64::new(0),
+            frames: AtomicU64::new(0),
+            settled: Notify::new(),
+            slack,
+            within,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// How many writers have been woken, and how many frames were queued for them before
+    /// they ran, since the start: the difference around a fan-out round tells whether its
+    /// writers got several frames each.
+    pub fn totals(&self) -> WokenTotals {
+        WokenTotals {
+            writers: self.wakes.load(Ordering::Acquire),
+            frames: self.frames.load(Ordering::Acquire),
+        }
+    }
+
+    /// Waits until at most `slack` woken writers have not taken their frames, or `within`.
+    pub async fn settle(&self) {
+        let settled = async {
+            loop {
+                let notified = self.settled.notified();
+                let mut notified = std::pin::pin!(notified);
+                notified.as_mut().enable();
+                if self.count() <= self.slack {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(self.within, settled).await;
+    }
+
+    fn woke(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        self.wakes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn queued(&self, frames: usize) {
+        self.frames.fetch_add(frames as u64, Ordering::AcqRel);
+    }
+
+    fn took(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == self.slack + 1 {
+            self.settled.notify_waiters();
+        }
+    }
 }
 
 /// The outcome of `push_deferred`.
@@ -164,10 +273,11 @@ pub enum Drained {
 }
 
 impl Outbox {
-    pub fn new(limits: OutboxLimits) -> Self {
+    pub fn new(limits: OutboxLimits, woken: Arc<WokenWriters>) -> Self {
         Self {
             state: Mutex::new(State::default()),
             limits,
+            woken,
         }
     }
 
@@ -210,7 +320,8 @@ impl Outbox {
         if s.closed.is_some() {
             return Pushed::Refused;
         }
-        let was_empty = s.items.is_empty();
+        let before = s.items.len();
+        let was_empty = before == 0;
         for item in items {
             let w = item.weight();
             if s.items.len() >= self.limits.max_messages || s.bytes + w > self.limits.max_bytes {
@@ -224,6 +335,13 @@ impl Outbox {
             }
             s.bytes += w;
             s.items.push_back(item);
+        }
+        if s.parked && !s.counted && !s.items.is_empty() {
+            s.counted = true;
+            self.woken.woke();
+        }
+        if s.counted {
+            self.woken.queued(s.items.len() - before);
         }
         Pushed::Queued {
             wake: was_empty && !s.items.is_empty(),
@@ -316,7 +434,12 @@ impl Outbox {
         let mut s = self.state.lock();
         if s.items.is_empty() && s.closed.is_none() {
             register(&mut s.waker, cx);
+            s.parked = true;
             return Poll::Pending;
+        }
+        s.parked = false;
+        if std::mem::take(&mut s.counted) {
+            self.woken.took();
         }
         if batch.is_empty() {
             // Hands the queue's buffer over: a writer that frees its batch once written leaves
@@ -333,6 +456,14 @@ impl Outbox {
             Some(r) => Drained::Close(r.clone()),
             None => Drained::Batch,
         })
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if self.state.get_mut().counted {
+            self.woken.took();
+        }
     }
 }
 
@@ -362,9 +493,99 @@ mod tests {
         Outgoing::Message(ServerMessage::new("pong", None))
     }
 
+    fn outbox(limits: OutboxLimits) -> Outbox {
+        Outbox::new(limits, Arc::default())
+    }
+
+    /// Polls the writer's wait once, as its task would: true when it got a batch.
+    fn poll_writer(o: &Outbox) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        o.poll_drain(&mut cx, &mut Vec::new()).is_ready()
+    }
+
+    #[test]
+    fn a_waiting_writer_counts_as_woken_until_it_takes_its_frames() {
+        let woken = Arc::new(WokenWriters::default());
+        let o = Outbox::new(OutboxLimits::default(), woken.clone());
+        // A writer that is not waiting (it is writing, or has not started) is not counted.
+        assert!(o.push(msg()));
+        assert_eq!(woken.count(), 0);
+        assert!(poll_writer(&o));
+        assert!(!poll_writer(&o));
+        // Waiting, then woken: counted once however many frames follow.
+        assert!(o.push(msg()));
+        assert!(o.push(msg()));
+        assert_eq!(woken.count(), 1);
+        assert!(poll_writer(&o));
+        assert_eq!(woken.count(), 0);
+        // Frames pushed while it writes are not counted; a writer dropped before taking its
+        // frames is no longer counted.
+        assert!(o.push(msg()));
+        assert_eq!(woken.count(), 0);
+        assert!(poll_writer(&o));
+        assert!(!poll_writer(&o));
+        assert!(o.push(msg()));
+        assert_eq!(woken.count(), 1);
+        drop(o);
+        assert_eq!(woken.count(), 0);
+    }
+
+    #[test]
+    fn an_overflow_releases_the_woken_writer_once_it_is_told() {
+        let woken = Arc::new(WokenWriters::default());
+        let limits = OutboxLimits {
+            max_messages: 1,
+            max_bytes: 1 << 20,
+        };
+        let o = Outbox::new(limits, woken.clone());
+        assert!(!poll_writer(&o));
+        assert!(o.push(msg()));
+        assert!(!o.push(msg()));
+        assert_eq!(woken.count(), 1);
+        assert!(poll_writer(&o), "the writer is told to close");
+        assert_eq!(woken.count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settle_waits_for_the_woken_writers_but_not_longer_than_its_bound() {
+        let woken = Arc::new(WokenWriters::new(1, Duration::from_secs(5)));
+        let outboxes: Vec<_> = (0..3)
+            .map(|_| Outbox::new(OutboxLimits::default(), woken.clone()))
+            .collect();
+        for o in &outboxes {
+            assert!(!poll_writer(o));
+            assert!(o.push(msg()));
+        }
+        let start = tokio::time::Instant::now();
+        let settle = tokio::spawn({
+            let woken = woken.clone();
+            async move { woken.settle().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!settle.is_finished(), "three woken writers, one allowed");
+        assert!(poll_writer(&outboxes[0]));
+        tokio::task::yield_now().await;
+        assert!(!settle.is_finished(), "two woken writers, one allowed");
+        assert!(poll_writer(&outboxes[1]));
+        settle.await.unwrap();
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "settled as the writers ran"
+        );
+
+        // Writers that never run hold it up only for its bound.
+        for o in &outboxes[..2] {
+            assert!(!poll_writer(o));
+            assert!(o.push(msg()));
+        }
+        woken.settle().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+
     #[tokio::test]
     async fn drains_in_order_as_one_batch() {
-        let o = Outbox::new(OutboxLimits::default());
+        let o = outbox(OutboxLimits::default());
         assert!(o.push(msg()));
         assert!(o.push(msg()));
         let mut b = Vec::new();
@@ -375,7 +596,7 @@ mod tests {
 
     #[tokio::test]
     async fn next_batch_takes_the_queue_with_its_buffer() {
-        let o = Outbox::new(OutboxLimits::default());
+        let o = outbox(OutboxLimits::default());
         assert!(o.push(msg()));
         assert!(o.push(msg()));
         let (b, drained) = o.next_batch().await;
@@ -385,7 +606,7 @@ mod tests {
 
     #[tokio::test]
     async fn overflow_closes_as_slow_consumer_and_frees_the_queue() {
-        let o = Outbox::new(OutboxLimits {
+        let o = outbox(OutboxLimits {
             max_messages: 2,
             max_bytes: 1 << 20,
         });
@@ -404,7 +625,7 @@ mod tests {
 
     #[tokio::test]
     async fn overflowed_resolves_only_on_overflow() {
-        let o = Arc::new(Outbox::new(OutboxLimits {
+        let o = Arc::new(outbox(OutboxLimits {
             max_messages: 1,
             max_bytes: 1 << 20,
         }));
@@ -417,7 +638,7 @@ mod tests {
         let within = std::time::Duration::from_secs(5);
         tokio::time::timeout(within, waiter).await.unwrap().unwrap();
 
-        let closed = Arc::new(Outbox::new(OutboxLimits::default()));
+        let closed = Arc::new(outbox(OutboxLimits::default()));
         let waiter = tokio::spawn({
             let closed = closed.clone();
             async move { closed.overflowed().await }
@@ -426,7 +647,7 @@ mod tests {
         closed.close(CloseReason::SLOW_CONSUMER);
         tokio::time::timeout(within, waiter).await.unwrap().unwrap();
 
-        let other = Outbox::new(OutboxLimits::default());
+        let other = outbox(OutboxLimits::default());
         other.close(CloseReason::RATE_LIMITED);
         let brief = std::time::Duration::from_millis(50);
         assert!(
@@ -445,7 +666,7 @@ mod tests {
                 runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             })
         };
-        let o = Outbox::new(OutboxLimits {
+        let o = outbox(OutboxLimits {
             max_messages: 1,
             max_bytes: 1 << 20,
         });
@@ -458,7 +679,7 @@ mod tests {
         o.on_overflow(hook(&runs));
         assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
 
-        let closed = Outbox::new(OutboxLimits::default());
+        let closed = outbox(OutboxLimits::default());
         closed.on_overflow(hook(&runs));
         closed.close(CloseReason::NORMAL);
         closed.close(CloseReason::SLOW_CONSUMER);
@@ -467,7 +688,7 @@ mod tests {
 
     #[tokio::test]
     async fn deferred_pushes_ask_for_one_wake_per_batch() {
-        let o = Outbox::new(OutboxLimits::default());
+        let o = outbox(OutboxLimits::default());
         assert_eq!(o.push_deferred(msg()), Pushed::Queued { wake: true });
         assert_eq!(o.push_deferred(msg()), Pushed::Queued { wake: false });
         o.wake();
@@ -481,7 +702,7 @@ mod tests {
 
     #[tokio::test]
     async fn several_frames_are_queued_together_or_overflow_together() {
-        let o = Outbox::new(OutboxLimits {
+        let o = outbox(OutboxLimits {
             max_messages: 4,
             max_bytes: usize::MAX,
         });
@@ -508,7 +729,7 @@ mod tests {
 
     #[tokio::test]
     async fn byte_bound_applies() {
-        let o = Outbox::new(OutboxLimits {
+        let o = outbox(OutboxLimits {
             max_messages: 100,
             max_bytes: 10,
         });

@@ -101,7 +101,10 @@ impl App {
                 let cluster = Cluster::start(&redis, node.id.clone(), hub.clone(), info).await?;
                 (Box::new(log), Some(cluster))
             }
-            None => (Box::new(LocalLog::start(store.clone(), sink).await?), None),
+            None => {
+                let log = LocalLog::start(store.clone(), sink, hub.woken_writers()).await?;
+                (Box::new(log), None)
+            }
         };
         let streams = Streams::new(crate::api::streams::is_reserved_path);
         for declared in &config.streams {
