@@ -123,124 +123,123 @@ async fn a_burst_of_publishes_is_committed_in_one_transaction() {
     log.shutdown().await;
 }
 
+/// A `LocalLog` over a SQLite file whose fan-out queues event `i` of each batch on subscriber
+/// `i % n`, with the writers of those subscribers counted in `woken` (no slack, a 60 s bound).
+struct Pacing {
+    _dir: tempfile::TempDir,
+    log: std::sync::Arc<herald_core::LocalLog>,
+    woken: std::sync::Arc<herald_core::outbox::WokenWriters>,
+    subscribers: Vec<std::sync::Arc<herald_core::Outbox>>,
+    batches: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl Pacing {
+    async fn start(n: usize) -> Self {
+        use std::sync::{Arc, Mutex};
+        use std::time::Duration;
+
+        use herald_core::log::CommitSink;
+        use herald_core::outbox::WokenWriters;
+        use herald_core::{LocalLog, Outbox, OutboxLimits, Outgoing};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("herald.db")).unwrap();
+        let woken = Arc::new(WokenWriters::new(0, Duration::from_secs(60)));
+        let subscribers: Vec<_> = (0..n)
+            .map(|_| Arc::new(Outbox::new(OutboxLimits::default(), woken.clone())))
+            .collect();
+        for s in &subscribers {
+            assert!(!run_writer(s), "the writer waits for frames");
+        }
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let sink: CommitSink = {
+            let (batches, subscribers) = (batches.clone(), subscribers.clone());
+            Arc::new(move |batch| {
+                batches.lock().unwrap().push(batch.len());
+                for (i, e) in batch.iter().enumerate() {
+                    assert!(subscribers[i % n].push(Outgoing::Event(e.clone())));
+                }
+            })
+        };
+        let log = LocalLog::start(Arc::new(store), sink, woken.clone())
+            .await
+            .unwrap();
+        Self {
+            _dir: dir,
+            log: Arc::new(log),
+            woken,
+            subscribers,
+            batches,
+        }
+    }
+
+    fn publish(
+        &self,
+        n: u64,
+    ) -> tokio::task::JoinHandle<std::sync::Arc<herald_core::EncodedEvent>> {
+        use herald_core::Log;
+        let log = self.log.clone();
+        tokio::spawn(async move { log.publish(numbered("pacing.test", n)).await.unwrap() })
+    }
+
+    /// Two publishes in one round, as under load.
+    async fn load(&self) {
+        let load = [self.publish(0), self.publish(1)];
+        for p in load {
+            p.await.unwrap();
+        }
+    }
+
+    fn batches(&self) -> Vec<usize> {
+        self.batches.lock().unwrap().clone()
+    }
+}
+
+/// Polls a subscriber's writer once, as its task would: true when it took a batch.
+fn run_writer(subscriber: &herald_core::Outbox) -> bool {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+
+    let mut cx = Context::from_waker(Waker::noop());
+    std::pin::pin!(subscriber.next_batch())
+        .poll(&mut cx)
+        .is_ready()
+}
+
 /// Under load, the sequencer commits the next batch only once the writers the previous round
 /// woke have taken their frames (or after the bound): what their clients send back meanwhile
 /// joins that batch.
 #[tokio::test]
 async fn under_load_the_next_batch_waits_for_the_writers_the_last_round_woke() {
-    use std::future::Future;
-    use std::sync::{Arc, Mutex};
-    use std::task::{Context, Waker};
-    use std::time::Duration;
+    use herald_core::Log;
 
-    use herald_core::log::CommitSink;
-    use herald_core::outbox::WokenWriters;
-    use herald_core::{LocalLog, Log, Outbox, OutboxLimits, Outgoing};
-
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("herald.db")).unwrap();
-    let woken = Arc::new(WokenWriters::new(0, Duration::from_secs(60)));
-    let subscriber = Arc::new(Outbox::new(OutboxLimits::default(), woken.clone()));
-    // The subscriber's writer, polled as its task would be: true when it took a batch.
-    let run_writer = {
-        let subscriber = subscriber.clone();
-        move || {
-            let mut cx = Context::from_waker(Waker::noop());
-            std::pin::pin!(subscriber.next_batch())
-                .poll(&mut cx)
-                .is_ready()
-        }
-    };
-    assert!(!run_writer(), "the writer waits for frames");
-    let batches = Arc::new(Mutex::new(Vec::new()));
-    let sink: CommitSink = {
-        let (batches, subscriber) = (batches.clone(), subscriber.clone());
-        Arc::new(move |batch| {
-            batches.lock().unwrap().push(batch.len());
-            for e in batch {
-                assert!(subscriber.push(Outgoing::Event(e.clone())));
-            }
-        })
-    };
-    let log = Arc::new(
-        LocalLog::start(Arc::new(store), sink, woken.clone())
-            .await
-            .unwrap(),
-    );
-    let publish = |n: u64| {
-        let log = log.clone();
-        tokio::spawn(async move { log.publish(numbered("settle.test", n)).await.unwrap() })
-    };
-
-    // Load: two publishes in one round, which wakes the subscriber's writer.
-    let load = [publish(0), publish(1)];
-    for p in load {
-        p.await.unwrap();
-    }
-    assert_eq!(woken.count(), 1);
-    let next = publish(2);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let p = Pacing::start(1).await;
+    p.load().await;
+    assert_eq!(p.woken.count(), 1, "the writer woken with two frames");
+    let next = p.publish(2);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(!next.is_finished(), "committed before the woken writer ran");
-    assert_eq!(*batches.lock().unwrap(), vec![2]);
+    assert_eq!(p.batches(), vec![2]);
 
-    assert!(run_writer());
+    assert!(run_writer(&p.subscribers[0]));
     assert_eq!(next.await.unwrap().event.seq, 3);
-    assert_eq!(*batches.lock().unwrap(), vec![2, 1]);
-    log.shutdown().await;
+    assert_eq!(p.batches(), vec![2, 1]);
+    p.log.shutdown().await;
 }
 
 /// A round that gives each writer it woke about one frame (many small rooms) does not hold the
 /// next batch back: a bigger batch would only wake more writers, one frame each.
 #[tokio::test]
 async fn a_round_of_one_frame_per_writer_does_not_hold_the_next_batch() {
-    use std::future::Future;
-    use std::sync::{Arc, Mutex};
-    use std::task::{Context, Waker};
-    use std::time::Duration;
+    use herald_core::Log;
 
-    use herald_core::log::CommitSink;
-    use herald_core::outbox::WokenWriters;
-    use herald_core::{LocalLog, Log, Outbox, OutboxLimits, Outgoing};
-
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("herald.db")).unwrap();
-    let woken = Arc::new(WokenWriters::new(0, Duration::from_secs(60)));
-    let subscribers: Vec<_> = (0..2)
-        .map(|_| Arc::new(Outbox::new(OutboxLimits::default(), woken.clone())))
-        .collect();
-    let mut cx = Context::from_waker(Waker::noop());
-    for s in &subscribers {
-        assert!(std::pin::pin!(s.next_batch()).poll(&mut cx).is_pending());
-    }
-    let batches = Arc::new(Mutex::new(Vec::new()));
-    let sink: CommitSink = {
-        let (batches, subscribers) = (batches.clone(), subscribers.clone());
-        Arc::new(move |batch| {
-            batches.lock().unwrap().push(batch.len());
-            for (i, e) in batch.iter().enumerate() {
-                assert!(subscribers[i % 2].push(Outgoing::Event(e.clone())));
-            }
-        })
-    };
-    let log = Arc::new(
-        LocalLog::start(Arc::new(store), sink, woken.clone())
-            .await
-            .unwrap(),
-    );
-    let publish = |n: u64| {
-        let log = log.clone();
-        tokio::spawn(async move { log.publish(numbered("spread.test", n)).await.unwrap() })
-    };
-
-    let load = [publish(0), publish(1)];
-    for p in load {
-        p.await.unwrap();
-    }
-    assert_eq!(woken.count(), 2, "each writer woken with one frame");
-    let next = tokio::time::timeout(Duration::from_secs(10), publish(2)).await;
+    let p = Pacing::start(2).await;
+    p.load().await;
+    assert_eq!(p.woken.count(), 2, "each writer woken with one frame");
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), p.publish(2)).await;
     assert_eq!(next.expect("not held back").unwrap().event.seq, 3);
-    assert_eq!(*batches.lock().unwrap(), vec![2, 1]);
-    log.shutdown().await;
+    assert_eq!(p.batches(), vec![2, 1]);
+    p.log.shutdown().await;
 }
 
 /// `publish_all` is one unit among concurrent publishes: its events get consecutive `seq`s in
