@@ -5,7 +5,9 @@ use std::collections::HashSet;
 
 use chrono::Utc;
 use herald_core::{Identity, Role};
+use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
+use quick_cache::sync::Cache;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -28,7 +30,20 @@ pub struct Auth {
     decoding: DecodingKey,
     validation: Validation,
     api_keys: HashSet<String>,
+    /// Tokens this server has verified, with their identity and `exp`. A client sends the same
+    /// token with every request, and checking its signature and decoding its claims again was
+    /// ~7 % of the server's CPU per HTTP publish (docs/performance.md). Keyed by the whole
+    /// token, so only a token that passed verification is ever found; `exp` is checked on
+    /// every use.
+    verified: Cache<Box<str>, (Identity, i64)>,
 }
+
+/// Seconds of clock skew tolerated on `exp`.
+const LEEWAY_SECS: i64 = 5;
+/// Verified tokens remembered (the least used are forgotten first).
+const VERIFIED_TOKENS: usize = 1024;
+/// Longer tokens (long `rooms` lists) are verified every time rather than remembered.
+const MAX_REMEMBERED_TOKEN: usize = 2048;
 
 /// The identity behind a valid API key. A service publishes as any user it names.
 pub const SERVICE_USER: &str = "service";
@@ -36,23 +51,33 @@ pub const SERVICE_USER: &str = "service";
 impl Auth {
     pub fn new(secret: &str, api_keys: &[String]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS as u64;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             decoding: DecodingKey::from_secret(secret.as_bytes()),
             validation,
             api_keys: api_keys.iter().cloned().collect(),
+            verified: Cache::new(VERIFIED_TOKENS),
         }
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_at(token, Utc::now().timestamp())
+    }
+
+    /// Verifies `token` as of `now` (Unix seconds).
+    fn verify_at(&self, token: &str, now: i64) -> Result<Identity, AuthError> {
         if self.api_keys.contains(token) {
             return Ok(Identity::with_role(SERVICE_USER, Role::Service));
+        }
+        if let Some((identity, exp)) = self.verified.get(token) {
+            return unexpired(exp, now).map(|()| identity);
         }
         let data = decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| AuthError(e.to_string()))?;
         let c = data.claims;
+        unexpired(c.exp, now)?;
         if c.sub.is_empty() || c.sub.len() > 256 {
             return Err(AuthError("sub must be 1..=256 characters".into()));
         }
@@ -60,11 +85,16 @@ impl Auth {
             Some("admin") => Role::Admin,
             _ => Role::User,
         };
-        Ok(Identity {
+        let identity = Identity {
             user_id: c.sub,
             role,
             rooms: c.rooms,
-        })
+        };
+        if token.len() <= MAX_REMEMBERED_TOKEN {
+            self.verified
+                .insert(token.into(), (identity.clone(), c.exp));
+        }
+        Ok(identity)
     }
 
     /// Signs a token for `user` valid for `ttl_secs`.
@@ -84,6 +114,16 @@ impl Auth {
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing cannot fail")
     }
+}
+
+/// The check `decode` makes on `exp`, for a token remembered from an earlier request.
+fn unexpired(exp: i64, now: i64) -> Result<(), AuthError> {
+    if exp < now - LEEWAY_SECS {
+        return Err(AuthError(
+            jsonwebtoken::errors::Error::from(ErrorKind::ExpiredSignature).to_string(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -116,5 +156,27 @@ mod tests {
         let none =
             "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
         assert!(auth.verify(none).is_err(), "alg none");
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_but_still_expires() {
+        let auth = Auth::new("s3cret", &["key-1".into()]);
+        let now = Utc::now().timestamp();
+        let t = auth.mint("carol", Some("admin"), Some(vec!["team-*".into()]), 60);
+        let first = auth.verify_at(&t, now).unwrap();
+        assert_eq!(auth.verified.len(), 1, "remembered once verified");
+        assert_eq!(auth.verify_at(&t, now).unwrap(), first, "the same identity");
+        assert_eq!(first.role, Role::Admin);
+        // Within the leeway after `exp`, then past it: the remembered token is refused.
+        assert!(auth.verify_at(&t, now + 60 + LEEWAY_SECS - 1).is_ok());
+        let late = auth.verify_at(&t, now + 60 + LEEWAY_SECS + 2).unwrap_err();
+        assert!(late.to_string().contains("ExpiredSignature"), "{late}");
+        // Only tokens that pass are remembered.
+        let forged = Auth::new("other", &[]).mint("carol", Some("admin"), None, 60);
+        assert!(auth.verify(&forged).is_err());
+        assert!(auth.verify("garbage").is_err());
+        assert!(auth.verify(&auth.mint("dave", None, None, -3600)).is_err());
+        auth.verify("key-1").unwrap();
+        assert_eq!(auth.verified.len(), 1);
     }
 }
