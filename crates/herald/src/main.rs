@@ -111,6 +111,10 @@ struct ServeFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_connections: Option<usize>,
+    /// Threads running connections and requests (default: the cores less one, at least one).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    worker_threads: Option<usize>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_message_bytes: Option<usize>,
@@ -172,36 +176,22 @@ async fn shutdown_signal() {
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> anyhow::Result<()> {
-    tokio::runtime::Runtime::new()?.block_on(run())
-}
-
-async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
+    let runtime = || tokio::runtime::Runtime::new();
     match cli.command {
         Command::Serve(flags) => {
             let config =
                 Config::load(cli.config.as_deref(), &flags).context("invalid configuration")?;
-            let db = match &config.postgres {
-                Some(url) => herald_server::store_description(url),
-                None => config.database.display().to_string(),
-            };
-            let demo = config.demo;
-            herald_server::serve(config, shutdown_signal(), |s| {
-                let port = s.addr.port();
-                let host = if s.addr.ip().is_unspecified() { "localhost".to_owned() } else { s.addr.ip().to_string() };
-                println!("Herald listening on http://{}", s.addr);
-                println!("  database:  {db}");
-                println!("  dashboard: http://{host}:{port}/?token={}", s.admin_token);
-                println!("  admin token (Authorization: Bearer ...): {}", s.admin_token);
-                if demo {
-                    println!("  demo apps: http://{host}:{port}/examples/");
-                }
-                if s.generated_secret {
-                    println!("  JWT_SECRET is not set: a random secret was generated for this run; tokens end with it.");
-                }
-            })
-            .await
+            let workers = config
+                .worker_threads()
+                .map_err(anyhow::Error::msg)
+                .context("invalid configuration")?;
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()?
+                .block_on(serve(config))
         }
         Command::Token {
             user,
@@ -219,8 +209,31 @@ async fn run() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Publish(args) => cli::publish(args).await,
-        Command::Subscribe(args) => cli::subscribe(args, shutdown_signal()).await,
-        Command::Bench(args) => herald_bench::run(args).await,
+        Command::Publish(args) => runtime()?.block_on(cli::publish(args)),
+        Command::Subscribe(args) => runtime()?.block_on(cli::subscribe(args, shutdown_signal())),
+        Command::Bench(args) => runtime()?.block_on(herald_bench::run(args)),
     }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let db = match &config.postgres {
+        Some(url) => herald_server::store_description(url),
+        None => config.database.display().to_string(),
+    };
+    let demo = config.demo;
+    herald_server::serve(config, shutdown_signal(), |s| {
+        let port = s.addr.port();
+        let host = if s.addr.ip().is_unspecified() { "localhost".to_owned() } else { s.addr.ip().to_string() };
+        println!("Herald listening on http://{}", s.addr);
+        println!("  database:  {db}");
+        println!("  dashboard: http://{host}:{port}/?token={}", s.admin_token);
+        println!("  admin token (Authorization: Bearer ...): {}", s.admin_token);
+        if demo {
+            println!("  demo apps: http://{host}:{port}/examples/");
+        }
+        if s.generated_secret {
+            println!("  JWT_SECRET is not set: a random secret was generated for this run; tokens end with it.");
+        }
+    })
+    .await
 }

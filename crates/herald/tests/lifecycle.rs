@@ -513,6 +513,67 @@ async fn configuration_layers_file_then_env_then_flags() {
     }
 }
 
+/// The runtime's worker threads, as `/metrics` reports them.
+async fn runtime_workers(server: &Server) -> usize {
+    let text = http()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("herald_runtime_workers "))
+        .unwrap_or_else(|| panic!("no herald_runtime_workers in {text}"));
+    line["herald_runtime_workers ".len()..].parse().unwrap()
+}
+
+/// `worker_threads` sizes the runtime; unset, it is the cores less one (at least one); zero
+/// is refused at start-up with the reason.
+#[tokio::test]
+async fn worker_threads_size_the_runtime() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    for (flags, expected) in [
+        (&[][..], (cores - 1).max(1)),
+        (&["--worker-threads", "3"][..], 3),
+    ] {
+        let server = Server::start_with(flags);
+        assert_eq!(runtime_workers(&server).await, expected, "{flags:?}");
+        // The server works with them.
+        let (status, _) = post(
+            &server,
+            "/api/realtime/publish",
+            Some(&token("alice")),
+            &json!({"type": "chat.message", "data": {"text": "hi"}}),
+        )
+        .await;
+        assert_eq!(status, 201, "{flags:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = herald(
+        dir.path(),
+        &[
+            "serve",
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--worker-threads",
+            "0",
+        ],
+    );
+    cmd.env("JWT_SECRET", SECRET);
+    let out = run_to_exit(cmd, Duration::from_secs(10));
+    assert_ne!(out.code, Some(0), "started with no worker thread");
+    assert!(
+        out.stderr.contains("worker_threads must be at least 1"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn unknown_key_in_herald_toml_is_rejected_at_start_up() {
     let dir = tempfile::tempdir().unwrap();

@@ -43,6 +43,10 @@ pub struct Config {
     /// Connections with no client traffic for this long are closed.
     pub idle_timeout_secs: u64,
     pub max_connections: usize,
+    /// Threads running connections and requests; unset: one fewer than the machine's cores
+    /// (at least one), which leaves a core to the SQLite writer and the kernel's network work
+    /// (`Config::worker_threads`).
+    pub worker_threads: Option<usize>,
     /// Largest WebSocket message or HTTP body accepted.
     pub max_message_bytes: usize,
     pub max_subscriptions_per_connection: usize,
@@ -149,6 +153,7 @@ impl Default for Config {
             ping_interval_secs: 30,
             idle_timeout_secs: 300,
             max_connections: 10_000,
+            worker_threads: None,
             max_message_bytes: 64 * 1024,
             max_subscriptions_per_connection: 100,
             outbox_max_messages: 4096,
@@ -194,5 +199,19 @@ impl Config {
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(Box::new)
+    }
+
+    /// The runtime's worker threads: `worker_threads`, or one fewer than the cores (at least
+    /// one). On two cores, one worker spent less CPU per message than two in every scenario
+    /// of `herald bench` (medians 3–30 % less) at about the same rate (docs/performance.md):
+    /// a second worker mostly adds wake-ups and cache traffic between the cores, while the
+    /// SQLite writer and the kernel's socket work need a core too.
+    pub fn worker_threads(&self) -> Result<usize, String> {
+        match self.worker_threads {
+            Some(0) => Err("worker_threads must be at least 1".into()),
+            Some(n) => Ok(n),
+            None => Ok(std::thread::available_parallelism()
+                .map_or(1, |cores| cores.get().saturating_sub(1).max(1))),
+        }
     }
 }

@@ -88,6 +88,8 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     metrics::gauge!("herald_users").set(stats.unique_users as f64);
     let rss = app.process.lock().sample().rss_bytes;
     metrics::gauge!("herald_process_resident_memory_bytes").set(rss as f64);
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    metrics::gauge!("herald_runtime_workers").set(workers as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         handle.render(),
