@@ -129,6 +129,18 @@ fn run_to_exit(mut cmd: Command, within: Duration) -> Finished {
     }
 }
 
+/// `herald serve` on a free port in `dir` (its database there) with `extra` flags, run until
+/// it exits: for configurations that must stop start-up.
+fn serve_to_exit(dir: &Path, extra: &[&str]) -> Finished {
+    let db = dir.join("herald.db");
+    let mut args = vec!["serve", "--port", "0", "--host", "127.0.0.1"];
+    args.extend(["--database", db.to_str().unwrap()]);
+    args.extend(extra);
+    let mut cmd = herald(dir, &args);
+    cmd.env("JWT_SECRET", SECRET);
+    run_to_exit(cmd, Duration::from_secs(10))
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1. Persistence across a graceful restart
 
@@ -513,23 +525,6 @@ async fn configuration_layers_file_then_env_then_flags() {
     }
 }
 
-/// The runtime's worker threads, as `/metrics` reports them.
-async fn runtime_workers(server: &Server) -> usize {
-    let text = http()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("herald_runtime_workers "))
-        .unwrap_or_else(|| panic!("no herald_runtime_workers in {text}"));
-    line["herald_runtime_workers ".len()..].parse().unwrap()
-}
-
 /// `worker_threads` sizes the runtime; unset, it is the cores less one (at least one); zero
 /// is refused at start-up with the reason.
 #[tokio::test]
@@ -540,7 +535,8 @@ async fn worker_threads_size_the_runtime() {
         (&["--worker-threads", "3"][..], 3),
     ] {
         let server = Server::start_with(flags);
-        assert_eq!(runtime_workers(&server).await, expected, "{flags:?}");
+        let workers = metric(&server, "herald_runtime_workers").await;
+        assert_eq!(workers, Some(expected as f64), "{flags:?}");
         // The server works with them.
         let (status, _) = post(
             &server,
@@ -552,20 +548,7 @@ async fn worker_threads_size_the_runtime() {
         assert_eq!(status, 201, "{flags:?}");
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = herald(
-        dir.path(),
-        &[
-            "serve",
-            "--port",
-            "0",
-            "--host",
-            "127.0.0.1",
-            "--worker-threads",
-            "0",
-        ],
-    );
-    cmd.env("JWT_SECRET", SECRET);
-    let out = run_to_exit(cmd, Duration::from_secs(10));
+    let out = serve_to_exit(dir.path(), &["--worker-threads", "0"]);
     assert_ne!(out.code, Some(0), "started with no worker thread");
     assert!(
         out.stderr.contains("worker_threads must be at least 1"),
@@ -582,21 +565,7 @@ fn unknown_key_in_herald_toml_is_rejected_at_start_up() {
         "max_conections = 5\n", // sic
     )
     .unwrap();
-    let db = dir.path().join("herald.db");
-    let mut cmd = herald(
-        dir.path(),
-        &[
-            "serve",
-            "--port",
-            "0",
-            "--host",
-            "127.0.0.1",
-            "--database",
-            db.to_str().unwrap(),
-        ],
-    );
-    cmd.env("JWT_SECRET", SECRET);
-    let out = run_to_exit(cmd, Duration::from_secs(10));
+    let out = serve_to_exit(dir.path(), &[]);
     assert_ne!(out.code, Some(0), "started despite an unknown key");
     assert!(
         out.stderr.contains("max_conections"),
