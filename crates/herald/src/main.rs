@@ -170,7 +170,7 @@ async fn shutdown_signal() {
 /// jemalloc instead of the system allocator: its size classes carry no per-chunk header and
 /// keep long-lived connection state apart from freed set-up buffers, so an idle connection
 /// costs less (WebSocket 1.99 → 1.63 KB of RSS, SSE 1.86 → 1.62 at 10 000), and allocation is
-/// cheaper on the publish path (HTTP ingest ~10 % less CPU per publish); the base is ~3 MB
+/// cheaper on the publish path (HTTP ingest ~8 % less CPU per publish); the base is ~3 MB
 /// larger (docs/performance.md). mimalloc, tried earlier, cost 4.5 KB per connection.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
