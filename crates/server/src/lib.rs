@@ -20,7 +20,6 @@ use std::time::Duration;
 use chrono::Utc;
 use herald_core::{CloseReason, EventStore};
 use herald_store::{PgStore, SqliteStore};
-use tokio::net::TcpListener;
 
 pub use app::App;
 pub use auth::Auth;
@@ -56,7 +55,7 @@ pub async fn serve(
         Some(url) => Arc::new(PgStore::connect(url).await?),
         None => Arc::new(SqliteStore::open(&config.database)?),
     };
-    let listener = TcpListener::bind((config.host, config.port)).await?;
+    let listener = listener::bind(SocketAddr::new(config.host, config.port))?;
     let url = config
         .advertise_url
         .clone()

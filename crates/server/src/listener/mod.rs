@@ -11,10 +11,28 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::serve::{ListenerExt, TapIo};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
 
 pub use timed::TimedStream;
+
+/// Connections the kernel completes and holds for `accept` (capped by `net.core.somaxconn`).
+/// Clients reconnect in storms (every client of a restarted node at once); with the 128 that
+/// `TcpListener::bind` asks for, the SYNs beyond it were dropped and those clients waited a
+/// second or more for their retransmission.
+const BACKLOG: u32 = 4096;
+
+/// Binds the listening socket as `TcpListener::bind` does (`SO_REUSEADDR`), with `BACKLOG`.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 pub struct Listener {
     tcp: TcpListener,
@@ -85,5 +103,38 @@ async fn triage(
         Some(request) => drop(tokio::spawn(event_stream::serve(io, peer, request, router))),
         // The server is shutting down when hyper's side is gone: the connection just closes.
         None => drop(to_hyper.send((io, peer))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::net::TcpStream;
+
+    /// Connections are completed by the kernel while nobody accepts, up to the backlog: a
+    /// storm of 600 all connect (with `TcpListener::bind`'s 128, 129 did). The kernel caps
+    /// the backlog at `net.core.somaxconn` (4096 since Linux 5.4), and so does the storm.
+    #[tokio::test]
+    async fn a_storm_of_connections_waits_in_the_backlog() {
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap();
+        let storm = somaxconn.trim().parse::<usize>().unwrap().min(600);
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects: Vec<_> = (0..storm)
+            .map(|_| {
+                tokio::spawn(async move {
+                    tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await
+                })
+            })
+            .collect();
+        let mut connected = Vec::new();
+        for c in connects {
+            if let Ok(Ok(stream)) = c.await.unwrap() {
+                connected.push(stream);
+            }
+        }
+        assert_eq!(connected.len(), storm);
+        drop(listener);
     }
 }
