@@ -5,10 +5,15 @@
 //!
 //! `LocalLog`: one task assigns `seq`, commits each batch to the store (group commit: whatever
 //! queued while the previous batch was committing goes in the next transaction), then fans the
-//! batch out and acknowledges the publishers. Under load, the next batch is committed once the
-//! writers the previous round woke have run (`WokenWriters::settle`).
+//! batch out and acknowledges the publishers. That next transaction is handed to the store
+//! before the fan-out, so the store commits while the runtime sends — except after a round that
+//! fed busy rooms: then the next batch is committed once the writers that round woke have run
+//! (`WokenWriters::settle`).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -138,43 +143,55 @@ async fn run(
     // The previous round gave the writers it woke at least two frames each.
     let mut concentrated = false;
     let mut stamped = DateTime::<Utc>::MIN_UTC;
-    while let Some(first) = rx.recv().await {
-        let mut taken = first.0.len();
-        pending.push(first);
-        take_ready(&mut rx, &mut pending, &mut taken);
-        // Only under load: at a low rate, publishes come one at a time, and the yield cost
-        // CPU and latency (measured: 1 000 msgs/s in 100 rooms, 3 of 4 interleaved pairs).
-        if last_batch > 1 || pending.len() > 1 {
-            gather(&mut rx, &mut pending, &mut taken).await;
-        }
-        // Under load, when the previous round gave its writers several frames each (a busy
-        // room), they run first: what their clients send back meanwhile (the next publishes
-        // of a window) joins this batch, so the next round writes more frames per send
-        // (fan-out, 64 in flight: about a fifth less server CPU per delivered message). When
-        // each got about one (many small rooms), a bigger batch only wakes more writers, and
-        // waiting would only stop the commit overlapping their writes (measured: up to 12 %
-        // fewer messages per second). docs/performance.md.
-        if last_batch > 1 && concentrated {
-            woken.settle().await;
-            take_ready(&mut rx, &mut pending, &mut taken);
-        }
-        last_batch = pending.len();
-        // Never earlier than the batch before, should the clock step back: stores may find a
-        // time's first event by bisecting `seq` (EventStore::append).
-        let now = Utc::now().max(stamped);
-        stamped = now;
-        let mut batch = Vec::with_capacity(taken);
-        let mut acks = Vec::with_capacity(pending.len());
-        for (events, skip, ack) in pending.drain(..) {
-            for e in events {
-                let event = e.commit(next_seq + batch.len() as u64, now);
-                batch.push(EncodedEvent::skipping(event, skip));
+    // A round already handed to the store while the one before was fanned out.
+    let mut next: Option<Round> = None;
+    loop {
+        let round = match next.take() {
+            Some(round) => round,
+            None => {
+                let Some(first) = rx.recv().await else { break };
+                let mut taken = first.0.len();
+                pending.push(first);
+                take_ready(&mut rx, &mut pending, &mut taken);
+                // Only under load: at a low rate, publishes come one at a time, and the yield
+                // cost CPU and latency (measured: 1 000 msgs/s in 100 rooms, 3 of 4 pairs).
+                if last_batch > 1 || pending.len() > 1 {
+                    gather(&mut rx, &mut pending, &mut taken).await;
+                }
+                // Under load, when the previous round gave its writers several frames each (a
+                // busy room), they run first: what their clients send back meanwhile (the next
+                // publishes of a window) joins this batch, so the next round writes more
+                // frames per send (fan-out, 64 in flight: about a fifth less server CPU per
+                // delivered message). When each got about one (many small rooms), a bigger
+                // batch only wakes more writers, and waiting would only stop the commit
+                // overlapping their writes (measured: up to 12 % fewer messages per second).
+                // docs/performance.md.
+                if last_batch > 1 && concentrated {
+                    woken.settle().await;
+                    take_ready(&mut rx, &mut pending, &mut taken);
+                }
+                Round::start(&*store, &mut pending, next_seq, &mut stamped)
             }
-            acks.push((ack, batch.len()));
-        }
-        match store.append(batch.clone()).await {
+        };
+        let Round {
+            commit,
+            batch,
+            acks,
+        } = round;
+        last_batch = acks.len();
+        match commit.await {
             Ok(()) => {
                 next_seq += batch.len() as u64;
+                // What queued during this commit goes to the store before this round is fanned
+                // out, so that the store commits while the runtime sends — unless the round
+                // before fed busy rooms, whose next batch waits for their writers (above).
+                if !concentrated {
+                    let mut taken = 0;
+                    take_ready(&mut rx, &mut pending, &mut taken);
+                    if !pending.is_empty() {
+                        next = Some(Round::start(&*store, &mut pending, next_seq, &mut stamped));
+                    }
+                }
                 let before = woken.totals();
                 sink(&batch);
                 concentrated = woken.totals().frames_per_writer_since(before, 2);
@@ -185,12 +202,59 @@ async fn run(
                 }
             }
             // Nothing was committed, so the positions are reused by the next batch: `seq`
-            // stays gap-free.
+            // stays gap-free. (No later round was started: that waits for this one's result.)
             Err(e) => {
                 for (ack, _) in acks {
                     let _ = ack.send(Err(PublishError::Store(e.clone())));
                 }
             }
+        }
+    }
+}
+
+/// A batch being committed, with its publishers' acks (each with the end of its events).
+struct Round<'a> {
+    commit: Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>,
+    batch: Vec<Arc<EncodedEvent>>,
+    acks: Vec<(Ack, usize)>,
+}
+
+impl<'a> Round<'a> {
+    /// Numbers the `pending` publishes from `first_seq`, stamps them, and hands them to the
+    /// store at once (the commit's first step runs here), so that it commits while the caller
+    /// goes on.
+    fn start(
+        store: &'a dyn EventStore,
+        pending: &mut Vec<Publish>,
+        first_seq: u64,
+        stamped: &mut DateTime<Utc>,
+    ) -> Self {
+        // Never earlier than the batch before, should the clock step back: stores may find a
+        // time's first event by bisecting `seq` (EventStore::append).
+        let now = Utc::now().max(*stamped);
+        *stamped = now;
+        let mut batch = Vec::new();
+        let mut acks = Vec::with_capacity(pending.len());
+        for (events, skip, ack) in pending.drain(..) {
+            for e in events {
+                let event = e.commit(first_seq + batch.len() as u64, now);
+                batch.push(EncodedEvent::skipping(event, skip));
+            }
+            acks.push((ack, batch.len()));
+        }
+        let mut commit = store.append(batch.clone());
+        // A poll that finds the commit unfinished registers nothing lasting: awaiting it later
+        // polls it again with the sequencer's waker.
+        if let Poll::Ready(result) = commit
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        {
+            commit = Box::pin(std::future::ready(result));
+        }
+        Self {
+            commit,
+            batch,
+            acks,
         }
     }
 }

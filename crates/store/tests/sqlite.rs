@@ -242,6 +242,69 @@ async fn a_round_of_one_frame_per_writer_does_not_hold_the_next_batch() {
     p.log.shutdown().await;
 }
 
+/// What queued while a batch was committing is handed to the store before that batch is
+/// fanned out, so the store commits it while the runtime sends: here the fan-out of the first
+/// publish finds the second already in the database. The first commit is held back by another
+/// connection's write lock until the second publish has queued behind it.
+#[tokio::test]
+async fn the_next_batch_commits_while_the_last_one_is_fanned_out() {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use herald_core::log::CommitSink;
+    use herald_core::{LocalLog, Log};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let store = SqliteStore::open(&path).unwrap();
+    // For each round: its events' `seq`s, and how many events the database held meanwhile.
+    let rounds = Arc::new(Mutex::new(Vec::new()));
+    let sink: CommitSink = {
+        let (rounds, path) = (rounds.clone(), path.clone());
+        Arc::new(move |batch| {
+            let seqs: Vec<u64> = batch.iter().map(|e| e.event.seq).collect();
+            let reader = rusqlite::Connection::open(&path).unwrap();
+            let count = || -> i64 {
+                let sql = "SELECT count(*) FROM events";
+                reader.query_row(sql, [], |r| r.get(0)).unwrap()
+            };
+            // Blocks the runtime on purpose: only the store's own thread can commit meanwhile.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while count() < 2 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            rounds.lock().unwrap().push((seqs, count()));
+        })
+    };
+    let log = Arc::new(
+        LocalLog::start(Arc::new(store), sink, Default::default())
+            .await
+            .unwrap(),
+    );
+    let publish = |n: u64| {
+        let log = log.clone();
+        tokio::spawn(async move { log.publish(numbered("pipeline.test", n)).await.unwrap() })
+    };
+
+    let blocker = rusqlite::Connection::open(&path).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let first = publish(1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = publish(2);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!first.is_finished(), "the first commit waits for the lock");
+    blocker.execute_batch("COMMIT").unwrap();
+
+    assert_eq!(first.await.unwrap().event.seq, 1);
+    assert_eq!(second.await.unwrap().event.seq, 2);
+    assert_eq!(
+        *rounds.lock().unwrap(),
+        vec![(vec![1], 2), (vec![2], 2)],
+        "the second publish was committed during the first one's fan-out"
+    );
+    log.shutdown().await;
+}
+
 /// `publish_all` is one unit among concurrent publishes: its events get consecutive `seq`s in
 /// their order and are committed in the same transaction (one fan-out round); when the commit
 /// fails, every one of them fails.
