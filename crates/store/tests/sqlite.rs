@@ -305,6 +305,44 @@ async fn the_next_batch_commits_while_the_last_one_is_fanned_out() {
     log.shutdown().await;
 }
 
+/// A publish queued behind a commit that fails is not handed to the store before that result:
+/// it takes the failed commit's `seq`, so `seq` stays gap-free. The failure: another
+/// connection holds the write lock past the store's busy timeout (5 s).
+#[tokio::test]
+async fn a_publish_queued_behind_a_failed_commit_takes_its_seq() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use herald_core::{LocalLog, Log};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let sink: herald_core::log::CommitSink = Arc::new(|_| {});
+    let log = Arc::new(
+        LocalLog::start(Arc::new(store), sink, Default::default())
+            .await
+            .unwrap(),
+    );
+    let publish = |n: u64| {
+        let log = log.clone();
+        tokio::spawn(async move { log.publish(numbered("failed.test", n)).await })
+    };
+
+    let blocker = rusqlite::Connection::open(&path).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let failing = publish(1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let queued = publish(2);
+    assert!(
+        failing.await.unwrap().is_err(),
+        "the lock outlasted the busy timeout"
+    );
+    blocker.execute_batch("COMMIT").unwrap();
+    assert_eq!(queued.await.unwrap().unwrap().event.seq, 1);
+    log.shutdown().await;
+}
+
 /// `publish_all` is one unit among concurrent publishes: its events get consecutive `seq`s in
 /// their order and are committed in the same transaction (one fan-out round); when the commit
 /// fails, every one of them fails.
