@@ -28,6 +28,35 @@ fn numbered(kind: &str, n: u64) -> herald_core::NewEvent {
     }
 }
 
+/// A `LocalLog` over `store` whose commits go to `sink`.
+async fn local_log(
+    store: SqliteStore,
+    sink: herald_core::log::CommitSink,
+) -> std::sync::Arc<herald_core::LocalLog> {
+    let log = herald_core::LocalLog::start(std::sync::Arc::new(store), sink, Default::default());
+    std::sync::Arc::new(log.await.unwrap())
+}
+
+/// Publishes event `n` of `kind` in a task of its own.
+fn spawn_publish(
+    log: &std::sync::Arc<herald_core::LocalLog>,
+    kind: &'static str,
+    n: u64,
+) -> tokio::task::JoinHandle<
+    Result<std::sync::Arc<herald_core::EncodedEvent>, herald_core::log::PublishError>,
+> {
+    use herald_core::Log;
+    let log = log.clone();
+    tokio::spawn(async move { log.publish(numbered(kind, n)).await })
+}
+
+/// Another connection to the database at `path`, holding its write lock until it commits.
+fn hold_write_lock(path: &std::path::Path) -> rusqlite::Connection {
+    let blocker = rusqlite::Connection::open(path).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    blocker
+}
+
 /// Committed events reach the database file itself in the background, while the server runs:
 /// a copy of the file alone (without its `-wal`) already holds them.
 #[tokio::test(flavor = "multi_thread")]
@@ -70,8 +99,8 @@ async fn the_checkpointer_copies_commits_into_the_database_file() {
 async fn a_burst_of_publishes_is_committed_in_one_transaction() {
     use std::sync::{Arc, Mutex};
 
+    use herald_core::Log;
     use herald_core::log::CommitSink;
-    use herald_core::{LocalLog, Log};
 
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("herald.db")).unwrap();
@@ -80,11 +109,7 @@ async fn a_burst_of_publishes_is_committed_in_one_transaction() {
         let batches = batches.clone();
         Arc::new(move |batch| batches.lock().unwrap().push(batch.len()))
     };
-    let log = Arc::new(
-        LocalLog::start(Arc::new(store), sink, Default::default())
-            .await
-            .unwrap(),
-    );
+    let log = local_log(store, sink).await;
     let publish = |n: u64| {
         let log = log.clone();
         async move {
@@ -251,8 +276,8 @@ async fn the_next_batch_commits_while_the_last_one_is_fanned_out() {
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
+    use herald_core::Log;
     use herald_core::log::CommitSink;
-    use herald_core::{LocalLog, Log};
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("herald.db");
@@ -276,27 +301,18 @@ async fn the_next_batch_commits_while_the_last_one_is_fanned_out() {
             rounds.lock().unwrap().push((seqs, count()));
         })
     };
-    let log = Arc::new(
-        LocalLog::start(Arc::new(store), sink, Default::default())
-            .await
-            .unwrap(),
-    );
-    let publish = |n: u64| {
-        let log = log.clone();
-        tokio::spawn(async move { log.publish(numbered("pipeline.test", n)).await.unwrap() })
-    };
+    let log = local_log(store, sink).await;
 
-    let blocker = rusqlite::Connection::open(&path).unwrap();
-    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let first = publish(1);
+    let blocker = hold_write_lock(&path);
+    let first = spawn_publish(&log, "pipeline.test", 1);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let second = publish(2);
+    let second = spawn_publish(&log, "pipeline.test", 2);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!first.is_finished(), "the first commit waits for the lock");
     blocker.execute_batch("COMMIT").unwrap();
 
-    assert_eq!(first.await.unwrap().event.seq, 1);
-    assert_eq!(second.await.unwrap().event.seq, 2);
+    assert_eq!(first.await.unwrap().unwrap().event.seq, 1);
+    assert_eq!(second.await.unwrap().unwrap().event.seq, 2);
     assert_eq!(
         *rounds.lock().unwrap(),
         vec![(vec![1], 2), (vec![2], 2)],
@@ -313,27 +329,17 @@ async fn a_publish_queued_behind_a_failed_commit_takes_its_seq() {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use herald_core::{LocalLog, Log};
+    use herald_core::Log;
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("herald.db");
     let store = SqliteStore::open(&path).unwrap();
-    let sink: herald_core::log::CommitSink = Arc::new(|_| {});
-    let log = Arc::new(
-        LocalLog::start(Arc::new(store), sink, Default::default())
-            .await
-            .unwrap(),
-    );
-    let publish = |n: u64| {
-        let log = log.clone();
-        tokio::spawn(async move { log.publish(numbered("failed.test", n)).await })
-    };
+    let log = local_log(store, Arc::new(|_| {})).await;
 
-    let blocker = rusqlite::Connection::open(&path).unwrap();
-    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let failing = publish(1);
+    let blocker = hold_write_lock(&path);
+    let failing = spawn_publish(&log, "failed.test", 1);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let queued = publish(2);
+    let queued = spawn_publish(&log, "failed.test", 2);
     assert!(
         failing.await.unwrap().is_err(),
         "the lock outlasted the busy timeout"
