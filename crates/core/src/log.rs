@@ -233,7 +233,7 @@ impl<'a> Round<'a> {
         // time's first event by bisecting `seq` (EventStore::append).
         let now = Utc::now().max(*stamped);
         *stamped = now;
-        let mut batch = Vec::new();
+        let mut batch = Vec::with_capacity(pending.iter().map(|p| p.0.len()).sum());
         let mut acks = Vec::with_capacity(pending.len());
         for (events, skip, ack) in pending.drain(..) {
             for e in events {
