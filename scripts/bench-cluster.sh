@@ -27,7 +27,7 @@ mkdir -p "$out/logs"
 eval "$(scripts/services.sh start)"
 cargo build --release --locked --bin herald >/dev/null
 herald=$PWD/target/release/herald
-export JWT_SECRET=bench-cluster
+export JWT_SECRET=bench-cluster-secret-of-at-least-32-bytes
 token=$("$herald" token --user bench --role admin --ttl 86400)
 ulimit -n "$(ulimit -Hn)"
 psql_=(env PGOPTIONS=--client-min-messages=warning psql -q -v ON_ERROR_STOP=1 "$POSTGRES_TEST_URL")

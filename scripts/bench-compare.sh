@@ -21,7 +21,7 @@ out=${OUT:-target/bench-results}
 mkdir -p "$out" target/bench-peers
 cargo build --release --locked --bin herald >/dev/null
 herald=$PWD/target/release/herald
-export JWT_SECRET=bench-compare
+export JWT_SECRET=bench-compare-secret-of-at-least-32-bytes
 token=$("$herald" token --user bench --role admin --ttl 86400)
 ulimit -n "$(ulimit -Hn)"
 

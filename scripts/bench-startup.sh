@@ -9,7 +9,7 @@ ROWS=${ROWS:-2600000} STARTS=${STARTS:-5}
 db=${DB:-target/bench-startup.db}
 herald=target/release/herald
 cargo build --release -p herald --quiet
-export JWT_SECRET=bench-startup HERALD_LOG=warn
+export JWT_SECRET=bench-startup-secret-of-at-least-32-bytes HERALD_LOG=warn
 
 if [ ! -f "$db" ]; then
   # The schema is Herald's own: a first start creates it.

@@ -10,7 +10,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use herald_core::hub::Connection;
 use herald_core::protocol::Envelope;
 use herald_core::{
-    EncodedEvent, Filters, Hub, NewEvent, OutboxLimits, SubscriptionSpec, Transport,
+    Access, EncodedEvent, Filters, Hub, NewEvent, OutboxLimits, SubscriptionSpec, Transport,
 };
 use serde_json::json;
 
@@ -27,6 +27,8 @@ fn event(seq: u64, room: &str) -> Arc<EncodedEvent> {
     )
 }
 
+/// Every room public: the connections here are anonymous, and the access decision is still
+/// asked for each recipient.
 fn unbounded_hub() -> Hub {
     Hub::new(
         20_000,
@@ -36,6 +38,7 @@ fn unbounded_hub() -> Hub {
             max_bytes: usize::MAX,
         },
     )
+    .with_access(Arc::new(Access::new(vec!["*".into()])))
 }
 
 fn spec(types: &[&str], room: Option<String>) -> SubscriptionSpec {

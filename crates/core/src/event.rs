@@ -72,20 +72,6 @@ impl Event {
         self.kind == other.kind && self.room_id == other.room_id && self.user_id == other.user_id
     }
 
-    /// The only user (besides privileged identities) who may see a private event: `user.*`
-    /// events belong to their `userId`, events in a personal room `user:{id}` to that user.
-    /// `None` for public events; `Some(None)` for a private event nobody owns.
-    pub fn private_to(&self) -> Option<Option<&str>> {
-        if self.kind.starts_with("user.") {
-            Some(self.user_id.as_deref())
-        } else {
-            self.room_id
-                .as_deref()
-                .and_then(crate::room::personal_owner)
-                .map(Some)
-        }
-    }
-
     /// A chat message as a room's history lists it in a dialect: the flat message of the room
     /// dialects, the event itself in Herald's.
     pub fn history_entry(&self, dialect: Dialect) -> Value {

@@ -10,6 +10,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::access::Access;
 use crate::event::EncodedEvent;
 use crate::identity::Identity;
 use crate::outbox::{CloseReason, Outbox, OutboxLimits, Outgoing, Pushed, WokenWriters};
@@ -78,16 +79,19 @@ impl Connection {
         self.subscriptions.lock().contains(&id)
     }
 
-    /// Whether this connection may receive the event (`user.*` and personal-room privacy).
-    pub fn may_see(&self, encoded: &EncodedEvent) -> bool {
-        match encoded.event.private_to() {
-            None => true,
-            Some(owner) => self
-                .identity
-                .read()
-                .as_ref()
-                .is_some_and(|i| i.may_read_private_of(owner)),
-        }
+    /// Whether this connection may receive the event, as `access` decides.
+    pub fn may_see(&self, encoded: &EncodedEvent, access: &Access) -> bool {
+        access.may_read(self.identity.read().as_deref(), &encoded.event)
+    }
+
+    /// Whether the token this connection authenticated with has expired (`now` in Unix
+    /// seconds, past its leeway).
+    pub fn expired(&self, now: i64) -> bool {
+        self.identity
+            .read()
+            .as_ref()
+            .and_then(|i| i.expires_at)
+            .is_some_and(|exp| exp < now)
     }
 
     pub fn send(&self, item: Outgoing) -> bool {
@@ -134,6 +138,8 @@ pub enum HubError {
     NotInRoom,
     #[error("room limit reached ({0} per connection)")]
     TooManyRooms(usize),
+    #[error("this connection is authenticated as {0}; open a new connection for another user")]
+    OtherUser(String),
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -188,6 +194,8 @@ pub struct Hub {
     head: AtomicU64,
     /// Room presence on the other nodes of a cluster; unset when embedded.
     cluster: OnceLock<Arc<dyn ClusterPresence>>,
+    /// Who may see what: asked for every recipient of every event.
+    access: Arc<Access>,
 }
 
 impl Hub {
@@ -205,7 +213,17 @@ impl Hub {
             woken: Arc::default(),
             head: AtomicU64::new(0),
             cluster: OnceLock::new(),
+            access: Arc::default(),
         }
+    }
+
+    /// The access rules deliveries follow (by default: no public rooms).
+    pub fn with_access(self, access: Arc<Access>) -> Self {
+        Self { access, ..self }
+    }
+
+    pub fn access(&self) -> &Access {
+        &self.access
     }
 
     pub fn outbox_limits(&self) -> OutboxLimits {
@@ -278,13 +296,18 @@ impl Hub {
         self.state.read().connections.get(&id).cloned()
     }
 
-    /// Binds a connection to an identity (re-authenticating replaces the previous one).
-    pub fn authenticate(&self, conn: &Connection, identity: Identity) {
+    /// Binds a connection to an identity. Authenticating again as the same user replaces the
+    /// identity (a fresh token, a later expiry); as another user is refused — the rooms,
+    /// subscriptions and profile the connection holds were granted to the first.
+    pub fn authenticate(&self, conn: &Connection, identity: Identity) -> Result<(), HubError> {
         let mut s = self.state.write();
         if !s.connections.contains_key(&conn.id) {
-            return;
+            return Err(HubError::NoConnection);
         }
         if let Some(old) = conn.user_id() {
+            if old != identity.user_id {
+                return Err(HubError::OtherUser(old));
+            }
             remove_user_conn(&mut s.users, &old, conn.id);
         }
         s.users
@@ -292,6 +315,7 @@ impl Hub {
             .or_default()
             .insert(conn.id);
         *conn.identity.write() = Some(Box::new(identity));
+        Ok(())
     }
 
     pub fn subscribe(
@@ -412,6 +436,7 @@ impl Hub {
             let s = self.state.read();
             let mut fanout = Fanout {
                 limits: self.outbox_limits,
+                access: &self.access,
                 delivered: 0,
                 to_wake: Vec::new(),
                 recipients: Vec::new(),
@@ -569,6 +594,16 @@ impl Hub {
             .count()
     }
 
+    /// Closes every connection whose token has expired (`now` in Unix seconds).
+    pub fn close_expired(&self, now: i64) -> usize {
+        let s = self.state.read();
+        s.connections
+            .values()
+            .filter(|c| c.expired(now))
+            .inspect(|c| c.outbox.close(CloseReason::TOKEN_EXPIRED))
+            .count()
+    }
+
     pub fn close_all(&self, reason: CloseReason) {
         for c in self.state.read().connections.values() {
             c.outbox.close(reason.clone());
@@ -681,6 +716,7 @@ fn cluster_view(
 /// queuing per event and recipient was ~14 % of a busy room's fan-out.
 struct Fanout<'s> {
     limits: OutboxLimits,
+    access: &'s Access,
     delivered: usize,
     to_wake: Vec<Arc<Connection>>,
     /// The current run's recipients, each with the run's events it matches (bit i: event i).
@@ -766,7 +802,7 @@ impl<'s> Fanout<'s> {
     /// the whole run).
     fn offer(&mut self, conn: &Arc<Connection>, run: &[Arc<EncodedEvent>], mut matched: u64) {
         matched &= !bits(run, |e| e.skip == Some(conn.id));
-        if matched == 0 || !conn.may_see(&run[0]) {
+        if matched == 0 || !conn.may_see(&run[0], self.access) {
             return;
         }
         let events = (0..run.len())
@@ -845,6 +881,12 @@ mod tests {
     use crate::subscription::Filters;
     use serde_json::json;
 
+    /// A hub where every room is public: these tests are about fan-out (access has its own).
+    fn open_hub(max_connections: usize, max_subscriptions: usize) -> Hub {
+        let everyone = Arc::new(Access::new(vec!["*".into()]));
+        Hub::new(max_connections, max_subscriptions, OutboxLimits::default()).with_access(everyone)
+    }
+
     fn event(
         seq: u64,
         kind: &str,
@@ -882,7 +924,7 @@ mod tests {
 
     #[test]
     fn patterns_and_filters_select_subscribers() {
-        let hub = Hub::new(100, 10, OutboxLimits::default());
+        let hub = open_hub(100, 10);
         let all = hub.connect(Transport::WebSocket).unwrap();
         let chat = hub.connect(Transport::WebSocket).unwrap();
         let room = hub.connect(Transport::Sse).unwrap();
@@ -942,7 +984,7 @@ mod tests {
 
     #[test]
     fn a_subscription_found_by_its_room_still_applies_its_other_filters() {
-        let hub = Hub::new(100, 10, OutboxLimits::default());
+        let hub = open_hub(100, 10);
         let bobs = hub.connect(Transport::WebSocket).unwrap();
         let mut high = serde_json::Map::new();
         high.insert("level".into(), json!("high"));
@@ -974,7 +1016,7 @@ mod tests {
 
     #[test]
     fn overlapping_subscriptions_deliver_once() {
-        let hub = Hub::new(100, 10, OutboxLimits::default());
+        let hub = open_hub(100, 10);
         let c = hub.connect(Transport::WebSocket).unwrap();
         hub.subscribe(&c, spec(&["*", "a.*", "a.b"], Filters::default()))
             .unwrap();
@@ -986,7 +1028,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_reaches_each_connection_once_per_event_in_seq_order() {
-        let hub = Hub::new(100, 10, OutboxLimits::default());
+        let hub = open_hub(100, 10);
         let kind_is = |k: &str| Filters {
             custom: json!({ "kind": k }).as_object().unwrap().clone(),
             ..Filters::default()
@@ -1041,14 +1083,15 @@ mod tests {
 
     #[test]
     fn private_events_reach_only_their_user_and_admins() {
-        let hub = Hub::new(100, 10, OutboxLimits::default());
+        let hub = open_hub(100, 10);
         let alice = hub.connect(Transport::WebSocket).unwrap();
         let bob = hub.connect(Transport::WebSocket).unwrap();
         let anon = hub.connect(Transport::WebSocket).unwrap();
         let admin = hub.connect(Transport::WebSocket).unwrap();
-        hub.authenticate(&alice, Identity::user("alice"));
-        hub.authenticate(&bob, Identity::user("bob"));
-        hub.authenticate(&admin, Identity::with_role("ops", crate::Role::Admin));
+        hub.authenticate(&alice, Identity::user("alice")).unwrap();
+        hub.authenticate(&bob, Identity::user("bob")).unwrap();
+        hub.authenticate(&admin, Identity::with_role("ops", crate::Role::Admin))
+            .unwrap();
         for c in [&alice, &bob, &anon, &admin] {
             hub.subscribe(c, spec(&["*"], Filters::default())).unwrap();
         }
@@ -1067,11 +1110,11 @@ mod tests {
 
     #[test]
     fn disconnect_cleans_everything_and_limits_hold() {
-        let hub = Hub::new(2, 1, OutboxLimits::default());
+        let hub = open_hub(2, 1);
         let a = hub.connect(Transport::WebSocket).unwrap();
         let _b = hub.connect(Transport::Sse).unwrap();
         assert_eq!(hub.connect(Transport::Sse).unwrap_err(), HubError::Full(2));
-        hub.authenticate(&a, Identity::user("alice"));
+        hub.authenticate(&a, Identity::user("alice")).unwrap();
         let sub = hub.subscribe(&a, spec(&["*"], Filters::default())).unwrap();
         assert_eq!(
             hub.subscribe(&a, spec(&["x"], Filters::default()))
@@ -1092,12 +1135,12 @@ mod tests {
 
     #[test]
     fn send_to_user_and_broadcast() {
-        let hub = Hub::new(100, 10, OutboxLimits::default());
+        let hub = open_hub(100, 10);
         let a1 = hub.connect(Transport::WebSocket).unwrap();
         let a2 = hub.connect(Transport::Sse).unwrap();
         let _b = hub.connect(Transport::Sse).unwrap();
-        hub.authenticate(&a1, Identity::user("alice"));
-        hub.authenticate(&a2, Identity::user("alice"));
+        hub.authenticate(&a1, Identity::user("alice")).unwrap();
+        hub.authenticate(&a2, Identity::user("alice")).unwrap();
         let m = Outgoing::Message(crate::protocol::ServerMessage::new("notification", None));
         assert_eq!(hub.send_to_user("alice", &m), 2);
         assert_eq!(hub.send_to_user("nobody", &m), 0);

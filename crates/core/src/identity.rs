@@ -1,5 +1,13 @@
 //! Who is on the other end of a connection or request, once authenticated.
 
+/// Characters refused in ids, names and room names: control characters, and the bidirectional
+/// controls that make text display in another order than it is stored (a name that shows as
+/// `alice` but is not).
+pub fn is_unsafe_in_name(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// An end user: publishes as itself, sees its own `user.*` events only.
@@ -16,6 +24,9 @@ pub struct Identity {
     pub role: Role,
     /// The rooms a token grants (names or `prefix*` patterns); `None` when it does not limit them.
     pub rooms: Option<Vec<String>>,
+    /// When the credentials expire (Unix seconds, leeway included): a session bound to them
+    /// ends then. `None` for API keys.
+    pub expires_at: Option<i64>,
 }
 
 impl Identity {
@@ -24,6 +35,7 @@ impl Identity {
             user_id: user_id.into(),
             role: Role::User,
             rooms: None,
+            expires_at: None,
         }
     }
 

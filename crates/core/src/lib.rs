@@ -3,6 +3,7 @@
 //! (`EventStore`, and `Log` — here the in-process `LocalLog` — that sequences and commits).
 //! Nothing in here knows about HTTP or any web framework.
 
+pub mod access;
 pub mod event;
 pub mod hub;
 pub mod identity;
@@ -17,6 +18,7 @@ pub mod store;
 pub mod stream;
 pub mod subscription;
 
+pub use access::Access;
 pub use event::{EncodedEvent, Event, NewEvent};
 pub use hub::{Hub, HubStats, Transport};
 pub use identity::{Identity, Role};

@@ -87,6 +87,11 @@ impl CloseReason {
         code: 4000,
         reason: "idle timeout",
     };
+    /// The token the connection authenticated with expired: authenticate again.
+    pub const TOKEN_EXPIRED: Self = Self {
+        code: 4001,
+        reason: "token expired: reconnect with a fresh token",
+    };
     pub const SLOW_CONSUMER: Self = Self {
         code: 4008,
         reason: "outbound buffer overflow: resume from your last seq",

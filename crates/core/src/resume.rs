@@ -21,7 +21,7 @@ use crate::event::{EncodedEvent, Event};
 use crate::hub::{Connection, Hub, HubError, ReplayStart};
 use crate::outbox::{CloseReason, OutboxLimits, Outgoing};
 use crate::pattern::TypePattern;
-use crate::store::{EventStore, HistoryQuery, Order, PrivateAccess, StoreError};
+use crate::store::{EventStore, HistoryQuery, Order, ReadAccess, StoreError};
 use crate::subscription::SubscriptionSpec;
 
 /// Events read from the store per query.
@@ -53,7 +53,7 @@ impl Recovery {
 
 /// One store query covering several subscriptions: the union of their patterns, and a user or
 /// room filter only when they all share it. Rows still have to pass `matches_any`.
-pub fn union_query(specs: &[SubscriptionSpec], access: PrivateAccess) -> HistoryQuery {
+pub fn union_query(specs: &[SubscriptionSpec], access: ReadAccess) -> HistoryQuery {
     let patterns = || specs.iter().flat_map(|s| &s.patterns);
     let mut types: Vec<String> = Vec::new();
     if !patterns().any(|p| *p == TypePattern::All) {
@@ -164,7 +164,7 @@ impl Replay {
         on_start: impl FnOnce(Result<Recovery, &StoreError>),
     ) -> Result<(), StoreError> {
         let head = self.start.head;
-        let access = PrivateAccess::for_reader(self.conn.identity().as_ref());
+        let access = self.hub.access().read_scope(self.conn.identity().as_ref());
         let query = union_query(&self.specs, access);
         let (start, mut events, recovery) = match self.open(store, &query).await {
             Ok(opened) => opened,
@@ -190,7 +190,7 @@ impl Replay {
                     continue;
                 }
                 let e = EncodedEvent::new(e);
-                if !self.conn.may_see(&e) {
+                if !self.conn.may_see(&e, self.hub.access()) {
                     continue;
                 }
                 if !self.room(limits).await || !self.conn.send(Outgoing::Event(e)) {
@@ -463,7 +463,7 @@ mod tests {
     fn union_query_keeps_only_shared_filters() {
         let one = union_query(
             &[spec(&["chat.*", "a.b"], None, Some("r1"))],
-            PrivateAccess::All,
+            ReadAccess::All,
         );
         assert_eq!(one.types, ["chat.*", "a.b"]);
         assert_eq!(one.room_id.as_deref(), Some("r1"));
@@ -473,13 +473,13 @@ mod tests {
                 spec(&["user.notification"], Some("bob"), None),
                 spec(&["chat.*"], Some("bob"), Some("r1")),
             ],
-            PrivateAccess::All,
+            ReadAccess::All,
         );
         assert_eq!(two.types, ["user.notification", "chat.*"]);
         assert_eq!((two.user_id.as_deref(), two.room_id), (Some("bob"), None));
         let all = union_query(
             &[spec(&["*"], None, None), spec(&["a"], None, None)],
-            PrivateAccess::All,
+            ReadAccess::All,
         );
         assert!(all.types.is_empty());
     }

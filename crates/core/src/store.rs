@@ -6,7 +6,6 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::event::{EncodedEvent, Event};
-use crate::identity::Identity;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -16,22 +15,17 @@ pub enum StoreError {
     Backend(String),
 }
 
-/// Which private (`user.*`) events a history reader may see.
+/// What a history reader may see, as `Access::read_scope` states it for the store's query.
 #[derive(Debug, Clone, PartialEq)]
-pub enum PrivateAccess {
+pub enum ReadAccess {
     All,
-    /// Only this user's, or none for anonymous readers.
-    OwnOnly(Option<String>),
-}
-
-impl PrivateAccess {
-    pub fn for_reader(reader: Option<&Identity>) -> Self {
-        match reader {
-            Some(i) if i.is_privileged() => Self::All,
-            Some(i) => Self::OwnOnly(Some(i.user_id.clone())),
-            None => Self::OwnOnly(None),
-        }
-    }
+    Limited {
+        /// Whose private events (`user.*`, personal rooms) are readable: none for anonymous
+        /// readers.
+        user: Option<String>,
+        /// The other rooms readable (names or `prefix*` patterns); `None`: any room.
+        rooms: Option<Vec<String>>,
+    },
 }
 
 /// The order of a history query's results.
@@ -57,7 +51,7 @@ pub struct HistoryQuery {
     pub until_seq: Option<u64>,
     pub order: Order,
     pub limit: usize,
-    pub access: PrivateAccess,
+    pub access: ReadAccess,
 }
 
 impl Default for HistoryQuery {
@@ -71,7 +65,7 @@ impl Default for HistoryQuery {
             until_seq: None,
             order: Order::NewestFirst,
             limit: 50,
-            access: PrivateAccess::All,
+            access: ReadAccess::All,
         }
     }
 }

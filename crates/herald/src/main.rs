@@ -203,6 +203,7 @@ fn main() -> anyhow::Result<()> {
             let secret = config.jwt_secret.filter(|s| !s.is_empty()).context(
                 "set JWT_SECRET (or jwt_secret in herald.toml) to mint tokens the server accepts",
             )?;
+            herald_server::auth::check_secret(&secret).map_err(anyhow::Error::msg)?;
             println!(
                 "{}",
                 Auth::new(&secret, &[]).mint(&user, role.as_deref(), rooms, ttl)

@@ -165,7 +165,7 @@ async fn publish_prints_the_acknowledged_event_which_is_then_in_history() {
         (&e["id"], &e["data"], &e["userId"], &e["roomId"]),
         (
             &ack["id"],
-            &json!({"text": "hi"}),
+            &json!({"text": "hi", "user": "alice"}),
             &json!("alice"),
             &json!("lobby")
         )
@@ -265,7 +265,7 @@ async fn publish_from_a_file_publishes_every_line_in_order_in_batches() {
 
 #[tokio::test]
 async fn subscribe_prints_matching_events_published_afterwards_as_json_lines() {
-    let server = Server::start();
+    let server = Server::start_open();
     let mut sub = Subscriber::start(herald(
         &server,
         &[
@@ -312,7 +312,7 @@ async fn subscribe_prints_matching_events_published_afterwards_as_json_lines() {
             &hit["id"],
             &hit["seq"],
             &json!("chat.message"),
-            &json!({"text": "hi"}),
+            &json!({"text": "hi", "user": "alice"}),
             &json!("alice"),
             &json!("lobby")
         ),

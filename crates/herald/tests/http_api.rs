@@ -191,7 +191,7 @@ async fn only_privileged_callers_publish_as_someone_else() {
         &json!({"type": "chat.message", "userId": "bob"}),
     )
     .await;
-    assert_error(status, &body, 403, "FORBIDDEN");
+    assert_error(status, &body, 403, "ACCESS_DENIED");
 
     // Naming yourself is fine.
     let own = publish(
@@ -305,7 +305,7 @@ async fn publish_validation_errors_are_400_with_a_code() {
 
 #[tokio::test]
 async fn posting_to_the_poll_route_publishes_like_publish() {
-    let server = Server::start();
+    let server = Server::start_open();
     let alice = token("alice");
     // Seed 003's polling client posts where it polls: a held poll gets what is posted there.
     let held = {
@@ -351,7 +351,7 @@ async fn posting_to_the_poll_route_publishes_like_publish() {
     assert_error(status, &b, 401, "AUTH_FAILED");
     let as_bob = json!({"type": "chat.message", "data": {}, "userId": "bob"});
     let (status, b) = post(&server, "/api/realtime/poll", Some(&alice), &as_bob).await;
-    assert_error(status, &b, 403, "FORBIDDEN");
+    assert_error(status, &b, 403, "ACCESS_DENIED");
     let (status, b) = post_raw(&server, "/api/realtime/poll", Some(&alice), "{").await;
     assert_error(status, &b, 400, "INVALID_JSON");
 }
@@ -455,7 +455,7 @@ async fn a_batch_with_one_bad_event_is_refused_whole() {
         (
             json!({"events": [good, {"type": "x", "userId": "bob"}]}),
             403,
-            "FORBIDDEN",
+            "ACCESS_DENIED",
         ),
         (json!({"events": good}), 400, "VALIDATION_ERROR"),
         (json!([good]), 400, "VALIDATION_ERROR"),
@@ -1127,7 +1127,7 @@ async fn dashboard_notify_reaches_targets_or_everyone() {
         &json!({"message": "hi"}),
     )
     .await;
-    assert_error(s, &b, 403, "FORBIDDEN");
+    assert_error(s, &b, 403, "ACCESS_DENIED");
     let (s, b) = post(&server, path, None, &json!({"message": "hi"})).await;
     assert_error(s, &b, 401, "AUTH_REQUIRED");
 

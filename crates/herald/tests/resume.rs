@@ -376,7 +376,7 @@ async fn ws_resume(server: &Server, since: u64) -> (Ws, Value) {
 
 #[tokio::test]
 async fn websocket_resume_gets_exactly_the_missed_events_once() {
-    let server = Server::start();
+    let server = Server::start_open();
     let alice = token("alice");
     let mut ws = Ws::connect(&server, "/ws").await;
     ws.subscribe(&[TYPES], json!({"roomId": ROOM})).await;
@@ -452,7 +452,12 @@ async fn websocket_resume_gets_exactly_the_missed_events_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_transport_resumes_exactly_under_concurrent_publishing_and_hundreds_of_disconnects() {
     // Reconnecting is the point here: the per-IP connection rate is not under test.
-    let server = Arc::new(Server::start_with(&["--connection-rate-per-ip", "100000"]));
+    let server = Arc::new(Server::start_with(&[
+        "--connection-rate-per-ip",
+        "100000",
+        "--public-room",
+        "*",
+    ]));
     let seed = Rng::seed();
     let started = std::time::Instant::now();
     let start = last_seq(&server).await;
@@ -811,7 +816,7 @@ async fn bad_resume_positions_are_rejected() {
 
 #[tokio::test]
 async fn a_client_resumes_across_a_kill_9_and_restart_with_nothing_lost() {
-    let mut server = Server::start();
+    let mut server = Server::start_open();
     let alice = token("alice");
     let (mut ws, _) = ws_resume(&server, last_seq(&server).await).await;
     let mut acked = Vec::new();

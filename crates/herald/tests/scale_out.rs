@@ -64,7 +64,7 @@ async fn chat_subscribers(nodes: &[Server]) -> Vec<Ws> {
 #[tokio::test]
 async fn events_survive_kill_9_in_postgres_and_clients_resume_after_the_restart() {
     let url = scratch_postgres().await;
-    let mut server = Server::start_with(&["--postgres", &url]);
+    let mut server = Server::start_with(&["--postgres", &url, "--public-room", "*"]);
     let alice = token("alice");
 
     // A subscriber sees the first events live, then goes away.

@@ -101,7 +101,7 @@ async fn only_operators_send_notifications_and_updates() {
         &json!({"message": "hi"}),
     )
     .await;
-    assert_eq!((status, res["code"].as_str()), (403, Some("FORBIDDEN")));
+    assert_eq!((status, res["code"].as_str()), (403, Some("ACCESS_DENIED")));
     let (status, _) = post(
         &server,
         "/updates",

@@ -7,7 +7,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn publish_over_http_reaches_websocket_and_sse_subscribers() {
-    let server = Server::start();
+    let server = Server::start_open();
     let mut ws = Ws::connect(&server, "/ws").await;
     ws.subscribe(&["chat.*"], json!({})).await;
     let mut sse = Sse::open(&server, "/api/realtime/stream?types=chat.message", None).await;

@@ -95,7 +95,7 @@ async fn stream_headers_and_connection_event() {
 
 #[tokio::test]
 async fn query_parameters_select_events() {
-    let server = Server::start();
+    let server = Server::start_open();
     let path = "/api/realtime/stream";
     // Every stream also takes `test.end` (published last in room lobby by alice) so each
     // has a last event to read up to: anything unexpected would show up before it.
@@ -320,7 +320,7 @@ async fn invalid_credentials_on_a_stream_are_401_not_anonymous() {
 
 #[tokio::test]
 async fn subscribe_adds_a_subscription_to_an_open_stream() {
-    let server = Server::start();
+    let server = Server::start_open();
     let (mut sse, conn) = open_ok(&server, "/api/realtime/stream", None).await;
 
     let (s, b) = post(

@@ -327,18 +327,25 @@ async fn authenticate_succeeds_and_bad_tokens_fail_without_closing() {
         ws.recv().await,
         json!({"type": "authenticated", "data": {"userId": "alice"}, "id": 42})
     );
-    // The flat form, without an id; re-authenticating replaces the identity.
-    ws.send(json!({"type": "authenticate", "token": token("bob")}))
+    // The flat form, without an id; re-authenticating as the same user refreshes the token,
+    // as another user is refused (the connection's rooms and subscriptions were granted to
+    // the first).
+    ws.send(json!({"type": "authenticate", "token": token("alice")}))
         .await;
     assert_eq!(
         ws.recv().await,
-        json!({"type": "authenticated", "data": {"userId": "bob"}})
+        json!({"type": "authenticated", "data": {"userId": "alice"}})
     );
+    ws.send(json!({"type": "authenticate", "token": token("bob"), "id": "b"}))
+        .await;
+    assert_error(&ws.recv().await, "CONFLICT", Some(json!("b")));
     // The API key is accepted as a credential too (the service identity).
-    ws.send(json!({"type": "authenticate", "data": {"token": API_KEY}}))
+    let mut service = Ws::connect(&server, "/ws").await;
+    service
+        .send(json!({"type": "authenticate", "data": {"token": API_KEY}}))
         .await;
     assert_eq!(
-        ws.recv().await,
+        service.recv().await,
         json!({"type": "authenticated", "data": {"userId": "service"}})
     );
     // Missing token field: a validation error, not an auth failure.
@@ -430,7 +437,7 @@ async fn subscribe_envelope_and_flat_forms_echo_ids() {
 
 #[tokio::test]
 async fn type_patterns_and_filters_deliver_exactly_the_matching_events_in_order() {
-    let server = Server::start();
+    let server = Server::start_open();
     let subscriptions: [(&str, Value, Value); 9] = [
         ("exact", json!(["chat.message"]), json!({})),
         ("prefix", json!(["order.*"]), json!({})),
@@ -610,7 +617,7 @@ async fn type_patterns_and_filters_deliver_exactly_the_matching_events_in_order(
 
 #[tokio::test]
 async fn overlapping_subscriptions_on_one_connection_deliver_an_event_once() {
-    let server = Server::start();
+    let server = Server::start_open();
     let mut ws = Ws::connect(&server, "/ws").await;
     ws.subscribe(&["*"], json!({})).await;
     ws.subscribe(&["chat.*"], json!({})).await;
@@ -683,7 +690,7 @@ async fn unsubscribe_stops_delivery_and_unknown_ids_are_not_found() {
 
 #[tokio::test]
 async fn publish_over_websocket() {
-    let server = Server::start();
+    let server = Server::start_open();
     let mut sub = Ws::connect(&server, "/").await;
     sub.subscribe(&["*"], json!({})).await;
 
@@ -711,7 +718,7 @@ async fn publish_over_websocket() {
         &ack["data"],
         Some("alice"),
         Some("r1"),
-        &json!({"text": "hi"}),
+        &json!({"text": "hi", "user": "alice"}),
     );
     assert_eq!(got["data"]["metadata"], json!({"k": "v"}));
 
@@ -732,7 +739,7 @@ async fn publish_over_websocket() {
 
     ws.send(json!({"type": "publish", "data": {"type": "a.b", "userId": "bob"}, "id": 3}))
         .await;
-    assert_error(&ws.recv().await, "FORBIDDEN", Some(json!(3)));
+    assert_error(&ws.recv().await, "ACCESS_DENIED", Some(json!(3)));
     ws.send(json!({"type": "publish", "data": {"type": "bad type!"}, "id": 4}))
         .await;
     assert_error(&ws.recv().await, "VALIDATION_ERROR", Some(json!(4)));

@@ -6,20 +6,25 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use herald_core::access::AccessDenied;
 use herald_core::event::EncodedEvent;
+use herald_core::identity::is_unsafe_in_name;
 use herald_core::log::CommitSink;
 use herald_core::pattern::validate_type;
 use herald_core::protocol::PublishArgs;
+use herald_core::room::validate_room;
 use herald_core::stream::Streams;
-use herald_core::{EventStore, Hub, Identity, LocalLog, Log, NewEvent, OutboxLimits};
+use herald_core::{Access, EventStore, Hub, Identity, LocalLog, Log, NewEvent, OutboxLimits};
 use herald_redis::cluster::Cluster;
 use herald_redis::{RedisConfig, RedisLog};
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::watch;
+use uuid::Uuid;
 
 use crate::api::cluster::ThisNode;
 use crate::auth::Auth;
+use crate::chat;
 use crate::config::Config;
 use crate::error::AppError;
 use crate::transport::mailbox::Mailboxes;
@@ -27,8 +32,9 @@ use crate::transport::mailbox::Mailboxes;
 pub struct App {
     pub config: Config,
     pub hub: Arc<Hub>,
-    /// Embedded (`LocalLog`), or shared with other nodes through Redis (`RedisLog`).
-    pub log: Box<dyn Log>,
+    /// Embedded (`LocalLog`), or shared with other nodes through Redis (`RedisLog`). Private:
+    /// everything reaches it through `publish_as` / `publish_all`.
+    log: Box<dyn Log>,
     /// With Redis: this node's membership of the cluster (heartbeat, cluster-wide presence).
     pub cluster: Option<Cluster>,
     pub store: Arc<dyn EventStore>,
@@ -60,14 +66,17 @@ impl App {
         store: Arc<dyn EventStore>,
         url: String,
     ) -> Result<Arc<Self>, AppError> {
-        let hub = Arc::new(Hub::new(
-            config.max_connections,
-            config.max_subscriptions_per_connection,
-            OutboxLimits {
-                max_messages: config.outbox_max_messages,
-                max_bytes: config.outbox_max_bytes,
-            },
-        ));
+        let hub = Arc::new(
+            Hub::new(
+                config.max_connections,
+                config.max_subscriptions_per_connection,
+                OutboxLimits {
+                    max_messages: config.outbox_max_messages,
+                    max_bytes: config.outbox_max_bytes,
+                },
+            )
+            .with_access(Arc::new(Access::new(config.public_rooms.clone()))),
+        );
         let last_seq = store.last_seq().await?;
         hub.advance_head(last_seq);
         let head = Arc::new(watch::Sender::new(last_seq));
@@ -144,15 +153,24 @@ impl App {
         self.connect_limiter.retain_recent();
     }
 
+    /// Commits what is queued and stops taking publishes (graceful shutdown).
+    pub async fn shutdown_log(&self) {
+        self.log.shutdown().await;
+    }
+
+    /// The access rules (`herald_core::access`): who may read, write and join what.
+    pub fn access(&self) -> &Access {
+        self.hub.access()
+    }
+
     /// Whether `who` may join and read `room` (token `rooms` claim, public rooms, personal rooms).
     pub fn check_room_access(&self, who: Option<&Identity>, room: &str) -> Result<(), AppError> {
-        herald_core::room::check_access(who, room, &self.config.public_rooms).map_err(|e| {
-            AppError::new(
-                axum::http::StatusCode::FORBIDDEN,
-                herald_core::protocol::code::ACCESS_DENIED,
-                e.to_string(),
-            )
-        })
+        self.access().may_join(who, room).map_err(denied)
+    }
+
+    /// Whether `who` may read the events and presence of `room`.
+    pub fn check_room_read(&self, who: Option<&Identity>, room: &str) -> Result<(), AppError> {
+        self.access().may_read_room(who, room).map_err(denied)
     }
 
     /// Validates and publishes on behalf of `publisher`; resolves when the event is durable.
@@ -161,8 +179,19 @@ impl App {
         publisher: &Identity,
         args: PublishArgs,
     ) -> Result<Arc<EncodedEvent>, AppError> {
-        let event = new_event(publisher, args)?;
-        Ok(self.log.publish(event).await?)
+        self.publish_as(Publisher::of(publisher), args).await
+    }
+
+    /// The publish path: every event anything appends to the log comes through here (or
+    /// `publish_all`), so validation, the access decision, chat's sanitising and author, and
+    /// the refusal metrics happen once. Resolves when the event is durable.
+    pub async fn publish_as(
+        &self,
+        from: Publisher<'_>,
+        args: PublishArgs,
+    ) -> Result<Arc<EncodedEvent>, AppError> {
+        let event = self.admit(&from, args)?;
+        Ok(self.log.publish_skipping(event, from.skip).await?)
     }
 
     /// Validates every event, then publishes them as one unit (consecutive `seq`s, committed
@@ -172,11 +201,12 @@ impl App {
         publisher: &Identity,
         all: Vec<PublishArgs>,
     ) -> Result<Vec<Arc<EncodedEvent>>, AppError> {
+        let from = Publisher::of(publisher);
         let events = all
             .into_iter()
             .enumerate()
             .map(|(i, args)| {
-                new_event(publisher, args).map_err(|mut e| {
+                self.admit(&from, args).map_err(|mut e| {
                     e.message = format!("events[{i}]: {}", e.message);
                     e
                 })
@@ -184,38 +214,94 @@ impl App {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(self.log.publish_all(events, None).await?)
     }
+
+    /// The event `from` asks for, if its fields are valid and it may publish it; chat messages
+    /// sanitised and signed by the server.
+    fn admit(&self, from: &Publisher<'_>, args: PublishArgs) -> Result<NewEvent, AppError> {
+        let refused = |e: AppError| {
+            metrics::counter!("herald_publish_refused_total", "code" => e.code).increment(1);
+            e
+        };
+        validate_type(&args.kind)
+            .map_err(AppError::bad_request)
+            .map_err(refused)?;
+        check_id("userId", args.user_id.as_deref()).map_err(refused)?;
+        if let Some(room) = &args.room_id {
+            validate_room(room)
+                .map_err(|e| AppError::bad_request(format!("roomId: {e}")))
+                .map_err(refused)?;
+        }
+        let mut event = NewEvent {
+            user_id: args
+                .user_id
+                .or_else(|| from.identity.map(|i| i.user_id.clone())),
+            kind: args.kind,
+            data: args.data,
+            room_id: args.room_id,
+            metadata: args.metadata.map(Value::Object),
+        };
+        self.access()
+            .may_write(from.identity, &event)
+            .map_err(denied)
+            .map_err(refused)?;
+        chat::sign(&mut event, from.author()).map_err(refused)?;
+        Ok(event)
+    }
 }
 
-/// The event `publisher` asks for, if its fields are valid and it may publish it.
-fn new_event(publisher: &Identity, args: PublishArgs) -> Result<NewEvent, AppError> {
-    validate_type(&args.kind).map_err(AppError::bad_request)?;
-    check_id("roomId", args.room_id.as_deref())?;
-    check_id("userId", args.user_id.as_deref())?;
-    let user_id = match args.user_id {
-        Some(u) if u != publisher.user_id && !publisher.is_privileged() => {
-            return Err(AppError::forbidden("you may only publish as yourself"));
+/// Who publishes: what the publish path needs to know besides the event.
+#[derive(Clone, Copy)]
+pub struct Publisher<'a> {
+    /// `None`: an anonymous client, which may only chat in public rooms.
+    pub identity: Option<&'a Identity>,
+    /// A chat message's author as its room shows it (the member's profile, e.g. seed 001's
+    /// `{id, name, avatar}`); by default the publisher's user id.
+    pub profile: Option<&'a Value>,
+    /// The connection that sent the event, when it must not get it back (seed 004's
+    /// `message`).
+    pub skip: Option<Uuid>,
+}
+
+impl<'a> Publisher<'a> {
+    pub fn of(identity: &'a Identity) -> Self {
+        Self {
+            identity: Some(identity),
+            profile: None,
+            skip: None,
         }
-        Some(u) => Some(u),
-        None => Some(publisher.user_id.clone()),
-    };
-    Ok(NewEvent {
-        kind: args.kind,
-        data: args.data,
-        user_id,
-        room_id: args.room_id,
-        metadata: args.metadata.map(Value::Object),
-    })
+    }
+
+    fn author(&self) -> Value {
+        match (self.profile, self.identity) {
+            (Some(profile), _) => profile.clone(),
+            (None, Some(i)) => i.user_id.clone().into(),
+            (None, None) => "anonymous".into(),
+        }
+    }
+}
+
+/// An access decision's refusal as the API answers it.
+fn denied(e: AccessDenied) -> AppError {
+    AppError::new(
+        axum::http::StatusCode::FORBIDDEN,
+        herald_core::protocol::code::ACCESS_DENIED,
+        e.to_string(),
+    )
 }
 
 fn nonzero(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n.max(1)).expect("at least 1")
 }
 
+/// An id a client names (a user, a room filter, a mailbox): 1..=`MAX_ID_LEN` bytes without
+/// control or bidirectional-control characters.
 pub fn check_id(field: &str, value: Option<&str>) -> Result<(), AppError> {
     match value {
-        Some(v) if v.is_empty() || v.len() > MAX_ID_LEN => Err(AppError::bad_request(format!(
-            "{field} must be 1..={MAX_ID_LEN} characters"
-        ))),
+        Some(v) if v.is_empty() || v.len() > MAX_ID_LEN || v.chars().any(is_unsafe_in_name) => {
+            Err(AppError::bad_request(format!(
+                "{field} must be 1..={MAX_ID_LEN} bytes without control or bidirectional-control characters"
+            )))
+        }
         _ => Ok(()),
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use chrono::Utc;
+use herald_core::identity::is_unsafe_in_name;
 use herald_core::{Identity, Role};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
@@ -45,6 +46,22 @@ const VERIFIED_TOKENS: usize = 1024;
 /// Longer tokens (long `rooms` lists) are verified every time rather than remembered.
 const MAX_REMEMBERED_TOKEN: usize = 2048;
 
+/// The shortest JWT secret accepted: HS256 is only as strong as its key, and RFC 7518 asks
+/// for one at least as long as the hash (32 bytes).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Refuses a JWT secret too short to be safe, saying how to make one.
+pub fn check_secret(secret: &str) -> Result<(), String> {
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(format!(
+            "JWT_SECRET (jwt_secret) is {} bytes; it must be at least {MIN_SECRET_BYTES} \
+             (for example the output of `openssl rand -hex 32`)",
+            secret.len()
+        ));
+    }
+    Ok(())
+}
+
 /// The identity behind a valid API key. A service publishes as any user it names.
 pub const SERVICE_USER: &str = "service";
 
@@ -52,6 +69,7 @@ impl Auth {
     pub fn new(secret: &str, api_keys: &[String]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS as u64;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
@@ -76,10 +94,18 @@ impl Auth {
         }
         let data = decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| AuthError(e.to_string()))?;
+        // RFC 7515: a `crit` header names extensions the receiver must understand; Herald
+        // understands none, so such a token is refused rather than half-obeyed.
+        if data.header.crit.is_some() {
+            return Err(AuthError("unsupported critical header (crit)".into()));
+        }
         let c = data.claims;
         unexpired(c.exp, now)?;
-        if c.sub.is_empty() || c.sub.len() > 256 {
-            return Err(AuthError("sub must be 1..=256 characters".into()));
+        if c.sub.is_empty() || c.sub.len() > 256 || c.sub.chars().any(is_unsafe_in_name) {
+            return Err(AuthError(
+                "sub must be 1..=256 bytes without control or bidirectional-control characters"
+                    .into(),
+            ));
         }
         let role = match c.role.as_deref() {
             Some("admin") => Role::Admin,
@@ -89,6 +115,7 @@ impl Auth {
             user_id: c.sub,
             role,
             rooms: c.rooms,
+            expires_at: Some(c.exp + LEEWAY_SECS),
         };
         if token.len() <= MAX_REMEMBERED_TOKEN {
             self.verified
@@ -130,11 +157,65 @@ fn unexpired(exp: i64, now: i64) -> Result<(), AuthError> {
 mod tests {
     use super::*;
 
+    const SECRET: &str = "a-test-secret-of-at-least-32-bytes";
+
+    fn sign(header: Header, claims: serde_json::Value) -> String {
+        encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn not_before_critical_headers_and_unsafe_ids_are_refused() {
+        let auth = Auth::new(SECRET, &[]);
+        let now = Utc::now().timestamp();
+        let claims = |extra: serde_json::Value| {
+            let mut c = serde_json::json!({"sub": "alice", "exp": now + 60});
+            c.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            c
+        };
+        let hs256 = || Header::new(Algorithm::HS256);
+        let early = sign(hs256(), claims(serde_json::json!({"nbf": now + 600})));
+        let late = auth.verify(&early).unwrap_err();
+        assert!(late.to_string().contains("ImmatureSignature"), "{late}");
+        assert!(
+            auth.verify(&sign(hs256(), claims(serde_json::json!({"nbf": now - 10}))))
+                .is_ok()
+        );
+        let mut critical = hs256();
+        critical.crit = Some(vec!["exp-ext".into()]);
+        let refused = auth
+            .verify(&sign(critical, claims(serde_json::json!({}))))
+            .unwrap_err();
+        assert!(refused.to_string().contains("crit"), "{refused}");
+        for sub in ["al\u{202e}ice", "bob\n", "\u{2066}x"] {
+            let t = sign(hs256(), claims(serde_json::json!({"sub": sub})));
+            assert!(auth.verify(&t).is_err(), "{sub:?}");
+        }
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert!(check_secret(&"x".repeat(31)).is_err());
+        assert!(check_secret(SECRET).is_ok());
+    }
+
     #[test]
     fn round_trip_and_rejections() {
-        let auth = Auth::new("s3cret", &["key-1".into()]);
+        let auth = Auth::new(SECRET, &["key-1".into()]);
         let t = auth.mint("alice", None, None, 60);
-        assert_eq!(auth.verify(&t).unwrap(), Identity::user("alice"));
+        let alice = auth.verify(&t).unwrap();
+        assert_eq!((alice.user_id.as_str(), alice.role), ("alice", Role::User));
+        let exp = alice.expires_at.unwrap() - LEEWAY_SECS;
+        assert!(
+            (exp - Utc::now().timestamp() - 60).abs() <= 1,
+            "expires with exp"
+        );
         let admin = auth.mint("ops", Some("admin"), None, 60);
         assert_eq!(auth.verify(&admin).unwrap().role, Role::Admin);
         assert!(
@@ -160,7 +241,7 @@ mod tests {
 
     #[test]
     fn a_verified_token_is_remembered_but_still_expires() {
-        let auth = Auth::new("s3cret", &["key-1".into()]);
+        let auth = Auth::new(SECRET, &["key-1".into()]);
         let now = Utc::now().timestamp();
         let t = auth.mint("carol", Some("admin"), Some(vec!["team-*".into()]), 60);
         let first = auth.verify_at(&t, now).unwrap();

@@ -4,7 +4,11 @@
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
-use serde_json::Value;
+use herald_core::NewEvent;
+use herald_core::event::{CHAT_MESSAGE, CHAT_PRIVATE};
+use herald_core::identity::is_unsafe_in_name;
+use herald_core::room::personal_owner;
+use serde_json::{Value, json};
 
 use crate::error::AppError;
 
@@ -39,6 +43,48 @@ pub fn sanitize(text: &str) -> Result<String, AppError> {
     Ok(clean)
 }
 
+/// Makes a chat event what chat is, whichever path it came by (the `chat` command, WebSocket
+/// `publish`, HTTP): a `chat.message`'s `text` is sanitised and its `user` is the author the
+/// server knows, never one the client claims; a `chat.private` is `{text, user, to}`, sent by
+/// its user to the owner of the personal room it is published in. A `chat.message` with
+/// neither `text` nor `user` is no message a chat client shows, and is left as it is.
+pub fn sign(event: &mut NewEvent, author: Value) -> Result<(), AppError> {
+    let private = match event.kind.as_str() {
+        CHAT_MESSAGE => false,
+        CHAT_PRIVATE => true,
+        _ => return Ok(()),
+    };
+    let shown = event
+        .data
+        .as_object()
+        .is_some_and(|d| d.contains_key("text") || d.contains_key("user"));
+    if !private && !shown {
+        return Ok(());
+    }
+    let text = event
+        .data
+        .get("text")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            AppError::bad_request(format!("{}: data.text must be a string", event.kind))
+        })?;
+    let text = sanitize(text)?;
+    if private {
+        let to = event
+            .room_id
+            .as_deref()
+            .and_then(personal_owner)
+            .ok_or_else(|| {
+                AppError::bad_request("chat.private goes to a personal room: roomId user:{id}")
+            })?;
+        event.data = json!({"text": text, "user": event.user_id, "to": to});
+    } else if let Some(data) = event.data.as_object_mut() {
+        data.insert("text".into(), text.into());
+        data.insert("user".into(), author);
+    }
+    Ok(())
+}
+
 /// The profile a client shows in a room (seed 001's `user`): a plain-text name of at most
 /// `MAX_NAME_LEN` characters, or a small object whose `name` is one (`{id, name, avatar}`).
 pub fn profile(given: Option<Value>) -> Result<Option<Value>, AppError> {
@@ -54,7 +100,7 @@ pub fn profile(given: Option<Value>) -> Result<Option<Value>, AppError> {
             && name.chars().count() <= MAX_NAME_LEN
             && !name
                 .chars()
-                .any(|c| c.is_control() || matches!(c, '<' | '>' | '&'))
+                .any(|c| is_unsafe_in_name(c) || matches!(c, '<' | '>' | '&'))
     };
     match given {
         None => Ok(None),

@@ -33,8 +33,11 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     /// Server-side API keys for backends; a key may publish as any user.
     pub api_keys: Vec<String>,
-    /// Origins allowed by CORS; `["*"]` allows any.
+    /// Origins allowed by CORS; `["*"]` allows any. Writes authenticated by the dashboard's
+    /// cookie are accepted only from these origins and the server's own.
     pub cors_origins: Vec<String>,
+    /// Herald is reached over HTTPS (a TLS proxy in front): the dashboard cookie is `Secure`.
+    pub https: bool,
     /// Events older than this are deleted by the retention job.
     pub retention_hours: u64,
     pub retention_interval_secs: u64,
@@ -148,6 +151,7 @@ impl Default for Config {
             jwt_secret: None,
             api_keys: Vec::new(),
             cors_origins: vec!["http://localhost:3000".into()],
+            https: false,
             retention_hours: 24,
             retention_interval_secs: 3600,
             ping_interval_secs: 30,

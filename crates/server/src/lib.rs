@@ -44,7 +44,10 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     api::system::install_metrics();
     let (secret, generated_secret) = match &config.jwt_secret {
-        Some(s) if !s.is_empty() => (s.clone(), false),
+        Some(s) if !s.is_empty() => {
+            auth::check_secret(s).map_err(anyhow::Error::msg)?;
+            (s.clone(), false)
+        }
         _ => (random_secret(), true),
     };
     demo::open_room(&mut config);
@@ -108,7 +111,7 @@ pub async fn serve(
         cluster.shutdown().await;
     }
     app.streams.shutdown();
-    app.log.shutdown().await;
+    app.shutdown_log().await;
     store.close().await?;
     tracing::info!("stopped");
     Ok(())
@@ -155,6 +158,10 @@ fn spawn_background_jobs(app: Arc<App>) -> tokio::task::JoinHandle<()> {
                     let closed = app.hub.close_idle(idle_ms);
                     if closed > 0 {
                         tracing::info!(closed, "closed idle connections");
+                    }
+                    let expired = app.hub.close_expired(Utc::now().timestamp());
+                    if expired > 0 {
+                        tracing::info!(expired, "closed connections whose token expired");
                     }
                     app.forget_idle_limits();
                     let forgotten = app.mailboxes.forget_idle(Duration::from_secs(app.config.idle_timeout_secs));

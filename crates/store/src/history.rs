@@ -3,7 +3,7 @@
 //! same byte-wise text ordering, so only the placeholder syntax differs.
 
 use herald_core::pattern::TypePattern;
-use herald_core::store::{HistoryQuery, Order, PrivateAccess};
+use herald_core::store::{HistoryQuery, Order, ReadAccess};
 
 /// A bound parameter of the statement.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,9 +85,10 @@ pub(crate) fn select_bodies(
         let p = b.bind(Arg::Int(s.min(i64::MAX as u64) as i64));
         b.and(&format!("seq <= {p}"));
     }
-    // Private events: `user.*` types belong to their user_id, personal rooms `user:{id}`
-    // (`room_id >= 'user:' AND room_id < 'user;'`) to their id.
-    if let PrivateAccess::OwnOnly(user) = &q.access {
+    // `Access::read_scope`, as conditions. Private events: `user.*` types belong to their
+    // user_id, personal rooms `user:{id}` (`room_id >= 'user:' AND room_id < 'user;'`) to
+    // their id. Other rooms: only those matching the reader's room patterns, when it has any.
+    if let ReadAccess::Limited { user, rooms } = &q.access {
         let mut own_type = String::from("NOT (type >= 'user.' AND type < 'user/')");
         let mut own_room =
             String::from("room_id IS NULL OR NOT (room_id >= 'user:' AND room_id < 'user;')");
@@ -99,6 +100,9 @@ pub(crate) fn select_bodies(
             ));
         }
         b.and(&format!("({own_type}) AND ({own_room})"));
+        if let Some(patterns) = rooms {
+            rooms_condition(&mut b, patterns);
+        }
     }
     let order = match q.order {
         Order::NewestFirst => "DESC",
@@ -108,6 +112,31 @@ pub(crate) fn select_bodies(
     b.sql
         .push_str(&format!(" ORDER BY seq {order} LIMIT {limit}"));
     (b.sql, b.args)
+}
+
+/// Only events outside rooms, in personal rooms (decided by the private-event condition), or
+/// in a room one of `patterns` matches (`Access`'s `room_matches`: a name, or a prefix ending
+/// in `*`). Prefixes compare the first characters with `substr`, which SQLite and PostgreSQL
+/// both count in characters.
+fn rooms_condition(b: &mut Builder, patterns: &[String]) {
+    if patterns.iter().any(|p| p == "*") {
+        return;
+    }
+    let mut ors = vec![
+        "room_id IS NULL".to_owned(),
+        "(room_id >= 'user:' AND room_id < 'user;')".to_owned(),
+    ];
+    for p in patterns {
+        match p.strip_suffix('*') {
+            Some(prefix) => {
+                let len = prefix.chars().count();
+                let prefix = b.bind(Arg::Text(prefix.to_owned()));
+                ors.push(format!("substr(room_id, 1, {len}) = {prefix}"));
+            }
+            None => ors.push(format!("room_id = {}", b.bind(Arg::Text(p.clone())))),
+        }
+    }
+    b.and(&format!("({})", ors.join(" OR ")));
 }
 
 /// The half-open range of strings starting with `prefix` (which ends in '.').
@@ -126,7 +155,10 @@ mod tests {
         let q = HistoryQuery {
             types: vec!["user.*".into()],
             room_id: Some("r".into()),
-            access: PrivateAccess::OwnOnly(Some("u".into())),
+            access: ReadAccess::Limited {
+                user: Some("u".into()),
+                rooms: None,
+            },
             limit: 5,
             ..Default::default()
         };

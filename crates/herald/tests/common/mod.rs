@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub const SECRET: &str = "integration-test-secret";
+pub const SECRET: &str = "integration-test-secret-of-32-bytes-or-more";
 pub const API_KEY: &str = "test-api-key";
 pub const WAIT: Duration = Duration::from_secs(5);
 
@@ -32,6 +32,12 @@ pub struct Server {
 impl Server {
     pub fn start() -> Self {
         Self::start_with(&[])
+    }
+
+    /// A server where every room is public (`--public-room '*'`), so anonymous clients
+    /// receive room events: for suites about delivery rather than access (tests/access.rs).
+    pub fn start_open() -> Self {
+        Self::start_with(&["--public-room", "*"])
     }
 
     pub fn start_with(args: &[&str]) -> Self {
@@ -230,8 +236,9 @@ pub async fn cluster_with(n: usize, redis: &str, args: &[&str]) -> Vec<Server> {
     (0..n).map(|_| Server::start_with(&all)).collect()
 }
 
+/// `n` nodes where every room is public (see `Server::start_open`).
 pub async fn cluster(n: usize, redis: &str) -> Vec<Server> {
-    cluster_with(n, redis, &[]).await
+    cluster_with(n, redis, &["--public-room", "*"]).await
 }
 
 /// A port that was free a moment ago, for a server that must come back on the same address

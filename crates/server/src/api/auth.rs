@@ -20,11 +20,71 @@ impl FromRequestParts<Arc<App>> for Caller {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, AppError> {
-        optional_identity(app, &parts.headers, None)?
-            .map(Caller)
-            .ok_or_else(|| {
-                AppError::unauthorized("missing credentials: send Authorization: Bearer <token>")
-            })
+        match identify(app, &parts.headers, None)? {
+            Some((identity, Source::Cookie)) if !parts.method.is_safe() => {
+                check_cookie_write(app, &parts.headers)?;
+                Ok(Caller(identity))
+            }
+            Some((identity, _)) => Ok(Caller(identity)),
+            None => Err(AppError::unauthorized(
+                "missing credentials: send Authorization: Bearer <token>",
+            )),
+        }
+    }
+}
+
+/// Where a request's credentials came from.
+#[derive(Debug, PartialEq)]
+enum Source {
+    /// A header or the `token` parameter: the request itself chose to send them.
+    Explicit,
+    /// The dashboard's cookie, which the browser adds by itself.
+    Cookie,
+}
+
+/// A state-changing request authenticated only by the cookie could have been made by another
+/// page the browser has open (cross-site request forgery). Such a request must say it is JSON
+/// — which a plain HTML form cannot, and a cross-origin `fetch` cannot without a CORS
+/// preflight — and come from an allowed origin: this server's own, or one of `cors_origins`.
+fn check_cookie_write(app: &App, headers: &HeaderMap) -> Result<(), AppError> {
+    let refuse = |why: &str| {
+        metrics::counter!("herald_csrf_refused_total").increment(1);
+        Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            code::FORBIDDEN,
+            format!(
+                "{why}: a write authenticated by the dashboard cookie must be a JSON request from an allowed origin (or send Authorization: Bearer <token>)"
+            ),
+        ))
+    };
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return refuse("Content-Type is not application/json");
+    }
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return refuse("no Origin header");
+    };
+    let own = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|host| {
+            origin
+                .split_once("://")
+                .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
+        });
+    let listed = app
+        .config
+        .cors_origins
+        .iter()
+        .any(|o| o == "*" || o.eq_ignore_ascii_case(origin));
+    if own || listed {
+        Ok(())
+    } else {
+        refuse("origin not allowed")
     }
 }
 
@@ -66,17 +126,31 @@ pub fn optional_identity(
     headers: &HeaderMap,
     query_token: Option<&str>,
 ) -> Result<Option<Identity>, AppError> {
+    Ok(identify(app, headers, query_token)?.map(|(identity, _)| identity))
+}
+
+fn identify(
+    app: &App,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<Option<(Identity, Source)>, AppError> {
     match credential(headers, query_token) {
         // The cookie is ambient, not something this request chose to send: one that no longer
         // verifies (expired, or signed with a previous run's generated secret) is ignored, so
         // public routes keep working and the dashboard asks for a new token.
-        None => Ok(cookie(headers, AUTH_COOKIE).and_then(|t| app.auth.verify(t).ok())),
-        Some(token) => app.auth.verify(token).map(Some).map_err(|e| {
-            AppError::new(
-                StatusCode::UNAUTHORIZED,
-                code::AUTH_FAILED,
-                format!("authentication failed: {}", e),
-            )
-        }),
+        None => Ok(cookie(headers, AUTH_COOKIE)
+            .and_then(|t| app.auth.verify(t).ok())
+            .map(|identity| (identity, Source::Cookie))),
+        Some(token) => app
+            .auth
+            .verify(token)
+            .map(|i| Some((i, Source::Explicit)))
+            .map_err(|e| {
+                AppError::new(
+                    StatusCode::UNAUTHORIZED,
+                    code::AUTH_FAILED,
+                    format!("authentication failed: {}", e),
+                )
+            }),
     }
 }

@@ -14,8 +14,8 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use chrono::{SecondsFormat, Utc};
-use herald_core::protocol::SubscribeArgs;
-use herald_core::{Filters, Identity, NewEvent, SubscriptionSpec};
+use herald_core::protocol::{PublishArgs, SubscribeArgs};
+use herald_core::{Filters, Identity, SubscriptionSpec};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -104,16 +104,6 @@ pub async fn user_events(
     )
 }
 
-fn operator(caller: &Identity) -> Result<(), AppError> {
-    if caller.is_privileged() {
-        Ok(())
-    } else {
-        Err(AppError::forbidden(
-            "only operators (admin token or API key) may send this",
-        ))
-    }
-}
-
 fn now() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
@@ -139,7 +129,6 @@ pub async fn notifications(
     Caller(caller): Caller,
     body: Result<bytes::Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
-    operator(&caller)?;
     let args: NotificationArgs = json_body(body)?;
     check_id("userId", args.user_id.as_deref())?;
     if args.message.is_empty() {
@@ -152,14 +141,15 @@ pub async fn notifications(
     } else {
         "notification"
     };
-    let event = NewEvent {
+    // Reserved types: only operators get past `App::publish`.
+    let event = PublishArgs {
         kind: kind.into(),
         data,
         user_id: args.user_id,
         room_id: None,
         metadata: None,
     };
-    let committed = app.log.publish(event).await?;
+    let committed = app.publish(&caller, event).await?;
     Ok(Json(
         json!({"success": true, "notificationId": id, "seq": committed.event.seq}),
     ))
@@ -183,16 +173,15 @@ pub async fn updates(
     Caller(caller): Caller,
     body: Result<bytes::Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
-    operator(&caller)?;
     let args: UpdateArgs = json_body(body)?;
     let data = json!({"resource": args.resource, "action": args.action, "data": args.data, "timestamp": now()});
-    let event = NewEvent {
+    let event = PublishArgs {
         kind: "update".into(),
         data,
         user_id: None,
         room_id: None,
         metadata: None,
     };
-    let committed = app.log.publish(event).await?;
+    let committed = app.publish(&caller, event).await?;
     Ok(Json(json!({"success": true, "seq": committed.event.seq})))
 }

@@ -9,9 +9,10 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use chrono::{Duration, SecondsFormat, Utc};
 use herald_core::log::MAX_PUBLISH_ALL;
+use herald_core::protocol::PublishArgs;
 use herald_core::protocol::ServerMessage;
-use herald_core::store::{HistoryQuery, PrivateAccess};
-use herald_core::{Event, NewEvent, Outgoing};
+use herald_core::store::HistoryQuery;
+use herald_core::{Event, Outgoing};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -81,7 +82,7 @@ pub async fn activity(
             "system.alert".into(),
         ],
         limit: limit_param(&params, 20)?,
-        access: PrivateAccess::for_reader(Some(&caller)),
+        access: app.access().read_scope(Some(&caller)),
         ..Default::default()
     };
     let activities: Vec<Value> = app
@@ -109,7 +110,7 @@ pub async fn alerts(
         ],
         since_time: Some(Utc::now() - Duration::hours(24)),
         limit: 100,
-        access: PrivateAccess::for_reader(Some(&caller)),
+        access: app.access().read_scope(Some(&caller)),
         ..Default::default()
     };
     let events = app.store.query(q).await?;
@@ -146,9 +147,6 @@ pub async fn notify(
     Caller(caller): Caller,
     body: Result<bytes::Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
-    if !caller.is_privileged() {
-        return Err(AppError::forbidden("only operators may send notifications"));
-    }
     let args: NotifyArgs = json_body(body)?;
     if args.message.is_empty() {
         return Err(AppError::bad_request("message must not be empty"));
@@ -167,7 +165,8 @@ pub async fn notify(
         "notification",
         Some(notification.clone()),
     ));
-    let event = |kind: &str, user: Option<&String>| NewEvent {
+    // Reserved types: only operators get past `App::publish`.
+    let event = |kind: &str, user: Option<&String>| PublishArgs {
         kind: kind.into(),
         data: notification.clone(),
         user_id: user.cloned(),
@@ -176,18 +175,19 @@ pub async fn notify(
     };
     let mut reached = 0;
     if args.target_users.is_empty() {
-        app.log.publish(event("system.notification", None)).await?;
+        app.publish(&caller, event("system.notification", None))
+            .await?;
         reached += app.hub.broadcast(&message);
     } else {
         // One commit for every target (in chunks the log takes at once), not one per user.
-        let mut events: Vec<NewEvent> = args
+        let mut events: Vec<PublishArgs> = args
             .target_users
             .iter()
             .map(|user| event("user.notification", Some(user)))
             .collect();
         while !events.is_empty() {
             let rest = events.split_off(events.len().min(MAX_PUBLISH_ALL));
-            app.log.publish_all(events, None).await?;
+            app.publish_all(&caller, events).await?;
             events = rest;
         }
         for user in &args.target_users {

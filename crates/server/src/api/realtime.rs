@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use herald_core::log::MAX_PUBLISH_ALL;
 use herald_core::protocol::{PublishArgs, ServerMessage, SubscribeArgs, code};
-use herald_core::store::{HistoryQuery, PrivateAccess};
+use herald_core::store::{HistoryQuery, ReadAccess};
 use herald_core::{Event, Outgoing};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -198,12 +198,12 @@ pub fn limit_param(params: &HashMap<String, String>, default: usize) -> Result<u
 /// Parses the history parameters shared by the history routes.
 pub fn history_query(
     params: &HashMap<String, String>,
-    reader: &herald_core::Identity,
+    access: ReadAccess,
     default_limit: usize,
 ) -> Result<HistoryQuery, AppError> {
     let mut q = HistoryQuery {
         limit: default_limit,
-        access: PrivateAccess::for_reader(Some(reader)),
+        access,
         ..Default::default()
     };
     if let Some(types) = params.get("types").filter(|t| !t.is_empty()) {
@@ -251,9 +251,9 @@ pub async fn events(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<([(HeaderName, String); 1], Json<EventsPage>), AppError> {
-    let mut q = history_query(&params, &caller, 50)?;
+    let mut q = history_query(&params, app.access().read_scope(Some(&caller)), 50)?;
     if let Some(room) = &q.room_id {
-        app.check_room_access(Some(&caller), room)?;
+        app.check_room_read(Some(&caller), room)?;
     }
     // Seed 003's activity feed polls with If-Modified-Since and keeps the Last-Modified it
     // gets back; `since` wins when both are given.

@@ -31,7 +31,7 @@ pub async fn presence(
     Path(room): Path<String>,
 ) -> Result<Json<RoomPresence>, AppError> {
     validate_room(&room).map_err(AppError::bad_request)?;
-    app.check_room_access(Some(&caller), &room)?;
+    app.check_room_read(Some(&caller), &room)?;
     let users = app.hub.presence(&room);
     Ok(Json(RoomPresence {
         count: users.len(),

@@ -96,12 +96,14 @@ fn serve(asset: &'static Asset, request: &HeaderMap) -> Response {
 /// The dashboard page (for `GET /` without a WebSocket upgrade). `herald serve` prints its
 /// URL as `/?token=<admin token>`: a valid token is kept in a cookie, so the page's own
 /// requests (`fetch`, `EventSource`) carry it without the token in their URLs. It is
-/// `HttpOnly` (scripts cannot read it) and `SameSite=Strict` (other sites' pages cannot make
-/// the browser send it).
+/// `HttpOnly` (scripts cannot read it), `SameSite=Strict` (other sites' pages cannot make
+/// the browser send it), and `Secure` when Herald is served over HTTPS (`https`); writes it
+/// authenticates are checked against forgery (`api::auth`).
 pub fn dashboard(app: &App, token: Option<&str>, request: &HeaderMap) -> Response {
     let mut page = serve(find("/").expect("dashboard embedded"), request);
     if let Some(token) = token.filter(|t| app.auth.verify(t).is_ok()) {
-        let cookie = format!("{AUTH_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict");
+        let secure = if app.config.https { "; Secure" } else { "" };
+        let cookie = format!("{AUTH_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{secure}");
         if let Ok(v) = HeaderValue::from_str(&cookie) {
             page.headers_mut().insert(header::SET_COOKIE, v);
         }

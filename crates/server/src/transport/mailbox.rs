@@ -12,8 +12,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
-use herald_core::NewEvent;
-use herald_core::store::{HistoryQuery, Order, PrivateAccess};
+use herald_core::protocol::PublishArgs;
+use herald_core::store::{HistoryQuery, Order};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -108,7 +108,7 @@ pub async fn poll(
         after_seq: Some(cursor),
         order: Order::OldestFirst,
         limit: BATCH,
-        access: PrivateAccess::OwnOnly(None),
+        access: app.access().read_scope(None),
         ..Default::default()
     };
     let events = app.store.query(q).await?;
@@ -152,13 +152,13 @@ pub async fn send(
     if post.content.is_empty() {
         return Err(AppError::bad_request("content must not be empty"));
     }
-    let event = NewEvent {
+    let event = PublishArgs {
         kind: MESSAGE_TYPE.into(),
         data: json!({"from": from, "content": post.content}),
-        user_id: Some(caller.user_id),
+        user_id: None,
         room_id: None,
         metadata: None,
     };
-    let committed = app.log.publish(event).await?;
+    let committed = app.publish(&caller, event).await?;
     Ok(Json(json!({"success": true, "seq": committed.event.seq})))
 }

@@ -11,7 +11,6 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use herald_core::Event;
 use herald_core::resume::{self, Recovery};
-use herald_core::store::PrivateAccess;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -82,7 +81,7 @@ pub async fn poll(
                 .map_err(|_| AppError::bad_request("cursor must be a seq (an integer)"))
         })
         .transpose()?;
-    let mut query = resume::union_query(&specs, PrivateAccess::for_reader(identity.as_ref()));
+    let mut query = resume::union_query(&specs, app.access().read_scope(identity.as_ref()));
     query.limit = MAX_BATCH;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);

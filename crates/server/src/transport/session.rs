@@ -8,16 +8,15 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use herald_core::event::{CHAT_MESSAGE, CHAT_PRIVATE};
 use herald_core::hub::{Connection, HubError};
 use herald_core::protocol::{
-    Command, Dialect, Envelope, JoinArgs, ServerMessage, SubscribeArgs, code,
+    Command, Dialect, Envelope, JoinArgs, PublishArgs, ServerMessage, SubscribeArgs, code,
 };
 use herald_core::resume::{Recovery, Replay};
 use herald_core::room::{self, Member, validate_room};
-use herald_core::store::PrivateAccess;
-use herald_core::{HistoryQuery, NewEvent, Outgoing, SubscriptionSpec};
+use herald_core::{CloseReason, HistoryQuery, Outgoing, SubscriptionSpec};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::app::App;
+use crate::app::{App, Publisher};
 use crate::chat;
 use crate::error::AppError;
 
@@ -104,6 +103,12 @@ impl Session {
     }
 
     pub async fn handle_text(&mut self, text: &str) -> Flow {
+        // The sweep closes expired sessions every few seconds; nothing is done for one
+        // meanwhile.
+        if self.conn.expired(chrono::Utc::now().timestamp()) {
+            self.conn.outbox.close(CloseReason::TOKEN_EXPIRED);
+            return Flow::Continue;
+        }
         let env = match Envelope::parse(text) {
             Ok(env) => env,
             Err(e) => {
@@ -118,12 +123,14 @@ impl Session {
             Command::Authenticate { token } => match self.app.auth.verify(&token) {
                 Ok(identity) => {
                     let user = identity.user_id.clone();
-                    self.app.hub.authenticate(&self.conn, identity);
-                    self.reply(ServerMessage::reply(
-                        "authenticated",
-                        Some(json!({"userId": user})),
-                        id,
-                    ));
+                    match self.app.hub.authenticate(&self.conn, identity) {
+                        Ok(()) => self.reply(ServerMessage::reply(
+                            "authenticated",
+                            Some(json!({"userId": user})),
+                            id,
+                        )),
+                        Err(e) => self.fail(&hub_error(e), id),
+                    }
                 }
                 Err(e) => self.fail(
                     &AppError::new(
@@ -343,7 +350,7 @@ impl Session {
                     room_id: Some(room.clone()),
                     until_seq: Some(head),
                     limit: ROOM_HISTORY,
-                    access: PrivateAccess::for_reader(conn.identity().as_ref()),
+                    access: app.access().read_scope(conn.identity().as_ref()),
                     ..Default::default()
                 })
                 .await;
@@ -394,64 +401,57 @@ impl Session {
 
     /// A chat message, stored as a `chat.message` event of the room. Members get it; so does
     /// the sender, except for seed 004's `message` (`to_others`). Sending needs access to the
-    /// room, not membership (seed 004's publishers need not join).
+    /// room, not membership (seed 004's publishers need not join); a member is shown with the
+    /// profile it joined with.
     fn chat(&self, room: Option<String>, text: &str, to_others: bool, id: Option<Value>) {
-        let prepared = self.room_or_current(room).and_then(|room| {
-            self.check_room_access(&room)?;
-            Ok((room, chat::sanitize(text)?))
-        });
-        let (room, text) = match prepared {
-            Ok(p) => p,
+        let room = match self.room_or_current(room) {
+            Ok(r) => r,
             Err(e) => return self.fail(&e, id),
         };
-        let author = self
+        let profile = self
             .app
             .hub
             .member_in(self.conn.id, &room)
-            .unwrap_or_else(|| Member::of(&self.conn, None))
-            .profile;
-        let event = NewEvent {
-            kind: CHAT_MESSAGE.into(),
-            data: json!({"text": text, "user": author}),
-            user_id: self.conn.user_id(),
-            room_id: Some(room),
-            metadata: None,
-        };
-        self.commit(event, to_others.then_some(self.conn.id), id);
+            .map(|m| m.profile);
+        let message = chat_args(CHAT_MESSAGE, text, room);
+        self.commit(message, profile, to_others.then_some(self.conn.id), id);
     }
 
     /// A direct message to every connection of `target`, through its personal room.
     fn private_message(&self, target: String, text: &str, id: Option<Value>) {
-        let Some(sender) = self.conn.user_id() else {
+        if self.conn.identity().is_none() {
             return self.fail(
                 &AppError::unauthorized("authenticate to send private messages"),
                 id,
             );
-        };
-        let text = match crate::app::check_id("target", Some(&target))
-            .and_then(|()| chat::sanitize(text))
-        {
-            Ok(t) => t,
-            Err(e) => return self.fail(&e, id),
-        };
-        let event = NewEvent {
-            kind: CHAT_PRIVATE.into(),
-            data: json!({"text": text, "user": sender, "to": target}),
-            user_id: Some(sender),
-            room_id: Some(format!("{}{target}", room::PERSONAL_PREFIX)),
-            metadata: None,
-        };
-        self.commit(event, None, id);
+        }
+        if let Err(e) = crate::app::check_id("target", Some(&target)) {
+            return self.fail(&e, id);
+        }
+        let room = format!("{}{target}", room::PERSONAL_PREFIX);
+        self.commit(chat_args(CHAT_PRIVATE, text, room), None, None, id);
     }
 
-    /// Commits a chat event; the sender hears back only about failures, or with
-    /// `event.published` when its command carried an `id`.
-    fn commit(&self, event: NewEvent, skip: Option<uuid::Uuid>, id: Option<Value>) {
+    /// Publishes a chat event as this connection; the sender hears back only about failures,
+    /// or with `event.published` when its command carried an `id`.
+    fn commit(
+        &self,
+        args: PublishArgs,
+        profile: Option<Value>,
+        skip: Option<Uuid>,
+        id: Option<Value>,
+    ) {
         let (app, conn) = (self.app.clone(), self.conn.clone());
         tokio::spawn(async move {
-            let reply = match app.log.publish_skipping(event, skip).await {
+            let identity = conn.identity();
+            let from = Publisher {
+                identity: identity.as_ref(),
+                profile: profile.as_ref(),
+                skip,
+            };
+            let reply = match app.publish_as(from, args).await {
                 Ok(e) => id.is_some().then(|| published(&e.event, id)),
-                Err(e) => Some(AppError::from(e).to_ws(id)),
+                Err(e) => Some(e.to_ws(id)),
             };
             if let Some(reply) = reply {
                 conn.send(Outgoing::Message(reply));
@@ -475,6 +475,17 @@ impl Session {
         if let Err(e) = result {
             self.fail(&e, id);
         }
+    }
+}
+
+/// A chat command as the event it publishes (`App::publish_as` sanitises and signs it).
+fn chat_args(kind: &str, text: &str, room: String) -> PublishArgs {
+    PublishArgs {
+        kind: kind.into(),
+        data: json!({ "text": text }),
+        room_id: Some(room),
+        user_id: None,
+        metadata: None,
     }
 }
 
@@ -588,6 +599,11 @@ pub fn hub_error(e: HubError) -> AppError {
         HubError::TooManySubscriptions(_) | HubError::TooManyRooms(_) => {
             AppError::rate_limited(e.to_string())
         }
+        HubError::OtherUser(_) => AppError::new(
+            axum::http::StatusCode::CONFLICT,
+            code::CONFLICT,
+            e.to_string(),
+        ),
         HubError::NotInRoom => AppError::new(
             axum::http::StatusCode::BAD_REQUEST,
             code::NOT_IN_ROOM,

@@ -115,7 +115,7 @@ pub fn open(
         Hello::Nothing => true,
     };
     if let Some(identity) = identity {
-        app.hub.authenticate(&conn, identity);
+        app.hub.authenticate(&conn, identity).map_err(hub_error)?;
     }
     match since {
         // Resume: replay, then live (see herald_core::resume); `recovery` first when events

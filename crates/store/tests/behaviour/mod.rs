@@ -5,8 +5,10 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
+use herald_core::Access;
 use herald_core::event::{EncodedEvent, NewEvent};
-use herald_core::store::{EventStore, HistoryQuery, Order, PrivateAccess};
+use herald_core::identity::{Identity, Role};
+use herald_core::store::{EventStore, HistoryQuery, Order, ReadAccess};
 use serde_json::json;
 
 /// A place where a store keeps its data (a file, a database schema); `open` can be called
@@ -23,6 +25,7 @@ macro_rules! behaviour_tests {
         $crate::behaviour_tests!(@each $fresh;
             history_queries_filter_and_order_newest_first,
             personal_rooms_and_user_events_are_private,
+            the_read_scope_is_the_access_decision,
             retention_deletes_old_events_but_seq_is_never_reused,
             a_failed_batch_commits_nothing,
             ascending_pages_between_two_seqs_and_the_oldest_seq,
@@ -56,6 +59,11 @@ fn ev(
         }
         .commit(seq, Utc::now() - age),
     )
+}
+
+/// A reader of private events who may read every room.
+fn own_only(user: Option<String>) -> ReadAccess {
+    ReadAccess::Limited { user, rooms: None }
 }
 
 fn seqs(events: &[herald_core::Event]) -> Vec<u64> {
@@ -148,21 +156,14 @@ pub async fn history_queries_filter_and_order_newest_first(backend: impl Backend
     assert_eq!(
         seqs(
             &store
-                .query(q(
-                    |q| q.access = PrivateAccess::OwnOnly(Some("alice".into()))
-                ))
+                .query(q(|q| q.access = own_only(Some("alice".into()))))
                 .await
                 .unwrap()
         ),
         vec![5, 3, 2, 1]
     );
     assert_eq!(
-        seqs(
-            &store
-                .query(q(|q| q.access = PrivateAccess::OwnOnly(None)))
-                .await
-                .unwrap()
-        ),
+        seqs(&store.query(q(|q| q.access = own_only(None))).await.unwrap()),
         vec![5, 2, 1]
     );
     let back = &store.query(q(|q| q.limit = 1)).await.unwrap()[0];
@@ -214,15 +215,71 @@ pub async fn personal_rooms_and_user_events_are_private(backend: impl Backend) {
     // Bob's room; `user:` with an empty id is still a personal room, `users` and `userx.*`
     // are not private at all.
     assert_eq!(
-        visible(PrivateAccess::OwnOnly(Some("alice".into()))).await,
+        visible(own_only(Some("alice".into()))).await,
         vec![6, 5, 4, 1]
     );
-    assert_eq!(
-        visible(PrivateAccess::OwnOnly(Some("bob".into()))).await,
-        vec![6, 4, 2]
-    );
-    assert_eq!(visible(PrivateAccess::OwnOnly(None)).await, vec![6, 4]);
-    assert_eq!(visible(PrivateAccess::All).await, vec![6, 5, 4, 3, 2, 1]);
+    assert_eq!(visible(own_only(Some("bob".into()))).await, vec![6, 4, 2]);
+    assert_eq!(visible(own_only(None)).await, vec![6, 4]);
+    assert_eq!(visible(ReadAccess::All).await, vec![6, 5, 4, 3, 2, 1]);
+}
+
+/// What a history query returns to a reader is exactly what `Access::may_read` lets it see,
+/// for every kind of reader and room (the store filters in the query, so pages stay full).
+pub async fn the_read_scope_is_the_access_decision(backend: impl Backend) {
+    let store = backend.open().await;
+    let none = Duration::zero();
+    let rooms = [
+        None,
+        Some("lobby"),
+        Some("open-1"),
+        Some("open"),
+        Some("secret"),
+        Some("team-a"),
+        Some("téam-ß"),
+        Some("user:alice"),
+        Some("user:bob"),
+        Some("users"),
+    ];
+    let mut batch = Vec::new();
+    for room in rooms {
+        for (kind, user) in [
+            ("chat.message", Some("bob")),
+            ("user.note", Some("alice")),
+            ("x", None),
+        ] {
+            batch.push(ev(batch.len() as u64 + 1, kind, user, room, none));
+        }
+    }
+    let all: Vec<herald_core::Event> = batch.iter().map(|e| e.event.clone()).collect();
+    store.append(batch).await.unwrap();
+    let access = Access::new(vec!["lobby".into(), "open-*".into()]);
+    let readers = [
+        None,
+        Some(Identity::user("alice")),
+        Some(Identity {
+            rooms: Some(vec!["team-*".into(), "téam-*".into(), "secret".into()]),
+            ..Identity::user("carol")
+        }),
+        Some(Identity {
+            rooms: Some(vec!["*".into()]),
+            ..Identity::user("dave")
+        }),
+        Some(Identity::with_role("ops", Role::Admin)),
+    ];
+    for reader in readers {
+        let q = HistoryQuery {
+            access: access.read_scope(reader.as_ref()),
+            order: Order::OldestFirst,
+            limit: 1000,
+            ..Default::default()
+        };
+        let expected: Vec<u64> = all
+            .iter()
+            .filter(|e| access.may_read(reader.as_ref(), e))
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs(&store.query(q).await.unwrap()), expected, "{reader:?}");
+    }
 }
 
 pub async fn retention_deletes_old_events_but_seq_is_never_reused(backend: impl Backend) {
