@@ -136,6 +136,10 @@ pub enum HubError {
     Replaying,
     #[error("not in that room; join it first")]
     NotInRoom,
+    #[error("too many resumes in progress on this server; retry in a moment")]
+    TooManyReplays,
+    #[error("subscriptions too large: at most {0} bytes of patterns and filters per connection")]
+    SubscriptionsTooLarge(usize),
     #[error("room limit reached ({0} per connection)")]
     TooManyRooms(usize),
     #[error("this connection is authenticated as {0}; open a new connection for another user")]
@@ -182,6 +186,10 @@ struct State {
     rooms: RoomDirectory,
 }
 
+/// What one connection's subscriptions may weigh together (`SubscriptionSpec::weight`): a
+/// hundred ordinary subscriptions, not a hundred of the largest.
+pub const MAX_SUBSCRIPTION_BYTES: usize = 64 * 1024;
+
 pub struct Hub {
     state: RwLock<State>,
     count: AtomicUsize,
@@ -196,7 +204,12 @@ pub struct Hub {
     cluster: OnceLock<Arc<dyn ClusterPresence>>,
     /// Who may see what: asked for every recipient of every event.
     access: Arc<Access>,
+    /// Replays running at once (each holds a page of history and reads the store).
+    replays: Arc<tokio::sync::Semaphore>,
 }
+
+/// Replays allowed at once unless `with_replay_limit` says otherwise.
+pub const DEFAULT_CONCURRENT_REPLAYS: usize = 64;
 
 impl Hub {
     pub fn new(
@@ -214,7 +227,25 @@ impl Hub {
             head: AtomicU64::new(0),
             cluster: OnceLock::new(),
             access: Arc::default(),
+            replays: Arc::new(tokio::sync::Semaphore::new(DEFAULT_CONCURRENT_REPLAYS)),
         }
+    }
+
+    /// At most `n` replays (resumes, room joins' history excepted) run at once; more are
+    /// refused (`HubError::TooManyReplays`) until one ends.
+    pub fn with_replay_limit(self, n: usize) -> Self {
+        Self {
+            replays: Arc::new(tokio::sync::Semaphore::new(n.max(1))),
+            ..self
+        }
+    }
+
+    /// A place among the replays running at once, held until the replay ends.
+    pub fn replay_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, HubError> {
+        self.replays
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| HubError::TooManyReplays)
     }
 
     /// The access rules deliveries follow (by default: no public rooms).
@@ -328,9 +359,7 @@ impl Hub {
             return Err(HubError::NoConnection);
         }
         let mut owned = conn.subscriptions.lock();
-        if owned.len() >= self.max_subscriptions {
-            return Err(HubError::TooManySubscriptions(self.max_subscriptions));
-        }
+        self.admit_subscriptions(&s, &owned, std::slice::from_ref(&spec))?;
         let sub = Arc::new(Subscription {
             id: Uuid::new_v4(),
             spec,
@@ -361,9 +390,7 @@ impl Hub {
             return Err(HubError::Replaying);
         }
         let mut owned = conn.subscriptions.lock();
-        if owned.len() + specs.len() > self.max_subscriptions {
-            return Err(HubError::TooManySubscriptions(self.max_subscriptions));
-        }
+        self.admit_subscriptions(&s, &owned, &specs)?;
         let others = owned
             .iter()
             .filter_map(|id| s.subscriptions.get(id).cloned())
@@ -388,6 +415,28 @@ impl Hub {
             head: self.head(),
             others,
         })
+    }
+
+    /// Whether a connection holding `owned` may add `new`: at most `max_subscriptions`, weighing
+    /// at most `MAX_SUBSCRIPTION_BYTES` together.
+    fn admit_subscriptions(
+        &self,
+        s: &State,
+        owned: &[Uuid],
+        new: &[SubscriptionSpec],
+    ) -> Result<(), HubError> {
+        if owned.len() + new.len() > self.max_subscriptions {
+            return Err(HubError::TooManySubscriptions(self.max_subscriptions));
+        }
+        let held: usize = owned
+            .iter()
+            .filter_map(|id| s.subscriptions.get(id))
+            .map(|sub| sub.spec.weight())
+            .sum();
+        if held + new.iter().map(SubscriptionSpec::weight).sum::<usize>() > MAX_SUBSCRIPTION_BYTES {
+            return Err(HubError::SubscriptionsTooLarge(MAX_SUBSCRIPTION_BYTES));
+        }
+        Ok(())
     }
 
     /// Records where a resumed subscription's delivery really started (a resume that had to
@@ -1105,6 +1154,43 @@ mod tests {
         assert_eq!(
             (queued(&alice), queued(&bob), queued(&anon), queued(&admin)),
             (1, 0, 0, 1)
+        );
+    }
+
+    /// A connection's subscriptions are bounded in bytes as well as in number: the largest
+    /// allowed subscriptions run out of budget long before the count does.
+    #[test]
+    fn subscriptions_are_bounded_in_bytes_per_connection() {
+        let hub = open_hub(10, 1000);
+        let conn = hub.connect(Transport::WebSocket).unwrap();
+        let types: Vec<String> = (0..crate::subscription::MAX_PATTERNS)
+            .map(|i| format!("{i:0>3}.{}", "t".repeat(120)))
+            .collect();
+        let mut custom = serde_json::Map::new();
+        custom.insert("k".into(), json!("v".repeat(900)));
+        let big = || {
+            let filters = Filters {
+                custom: custom.clone(),
+                ..Filters::default()
+            };
+            SubscriptionSpec::parse(&types, filters).unwrap()
+        };
+        let mut accepted = 0;
+        let refused = loop {
+            match hub.subscribe(&conn, big()) {
+                Ok(_) => accepted += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(
+            refused,
+            HubError::SubscriptionsTooLarge(MAX_SUBSCRIPTION_BYTES)
+        );
+        assert!((3..20).contains(&accepted), "{accepted}");
+        // Small ones still fit in what is left, up to the budget.
+        assert!(
+            hub.subscribe(&conn, spec(&["a.b"], Filters::default()))
+                .is_ok()
         );
     }
 

@@ -120,6 +120,8 @@ pub async fn locate(
 
 /// A resume in progress on one connection; see the module documentation.
 pub struct Replay {
+    /// One of the hub's concurrent replays, returned when the replay ends.
+    _permit: tokio::sync::OwnedSemaphorePermit,
     hub: Arc<Hub>,
     conn: Arc<Connection>,
     specs: Vec<SubscriptionSpec>,
@@ -130,15 +132,18 @@ pub struct Replay {
 
 impl Replay {
     /// Registers the subscriptions and puts the connection in replay mode (live events held).
-    /// Fails when the connection is gone, over its subscription limit, or already replaying.
+    /// Fails when the connection is gone, over its subscription limit, already replaying, or
+    /// when the server already runs as many replays as it allows at once.
     pub fn begin(
         hub: &Arc<Hub>,
         conn: &Arc<Connection>,
         specs: Vec<SubscriptionSpec>,
         since: u64,
     ) -> Result<Self, HubError> {
+        let permit = hub.replay_permit()?;
         let start = hub.begin_replay(conn, specs.clone(), since)?;
         Ok(Self {
+            _permit: permit,
             hub: hub.clone(),
             conn: conn.clone(),
             specs,
@@ -242,8 +247,10 @@ impl Replay {
     }
 
     /// Waits until the outbox is at most half full, so a long replay never overflows it; false
-    /// when the connection closed.
+    /// when the connection closed. The wait backs off (2 ms to 100 ms), so a client that stops
+    /// reading costs a stalled replay a few wake-ups a second until its write times out.
     async fn room(&self, limits: OutboxLimits) -> bool {
+        let mut pause = Duration::from_millis(2);
         loop {
             if self.conn.outbox.is_closed() {
                 return false;
@@ -252,7 +259,8 @@ impl Replay {
             if n < (limits.max_messages / 2).max(1) && bytes < limits.max_bytes / 2 {
                 return true;
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
         }
     }
 
@@ -374,6 +382,26 @@ mod tests {
             conn.outbox.drain_event_seqs().await,
             (4..=12).chain([14]).collect::<Vec<_>>()
         );
+    }
+
+    /// Replays are bounded server-wide: past the limit a resume is refused until one ends.
+    #[tokio::test]
+    async fn replays_at_once_are_bounded() {
+        let hub = Arc::new(Hub::new(10, 10, OutboxLimits::default()).with_replay_limit(1));
+        let store = Mem::default();
+        publish(&hub, &store, 1..=3, "a").await;
+        let (a, b) = (
+            hub.connect(Transport::WebSocket).unwrap(),
+            hub.connect(Transport::WebSocket).unwrap(),
+        );
+        let first = Replay::begin(&hub, &a, vec![spec(&["a"], None, None)], 0).unwrap();
+        let refused = Replay::begin(&hub, &b, vec![spec(&["a"], None, None)], 0);
+        assert_eq!(refused.err(), Some(HubError::TooManyReplays));
+        assert_eq!(b.subscription_count(), 0, "nothing registered when refused");
+        first.run(&store, |_| {}).await.unwrap();
+        let second = Replay::begin(&hub, &b, vec![spec(&["a"], None, None)], 0).unwrap();
+        second.run(&store, |_| {}).await.unwrap();
+        assert_eq!(b.outbox.drain_event_seqs().await, [1, 2, 3]);
     }
 
     #[tokio::test]

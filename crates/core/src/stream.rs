@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::hub::{Connection, Transport};
-use crate::outbox::{CloseReason, Outgoing};
+use crate::outbox::{CloseReason, OutboxLimits, Outgoing};
 
 pub const DEFAULT_HISTORY: usize = 100;
 /// A snapshot is queued on the subscriber's bounded outbox in one go, so it must stay well
@@ -244,6 +244,8 @@ struct Subscriber {
 #[derive(Debug)]
 struct State {
     retained: VecDeque<Arc<Message>>,
+    /// The retained messages' JSON bytes.
+    retained_bytes: usize,
     last_id: u64,
     subscribers: HashMap<Uuid, Subscriber>,
     /// Messages waiting for the timer: the latest one (throttle) or all of them (batch).
@@ -256,6 +258,9 @@ struct State {
 #[derive(Debug)]
 pub struct Stream {
     spec: StreamSpec,
+    /// What a snapshot may hold: half of what a subscriber's outbox accepts, so a new
+    /// subscriber never overflows on its snapshot alone (the oldest messages go first).
+    snapshot_limit: OutboxLimits,
     /// Creation time in ms: it prefixes message ids, so an id from an earlier incarnation of
     /// the stream (before a restart or a re-creation) is never mistaken for a current one.
     epoch: i64,
@@ -268,7 +273,7 @@ pub struct Stream {
 
 impl Stream {
     /// Needs a Tokio runtime when the stream throttles or batches (its timer is a task).
-    fn start(spec: StreamSpec) -> Arc<Self> {
+    fn start(spec: StreamSpec, outbox: OutboxLimits) -> Arc<Self> {
         let epoch = chrono::Utc::now().timestamp_millis();
         let wake = Arc::new(Notify::new());
         Arc::new_cyclic(|weak: &Weak<Stream>| {
@@ -281,9 +286,14 @@ impl Stream {
                     spec.name
                 ),
                 spec,
+                snapshot_limit: OutboxLimits {
+                    max_messages: (outbox.max_messages / 2).max(1),
+                    max_bytes: outbox.max_bytes / 2,
+                },
                 epoch,
                 state: Mutex::new(State {
                     retained: VecDeque::new(),
+                    retained_bytes: 0,
                     last_id: 0,
                     subscribers: HashMap::new(),
                     pending: Vec::new(),
@@ -323,10 +333,15 @@ impl Stream {
         s.last_id += 1;
         let msg = Message::new(s.last_id, json);
         if self.spec.history > 0 {
-            if s.retained.len() == self.spec.history {
-                s.retained.pop_front();
-            }
+            s.retained_bytes += msg.json.len();
             s.retained.push_back(msg.clone());
+            let keep = self.spec.history.min(self.snapshot_limit.max_messages);
+            while s.retained.len() > keep || s.retained_bytes > self.snapshot_limit.max_bytes {
+                let Some(oldest) = s.retained.pop_front() else {
+                    break;
+                };
+                s.retained_bytes -= oldest.json.len();
+            }
         }
         let subscribers = s.subscribers.len();
         let delivered = match self.spec.interval() {
@@ -580,6 +595,8 @@ pub struct Streams {
     registry: RwLock<Registry>,
     /// Paths the server serves itself; a stream may not take one.
     is_reserved: fn(&str) -> bool,
+    /// The subscribers' outbox bounds, which every stream's snapshot stays within.
+    outbox: OutboxLimits,
 }
 
 #[derive(Default)]
@@ -593,7 +610,13 @@ impl Streams {
         Self {
             registry: RwLock::default(),
             is_reserved,
+            outbox: OutboxLimits::default(),
         }
+    }
+
+    /// Snapshots kept within half of `outbox` (the hub's per-connection bounds).
+    pub fn with_outbox_limits(self, outbox: OutboxLimits) -> Self {
+        Self { outbox, ..self }
     }
 
     /// Validates and starts a stream. Needs a Tokio runtime for throttled or batched streams.
@@ -606,7 +629,7 @@ impl Streams {
         if let Some(other) = r.by_path.get(&spec.path) {
             return Err(StreamError::PathTaken(spec.path, other.spec.name.clone()));
         }
-        let stream = Stream::start(spec);
+        let stream = Stream::start(spec, self.outbox);
         r.by_name.insert(stream.spec.name.clone(), stream.clone());
         r.by_path.insert(stream.spec.path.clone(), stream.clone());
         Ok(stream)
@@ -778,6 +801,40 @@ mod tests {
         assert_eq!(streams.remove("stock-prices"), Some(0));
         assert!(streams.by_path("/stock-prices").is_none());
         assert_eq!(streams.remove("stock-prices"), None);
+    }
+
+    /// A snapshot never holds more than half a subscriber's outbox, in messages or bytes,
+    /// whatever history the stream declares: the oldest messages go first.
+    #[tokio::test]
+    async fn snapshots_stay_within_half_an_outbox() {
+        let outbox = OutboxLimits {
+            max_messages: 8,
+            max_bytes: 1000,
+        };
+        let hub = hub();
+        let streams = Streams::new(reserved).with_outbox_limits(outbox);
+        let s = streams
+            .create(StreamSpec::new("s", None, Some(MAX_HISTORY), 0, 0))
+            .unwrap();
+        for i in 0..10 {
+            s.publish(&json!({"n": i}));
+        }
+        assert_eq!(s.info().retained, 4, "half the outbox's messages");
+        let big = "x".repeat(200);
+        for _ in 0..5 {
+            s.publish(&json!({ "big": big }));
+        }
+        let retained = s.info().retained;
+        assert_eq!(retained, 2, "two 210-byte messages fit in 500 bytes");
+        let conn = hub.connect(Transport::WebSocket).unwrap();
+        assert_eq!(s.subscribe(&conn, None).unwrap(), retained);
+        assert!(!conn.outbox.is_closed());
+        s.publish(&json!({ "huge": "y".repeat(600) }));
+        assert_eq!(
+            s.info().retained,
+            0,
+            "a message over the bound is delivered, not kept"
+        );
     }
 
     #[tokio::test]

@@ -56,6 +56,10 @@ pub struct SubscriptionSpec {
 }
 
 pub const MAX_PATTERNS: usize = 32;
+/// Keys of `custom` filters per subscription.
+pub const MAX_CUSTOM_FILTERS: usize = 16;
+/// The `custom` filters' size as JSON, per subscription.
+pub const MAX_CUSTOM_BYTES: usize = 1024;
 
 impl SubscriptionSpec {
     pub fn parse(event_types: &[String], filters: Filters) -> Result<Self, String> {
@@ -65,6 +69,16 @@ impl SubscriptionSpec {
         if event_types.len() > MAX_PATTERNS {
             return Err(format!(
                 "eventTypes may list at most {MAX_PATTERNS} patterns"
+            ));
+        }
+        if filters.custom.len() > MAX_CUSTOM_FILTERS {
+            return Err(format!(
+                "filters.custom may hold at most {MAX_CUSTOM_FILTERS} fields"
+            ));
+        }
+        if Value::Object(filters.custom.clone()).to_string().len() > MAX_CUSTOM_BYTES {
+            return Err(format!(
+                "filters.custom may take at most {MAX_CUSTOM_BYTES} bytes as JSON"
             ));
         }
         let mut patterns = Vec::with_capacity(event_types.len());
@@ -80,6 +94,25 @@ impl SubscriptionSpec {
     /// Whether an event matches one of the patterns and every filter.
     pub fn matches(&self, event: &Event) -> bool {
         self.patterns.iter().any(|p| p.matches(&event.kind)) && self.filters.matches(event)
+    }
+
+    /// About what the subscription costs to keep, in bytes: what the connection's
+    /// subscription budget counts. Each pattern is an entry in the index's buckets besides its
+    /// text: ~400 bytes a pattern were measured for the largest subscriptions
+    /// (tests/hostile_clients.rs), 256 of them overhead.
+    pub fn weight(&self) -> usize {
+        let patterns: usize = self.patterns.iter().map(|p| p.to_string().len() + 256).sum();
+        let ids = [&self.filters.user_id, &self.filters.room_id]
+            .iter()
+            .map(|f| f.as_ref().map_or(0, String::len))
+            .sum::<usize>();
+        let custom: usize = self
+            .filters
+            .custom
+            .iter()
+            .map(|(k, v)| k.len() + v.to_string().len())
+            .sum();
+        256 + patterns + ids + custom
     }
 
     pub fn event_types(&self) -> Vec<String> {
@@ -220,5 +253,35 @@ fn remove_from(map: &mut HashMap<String, Bucket>, key: &str, sub: &Subscription)
         if b.is_empty() {
             map.remove(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn custom_filters_are_bounded_in_keys_and_bytes() {
+        let types = vec!["a.b".to_owned()];
+        let with = |custom: Map<String, Value>| {
+            SubscriptionSpec::parse(
+                &types,
+                Filters {
+                    custom,
+                    ..Filters::default()
+                },
+            )
+        };
+        let many: Map<String, Value> = (0..=MAX_CUSTOM_FILTERS)
+            .map(|i| (format!("k{i}"), json!(i)))
+            .collect();
+        assert!(with(many).unwrap_err().contains("at most 16 fields"));
+        let mut big = Map::new();
+        big.insert("k".into(), json!("v".repeat(MAX_CUSTOM_BYTES)));
+        assert!(with(big).unwrap_err().contains("bytes"));
+        let mut fine = Map::new();
+        fine.insert("k".into(), json!("v"));
+        assert!(with(fine).is_ok());
     }
 }

@@ -706,7 +706,6 @@ fn every_route_and_command_is_in_the_matrix() {
             "streams are not events (no rooms): streams.rs",
         ),
         ("/api/streams/{name}", "streams: streams.rs"),
-        ("/api/streams/{name}/messages", "streams: streams.rs"),
         ("/echo", "conformance echo, off by default"),
     ];
     let router = include_str!("../../server/src/api/mod.rs");

@@ -75,7 +75,8 @@ impl App {
                     max_bytes: config.outbox_max_bytes,
                 },
             )
-            .with_access(Arc::new(Access::new(config.public_rooms.clone()))),
+            .with_access(Arc::new(Access::new(config.public_rooms.clone())))
+            .with_replay_limit(config.max_concurrent_replays),
         );
         let last_seq = store.last_seq().await?;
         hub.advance_head(last_seq);
@@ -115,7 +116,8 @@ impl App {
                 (Box::new(log), None)
             }
         };
-        let streams = Streams::new(crate::api::streams::is_reserved_path);
+        let streams = Streams::new(crate::api::streams::is_reserved_path)
+            .with_outbox_limits(hub.outbox_limits());
         for declared in &config.streams {
             streams.create(declared.spec()).map_err(|e| {
                 AppError::bad_request(format!("invalid [[streams]] configuration: {e}"))

@@ -53,6 +53,9 @@ pub struct Config {
     /// Largest WebSocket message or HTTP body accepted.
     pub max_message_bytes: usize,
     pub max_subscriptions_per_connection: usize,
+    /// Resumes replaying history at once on this node (WebSocket `since`, SSE
+    /// `Last-Event-ID`); more are refused with 429 / `RATE_LIMITED` until one ends.
+    pub max_concurrent_replays: usize,
     /// Bounds of each connection's outbound queue; overflowing closes it (code 4008).
     pub outbox_max_messages: usize,
     pub outbox_max_bytes: usize,
@@ -160,6 +163,7 @@ impl Default for Config {
             worker_threads: None,
             max_message_bytes: 64 * 1024,
             max_subscriptions_per_connection: 100,
+            max_concurrent_replays: 64,
             outbox_max_messages: 4096,
             outbox_max_bytes: 4 << 20,
             write_timeout_secs: 10,

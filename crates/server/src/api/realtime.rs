@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use herald_core::log::MAX_PUBLISH_ALL;
 use herald_core::protocol::{PublishArgs, ServerMessage, SubscribeArgs, code};
 use herald_core::store::{HistoryQuery, ReadAccess};
+use herald_core::subscription::MAX_PATTERNS;
 use herald_core::{Event, Outgoing};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -207,11 +208,18 @@ pub fn history_query(
         ..Default::default()
     };
     if let Some(types) = params.get("types").filter(|t| !t.is_empty()) {
+        if types.split(',').count() > MAX_PATTERNS {
+            return Err(AppError::bad_request(format!(
+                "types may list at most {MAX_PATTERNS} patterns"
+            )));
+        }
         for t in types.split(',') {
             herald_core::TypePattern::parse(t.trim()).map_err(AppError::bad_request)?;
             q.types.push(t.trim().to_owned());
         }
     }
+    crate::app::check_id("userId", params.get("userId").map(String::as_str))?;
+    crate::app::check_id("roomId", params.get("roomId").map(String::as_str))?;
     q.user_id = params.get("userId").cloned();
     q.room_id = params.get("roomId").cloned();
     if let Some(since) = params.get("since") {

@@ -596,9 +596,10 @@ pub fn created_body(sid: Uuid, spec: &SubscriptionSpec) -> Value {
 
 pub fn hub_error(e: HubError) -> AppError {
     match e {
-        HubError::TooManySubscriptions(_) | HubError::TooManyRooms(_) => {
-            AppError::rate_limited(e.to_string())
-        }
+        HubError::TooManySubscriptions(_)
+        | HubError::TooManyRooms(_)
+        | HubError::SubscriptionsTooLarge(_)
+        | HubError::TooManyReplays => AppError::rate_limited(e.to_string()),
         HubError::OtherUser(_) => AppError::new(
             axum::http::StatusCode::CONFLICT,
             code::CONFLICT,
