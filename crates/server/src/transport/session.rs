@@ -517,7 +517,9 @@ impl Session {
             let replay = match Replay::begin(&app.hub, &conn, vec![spec.clone()], since) {
                 Ok(r) => r,
                 Err(e) => {
-                    conn.send(Outgoing::Message(hub_error(e).to_ws(id)));
+                    let e = hub_error(e);
+                    metrics::counter!("herald_errors_total", "code" => e.code).increment(1);
+                    conn.send(Outgoing::Message(e.to_ws(id)));
                     return;
                 }
             };
