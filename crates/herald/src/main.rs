@@ -52,6 +52,19 @@ or `?token=` on SSE and long-poll URLs."
         #[arg(long, default_value_t = 3600)]
         ttl: i64,
     },
+    /// Release a PostgreSQL event store that a cluster owns, so that another cluster or a
+    /// stand-alone node may use it (refused while any node runs on it).
+    #[command(
+        after_help = "The database records its owner: the cluster (redis_prefix) or the stand-alone \
+node that uses it, and refuses any other. Release it only when that owner is gone for good: a \
+cluster whose Redis still holds events not yet committed would lose them."
+    )]
+    ReleaseStore {
+        /// The database (postgres://user:password@host:port/database); default: the
+        /// configuration's `postgres`.
+        #[arg(long)]
+        postgres: Option<String>,
+    },
     /// Publish an event to a running server and print its acknowledgement as JSON.
     Publish(cli::PublishArgs),
     /// Print a running server's matching events as JSON lines as they are published;
@@ -207,6 +220,21 @@ fn main() -> anyhow::Result<()> {
             println!(
                 "{}",
                 Auth::new(&secret, &[]).mint(&user, role.as_deref(), rooms, ttl)
+            );
+            Ok(())
+        }
+        Command::ReleaseStore { postgres } => {
+            let flags = ServeFlags {
+                postgres,
+                ..Default::default()
+            };
+            let config = Config::load(cli.config.as_deref(), flags)?;
+            let url = config
+                .postgres
+                .context("give the database with --postgres URL (or postgres in herald.toml)")?;
+            println!(
+                "{}",
+                runtime()?.block_on(herald_server::release_store(&url))?
             );
             Ok(())
         }

@@ -44,6 +44,7 @@ use uuid::Uuid;
 
 pub mod channels;
 pub mod cluster;
+pub mod identity;
 #[cfg(feature = "test-support")]
 pub mod testing;
 

@@ -18,8 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use futures_util::future::BoxFuture;
 use herald_core::{CloseReason, EventStore};
-use herald_store::{PgStore, SqliteStore};
+use herald_redis::RedisConfig;
+use herald_redis::identity::RedisClusterIds;
+use herald_store::{Claim, PgStore, SqliteStore};
 
 pub use app::App;
 pub use auth::Auth;
@@ -54,10 +57,7 @@ pub async fn serve(
     if config.redis.is_some() && config.postgres.is_none() {
         anyhow::bail!("redis needs postgres: the nodes sharing a log must share one event store");
     }
-    let store: Arc<dyn EventStore> = match &config.postgres {
-        Some(url) => Arc::new(PgStore::connect(url).await?),
-        None => Arc::new(SqliteStore::open(&config.database)?),
-    };
+    let (store, lost) = open_store(&config).await?;
     let listener = listener::bind(SocketAddr::new(config.host, config.port))?;
     let url = config
         .advertise_url
@@ -81,6 +81,8 @@ pub async fn serve(
 
     let hub = app.hub.clone();
     let stopping = app.stopping.clone();
+    let lost_store = Arc::new(parking_lot::Mutex::new(None));
+    let losing = lost_store.clone();
     let router = api::router(app.clone());
     let write_timeout = Duration::from_secs(app.config.write_timeout_secs.max(1));
     let listener = listener::Listener::new(listener, write_timeout, router.clone());
@@ -89,7 +91,13 @@ pub async fn serve(
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
-        shutdown.await;
+        tokio::select! {
+            _ = shutdown => {}
+            reason = lost => {
+                tracing::error!(%reason, "this node lost its event store: stopping");
+                *losing.lock() = Some(reason);
+            }
+        }
         tracing::info!("shutting down: closing connections");
         stopping.send_replace(true);
         hub.close_all(CloseReason::SHUTDOWN);
@@ -113,13 +121,58 @@ pub async fn serve(
     app.streams.shutdown();
     app.shutdown_log().await;
     store.close().await?;
+    if let Some(reason) = lost_store.lock().take() {
+        anyhow::bail!(
+            "stopped: {reason}. It stopped rather than acknowledge events it could not keep: \
+             find out which node runs on the database before starting this one again."
+        );
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the event store and claims it for this node: refused, with a message that names the
+/// owner and what to change, when another node or cluster owns it (`herald_store::ownership`).
+/// The future resolves, with the reason, if the node loses the store while it runs.
+async fn open_store(
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn EventStore>, BoxFuture<'static, String>)> {
+    let Some(url) = &config.postgres else {
+        let store = SqliteStore::open(&config.database)?;
+        return Ok((Arc::new(store), Box::pin(std::future::pending())));
+    };
+    let claim = match &config.redis {
+        Some(redis) => {
+            let redis = RedisConfig {
+                url: redis.clone(),
+                prefix: config.redis_prefix.clone(),
+            };
+            Claim::Cluster {
+                prefix: redis.prefix.clone(),
+                ids: Arc::new(RedisClusterIds::connect(&redis).await?),
+            }
+        }
+        None => Claim::Standalone,
+    };
+    let store = PgStore::open(url, claim).await?;
+    let lost = Box::pin(store.lost());
+    Ok((Arc::new(store), lost))
 }
 
 /// How the start-up banner names a PostgreSQL store: its URL without the password.
 pub fn store_description(postgres_url: &str) -> String {
     herald_store::postgres::display_url(postgres_url)
+}
+
+/// `herald release-store`: removes the ownership record of the PostgreSQL database at `url`, so
+/// that another cluster or a stand-alone node may claim it; refused while any node runs on it.
+/// Says what it released.
+pub async fn release_store(url: &str) -> anyhow::Result<String> {
+    let db = store_description(url);
+    Ok(match herald_store::postgres::release(url).await? {
+        Some(owner) => format!("released {db}: it belonged to {owner}"),
+        None => format!("{db} had no owner to release"),
+    })
 }
 
 fn random_secret() -> String {

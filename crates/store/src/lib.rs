@@ -1,6 +1,7 @@
 //! Implementations of Herald's `EventStore` seam: SQLite embedded, PostgreSQL scaled out.
 
 mod history;
+pub mod ownership;
 pub mod postgres;
 pub mod sqlite;
 #[cfg(feature = "test-support")]
@@ -11,6 +12,7 @@ use std::time::Instant;
 use herald_core::event::Event;
 use herald_core::store::StoreError;
 
+pub use ownership::{Claim, ClusterIds, OpenError};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 

@@ -22,7 +22,10 @@ use tokio_postgres::NoTls;
 use tokio_postgres::config::Host;
 use tokio_postgres::types::{ToSql, Type};
 
+use tokio::sync::watch;
+
 use crate::history::{Arg, select_bodies};
+use crate::ownership::{self, Claim, OpenError, Owner, Ownership};
 use crate::{parse_body, record_commit};
 
 /// The schema, one entry per version; applied in order, each at most once (`herald_migrations`
@@ -33,7 +36,8 @@ use crate::{parse_body, record_commit};
 /// SQLite uses, whatever the database's locale (a linguistic collation may sort '.' and '/'
 /// differently, and `type >= 'user.' AND type < 'user/'` would then miss rows). `ts` is Unix
 /// milliseconds, as in SQLite, so both stores compare times identically.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE herald_events (
     seq     BIGINT PRIMARY KEY,
     type    TEXT COLLATE \"C\" NOT NULL,
@@ -51,19 +55,34 @@ CREATE TABLE herald_high_water (
     seq      BIGINT NOT NULL
 );
 INSERT INTO herald_high_water (seq) VALUES (0);
-"];
+",
+    "
+CREATE TABLE herald_owner (
+    only_row     BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+    redis_prefix TEXT,
+    cluster_id   TEXT,
+    epoch        BIGINT NOT NULL,
+    claimed_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    CHECK ((redis_prefix IS NULL) = (cluster_id IS NULL))
+);
+",
+];
 
 /// Serialises migrations between nodes starting at the same moment (an arbitrary constant:
 /// "herald" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6865_7261_6c64;
 
+/// `$7`, when not NULL, is the stand-alone node's epoch: the rows are inserted only while
+/// `herald_owner` still records it (`ownership`), and the statement then updates nothing.
 const APPEND: &str = "
 WITH inserted AS (
     INSERT INTO herald_events (seq, type, user_id, room_id, ts, body)
     SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[])
+    WHERE $7::BIGINT IS NULL OR $7 = (SELECT epoch FROM herald_owner)
     RETURNING seq
 )
-UPDATE herald_high_water SET seq = GREATEST(seq, (SELECT max(seq) FROM inserted))";
+UPDATE herald_high_water SET seq = GREATEST(seq, (SELECT max(seq) FROM inserted))
+WHERE EXISTS (SELECT FROM inserted)";
 
 /// Connections per node: history readers run beside the single writer.
 const POOL_SIZE: usize = 16;
@@ -73,11 +92,16 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct PgStore {
     pool: Pool,
+    /// With `open`: this node's hold on the database (`ownership`).
+    ownership: tokio::sync::Mutex<Option<Ownership>>,
+    /// The stand-alone node's epoch its commits check.
+    epoch: Option<i64>,
+    lost: Option<Arc<watch::Sender<Option<String>>>>,
 }
 
 /// Errors where the server could not be reached or is refusing work are `Unavailable`; the
 /// rest (a statement the server rejected) are `Backend`.
-fn pg_error(e: tokio_postgres::Error) -> StoreError {
+pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     let unavailable = match e.code().map(|c| c.code()) {
         // 08: connection exception; 53: insufficient resources; 57P: shutting down, starting.
         Some(c) => c.starts_with("08") || c.starts_with("53") || c.starts_with("57P"),
@@ -100,17 +124,46 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
 
 impl PgStore {
     /// Connects to `url` (`postgres://user:password@host:port/database`, or the key=value
-    /// form), applies pending migrations and returns the store.
+    /// form), applies pending migrations and returns the store. It claims nothing: for tools
+    /// and tests. A server opens its store with `open`.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL URL: {e}")))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(TIMEOUT);
+        let config = parse_url(url)?;
+        let store = Self::unclaimed(&config)?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Like `connect`, then claims the database for this node, or refuses when another owns
+    /// it (`ownership`): a stand-alone node holds it alone while it runs, a cluster's nodes
+    /// share it with the nodes of their cluster only.
+    pub async fn open(url: &str, claim: Claim) -> Result<Self, OpenError> {
+        let config = parse_url(url)?;
+        let mut store = Self::unclaimed(&config)?;
+        store.migrate().await?;
+        let ownership = ownership::claim(&config, &display_url(url), claim).await?;
+        store.epoch = ownership.epoch;
+        store.lost = Some(ownership.lost.clone());
+        store.ownership = tokio::sync::Mutex::new(Some(ownership));
+        Ok(store)
+    }
+
+    /// Resolves, with the reason, when this node lost its claim on the database (another node
+    /// took it over); never for a store from `connect`.
+    pub fn lost(&self) -> impl Future<Output = String> + Send + 'static {
+        let lost = self.lost.as_ref().map(|l| l.subscribe());
+        async move {
+            if let Some(mut lost) = lost
+                && let Ok(reason) = lost.wait_for(Option::is_some).await
+            {
+                return reason.clone().unwrap_or_default();
+            }
+            std::future::pending().await
         }
-        config.application_name("herald");
+    }
+
+    fn unclaimed(config: &tokio_postgres::Config) -> Result<Self, StoreError> {
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -123,9 +176,12 @@ impl PgStore {
             .create_timeout(Some(TIMEOUT))
             .build()
             .map_err(|e| StoreError::Backend(e.to_string()))?;
-        let store = Self { pool };
-        store.migrate().await?;
-        Ok(store)
+        Ok(Self {
+            pool,
+            ownership: tokio::sync::Mutex::new(None),
+            epoch: None,
+            lost: None,
+        })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -170,6 +226,28 @@ impl PgStore {
     }
 }
 
+fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL URL: {e}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(TIMEOUT);
+    }
+    config.application_name("herald");
+    Ok(config)
+}
+
+/// Removes the ownership record of the database at `url`, so that another cluster or a
+/// stand-alone node may use it; refused while any node runs on it. Returns the owner it
+/// recorded, if any.
+pub async fn release(url: &str) -> Result<Option<Owner>, OpenError> {
+    let config = parse_url(url)?;
+    let store = PgStore::unclaimed(&config)?;
+    store.migrate().await?;
+    store.pool.close();
+    ownership::release(&config, &display_url(url)).await
+}
+
 /// `url` without its password, for logs and the start-up banner.
 pub fn display_url(url: &str) -> String {
     let Ok(config) = url.parse::<tokio_postgres::Config>() else {
@@ -207,15 +285,32 @@ impl EventStore for PgStore {
             times.push(ev.timestamp.timestamp_millis());
             bodies.push(std::str::from_utf8(e.json()).expect("serde_json writes UTF-8"));
         }
+        if batch.is_empty() {
+            return Ok(());
+        }
         let client = self.client().await?;
         let statement = client.prepare_cached(APPEND).await.map_err(pg_error)?;
-        client
+        let updated = client
             .execute(
                 &statement,
-                &[&seqs, &types, &users, &rooms, &times, &bodies],
+                &[&seqs, &types, &users, &rooms, &times, &bodies, &self.epoch],
             )
             .await
             .map_err(pg_error)?;
+        if updated == 0 {
+            let reason = "this node no longer owns the PostgreSQL database: another node took \
+                          it over";
+            if let Some(lost) = &self.lost {
+                lost.send_if_modified(|l| {
+                    let first = l.is_none();
+                    if first {
+                        *l = Some(reason.into());
+                    }
+                    first
+                });
+            }
+            return Err(StoreError::Unavailable(reason.into()));
+        }
         record_commit(started, batch.len());
         Ok(())
     }
@@ -308,8 +403,12 @@ impl EventStore for PgStore {
 
     async fn close(&self) -> Result<(), StoreError> {
         // Every append has returned by now (the log shut down first); closing drops idle
-        // connections and makes later calls fail as unavailable.
+        // connections and makes later calls fail as unavailable. Then the claim's session
+        // ends, which releases the lock.
         self.pool.close();
+        if let Some(mut ownership) = self.ownership.lock().await.take() {
+            ownership.release().await;
+        }
         Ok(())
     }
 }

@@ -20,6 +20,7 @@ use rusqlite::{
 use tokio::sync::oneshot;
 
 use crate::history::{Arg, select_bodies};
+use crate::ownership::{self, OpenError};
 use crate::{parse_body, record_commit};
 
 const SCHEMA: &str = "
@@ -73,6 +74,8 @@ enum Write {
 
 pub struct SqliteStore {
     path: PathBuf,
+    /// The database file, locked while the store is open (`ownership`).
+    lock: Mutex<Option<std::fs::File>>,
     writer: Mutex<Option<std_mpsc::Sender<Write>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpointer: Mutex<Option<(std_mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
@@ -88,8 +91,10 @@ fn closed() -> StoreError {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and starts the writer thread.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) the database at `path` and starts the writer thread; refused
+    /// while another store has it open, in this process or another (`ownership`).
+    pub fn open(path: &Path) -> Result<Self, OpenError> {
+        let lock = ownership::lock_sqlite(path)?;
         let conn = Connection::open(path).map_err(backend)?;
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL;
@@ -129,6 +134,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Backend(e.to_string()))?;
         Ok(Self {
             path: path.to_owned(),
+            lock: Mutex::new(Some(lock)),
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
             checkpointer: Mutex::new(Some((stop, checkpointer))),
@@ -399,6 +405,8 @@ impl EventStore for SqliteStore {
                 .map_err(|_| StoreError::Backend("writer thread panicked".into()))?;
         }
         self.readers.lock().clear();
+        // Every connection is closed: another store may open the file now.
+        self.lock.lock().take();
         Ok(())
     }
 }

@@ -38,3 +38,24 @@ pub async fn scratch_postgres() -> String {
     let separator = if base.contains('?') { '&' } else { '?' };
     format!("{base}{separator}options=-csearch_path%3D{schema}")
 }
+
+/// Ends the PostgreSQL sessions holding the ownership lock of the schema at `url` (made by
+/// `scratch_postgres`), as a dropped connection would: the nodes lose the lock, not the rest of
+/// their connections.
+pub async fn end_lock_sessions(url: &str) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    client
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks
+             WHERE locktype = 'advisory' AND granted
+               AND objid = 'herald_owner'::regclass::oid AND objsubid = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    drop(client);
+    let _ = connection.await;
+}

@@ -27,6 +27,8 @@ pub struct Server {
     extra: Vec<String>,
     /// Extra environment variables, kept for `restart()`.
     extra_env: Vec<(String, String)>,
+    /// Its stderr, when captured.
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
@@ -65,6 +67,30 @@ impl Server {
 
     /// Like `spawn`, with extra environment variables.
     pub fn spawn_env(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::launch(dir, args, envs, false).unwrap_or_else(|e| panic!("herald did not start: {e}"))
+    }
+
+    /// Like `start_with`, for a start that may be refused: then its stderr.
+    pub fn try_start_with(args: &[&str]) -> Result<Self, String> {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Self::try_spawn(tmp.path(), args)?;
+        s._tmp = Some(tmp);
+        Ok(s)
+    }
+
+    /// Like `spawn`, for a start that may be refused: then its stderr.
+    pub fn try_spawn(dir: &Path, args: &[&str]) -> Result<Self, String> {
+        Self::launch(dir, args, &[], true)
+    }
+
+    /// Starts `herald serve`; with `capture`, its stderr is returned when it exits before
+    /// listening (and copied to the test's stderr otherwise).
+    fn launch(
+        dir: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        capture: bool,
+    ) -> Result<Self, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .arg("serve")
             // A test that restarts the server and needs the same address passes its own port.
@@ -79,12 +105,29 @@ impl Server {
             .envs(envs.iter().copied())
             .current_dir(dir)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if capture {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .spawn()
             .expect("herald binary runs");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next().expect("herald printed its address").unwrap();
+        let Some(Ok(first)) = lines.next() else {
+            let out = child.wait_with_output().unwrap();
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        };
+        let captured = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let captured = captured.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    captured.lock().unwrap().push_str(&(line + "\n"));
+                }
+            });
+        }
         let addr = first
             .strip_prefix("Herald listening on http://")
             .unwrap_or_else(|| panic!("unexpected first line: {first}"))
@@ -92,7 +135,7 @@ impl Server {
             .unwrap();
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Self {
+        Ok(Self {
             child: Some(child),
             addr,
             dir: dir.to_owned(),
@@ -102,6 +145,29 @@ impl Server {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            stderr: captured,
+        })
+    }
+
+    /// What the server wrote to stderr so far (started with `try_spawn`/`try_start_with`).
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits (at most `within`) for the server to exit by itself.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let c = self.child.as_mut().unwrap();
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "herald did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
