@@ -101,7 +101,11 @@ impl SubscriptionSpec {
     /// text: ~400 bytes a pattern were measured for the largest subscriptions
     /// (tests/hostile_clients.rs), 256 of them overhead.
     pub fn weight(&self) -> usize {
-        let patterns: usize = self.patterns.iter().map(|p| p.to_string().len() + 256).sum();
+        let patterns: usize = self
+            .patterns
+            .iter()
+            .map(|p| p.to_string().len() + 256)
+            .sum();
         let ids = [&self.filters.user_id, &self.filters.room_id]
             .iter()
             .map(|f| f.as_ref().map_or(0, String::len))
