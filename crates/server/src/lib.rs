@@ -79,19 +79,15 @@ pub async fn serve(
     let hub = app.hub.clone();
     let stopping = app.stopping.clone();
     let router = api::router(app.clone());
-    let write_timeout = Duration::from_secs(app.config.write_timeout_secs.max(1));
-    let listener = listener::Listener::new(listener, write_timeout, router.clone());
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: closing connections");
-        stopping.send_replace(true);
-        hub.close_all(CloseReason::SHUTDOWN);
-    })
-    .await?;
+    let listener = listener::Listener::new(listener, router, &app.config);
+    listener
+        .serve(async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing connections");
+            stopping.send_replace(true);
+            hub.close_all(CloseReason::SHUTDOWN);
+        })
+        .await;
 
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
     while app.hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
