@@ -11,7 +11,8 @@
 //! A connection's first request head is read before hyper sees it (`event_stream::read_head`,
 //! with its own header-read deadline): it comes to hyper already read, replayed by `HttpIo`.
 //! A request in flight (a long poll, a streamed response) is not waiting for a head, and a
-//! WebSocket leaves hyper at its upgrade: neither is timed here.
+//! WebSocket leaves hyper at its upgrade: neither is timed here. (A pipelined request whose
+//! first bytes came with the previous one is timed as idle until more of it comes.)
 
 use std::future::Future;
 use std::io;
@@ -74,7 +75,7 @@ pub async fn serve(io: TimedStream, read: Vec<u8>, peer: SocketAddr, http: Arc<H
     let first_byte = Arc::new(AtomicU64::new(NONE));
     let io = HttpIo {
         io,
-        replay: (!read.is_empty()).then(|| Bytes::from(read)),
+        replay: (!read.is_empty()).then(|| Box::new(Bytes::from(read))),
         first_byte: first_byte.clone(),
     };
     let router = http.router.clone();
@@ -125,7 +126,8 @@ fn since_epoch(at: Instant) -> u64 {
 /// and notes when the first byte comes after `HeadTimer` was armed.
 struct HttpIo {
     io: TimedStream,
-    replay: Option<Bytes>,
+    /// Boxed: a WebSocket keeps its `HttpIo` for its whole life, long after the replay.
+    replay: Option<Box<Bytes>>,
     first_byte: Arc<AtomicU64>,
 }
 

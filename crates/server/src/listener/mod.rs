@@ -172,6 +172,22 @@ mod tests {
     use std::time::Duration;
     use tokio::net::TcpStream;
 
+    /// However many sockets are asked for, the open-file limit keeps room for the rest.
+    #[test]
+    fn max_sockets_stays_below_the_open_file_limit() {
+        let config = Config {
+            max_sockets: Some(usize::MAX),
+            ..Config::default()
+        };
+        let limit = raise_open_file_limit().unwrap();
+        assert_eq!(max_sockets(&config), limit - FD_RESERVE);
+        let config = Config {
+            max_connections: 100,
+            ..Config::default()
+        };
+        assert_eq!(max_sockets(&config), 1_100.min(limit - FD_RESERVE));
+    }
+
     /// Connections are completed by the kernel while nobody accepts, up to the backlog: a
     /// storm of 600 all connect (with `TcpListener::bind`'s 128, 129 did). The kernel caps
     /// the backlog at `net.core.somaxconn` (4096 since Linux 5.4), and so does the storm.
