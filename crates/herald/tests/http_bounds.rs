@@ -453,3 +453,84 @@ async fn idle_sockets_are_cheap_and_released() {
     );
     assert!(second_after <= second_held + 1024 * 1024);
 }
+
+/// Under an open-file limit of 400, `max_sockets` is kept 256 below it whatever it is set to:
+/// a flood of sockets is refused with 503 instead of the process running out of descriptors,
+/// and once the flood leaves the server serves (and stores) as before.
+#[tokio::test]
+async fn the_open_file_limit_bounds_the_sockets_and_the_process_never_runs_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new("prlimit")
+        .arg("--nofile=400:400")
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+        .args(["--max-sockets", "100000", "--max-connections-per-ip", "0"])
+        .arg("--database")
+        .arg(dir.path().join("herald.db"))
+        .env("JWT_SECRET", SECRET)
+        .env("HERALD_API_KEYS", format!("[\"{API_KEY}\"]"))
+        .env("HERALD_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("prlimit runs herald");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    let addr: SocketAddr = first
+        .trim()
+        .strip_prefix("Herald listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+        .parse()
+        .unwrap();
+    let url = |path: &str| format!("http://{addr}{path}");
+
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        flood.push(TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A refused socket was answered at once; an admitted one has nothing to read.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for tcp in flood {
+        let mut buf = [0u8; 512];
+        match tcp.try_read(&mut buf) {
+            Ok(n) => {
+                assert!(buf[..n].starts_with(b"HTTP/1.1 503 "), "{n} bytes");
+                refused += 1;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => held.push(tcp),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(held.len(), 400 - 256, "admitted");
+    assert_eq!(refused, 300 - held.len());
+    drop(held);
+
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + WAIT;
+    let ack = loop {
+        let res = client
+            .post(url("/api/realtime/publish"))
+            .bearer_auth(API_KEY)
+            .json(&json!({"type": "bounds.after", "data": {}}))
+            .send()
+            .await
+            .unwrap();
+        match res.status().as_u16() {
+            201 => break res.json::<Value>().await.unwrap(),
+            503 => assert!(Instant::now() < deadline, "no room after the flood"),
+            other => panic!("{other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ack["event"]["success"], true, "{ack}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!stderr.contains("Too many open files"), "{stderr}");
+    assert!(stderr.contains("max_sockets is above"), "{stderr}");
+}
