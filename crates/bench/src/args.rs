@@ -151,8 +151,9 @@ pub struct BenchArgs {
     pub connect_concurrency: usize,
 
     /// Bind client sockets to source addresses 127.0.0.1 … 127.0.0.N, round-robin, so many
-    /// connections do not run out of one address's ports [default: one per 20 000 connections
-    /// for a loopback target; 0 = let the kernel choose].
+    /// connections neither run out of one address's ports nor pass Herald's bound on sockets
+    /// per client address [default: one per 1 000 connections (Herald's default
+    /// `max_connections_per_ip`) for a loopback target; 0 = let the kernel choose].
     #[arg(long, value_name = "N")]
     pub source_addrs: Option<usize>,
 

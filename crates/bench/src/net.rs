@@ -16,9 +16,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::stats::{ERRORS, inc};
 
-/// Connections per source address when the count is chosen automatically (the ephemeral port
-/// range here is about 28 000 ports per address).
-pub const CONNECTIONS_PER_SOURCE: usize = 20_000;
+/// Connections per source address when the count is chosen automatically: Herald's default
+/// `max_connections_per_ip` (the ephemeral port range alone would allow about 28 000 per
+/// address).
+pub const CONNECTIONS_PER_SOURCE: usize = 1_000;
 
 pub type Ws = WebSocketStream<TcpStream>;
 pub type Http = SendRequest<Full<Bytes>>;

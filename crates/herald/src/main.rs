@@ -124,6 +124,23 @@ struct ServeFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_connections: Option<usize>,
+    /// Sockets of every kind open at once (default: max_connections and half again, at least
+    /// 1 000 more, within the open-file limit).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_sockets: Option<usize>,
+    /// Sockets open at once from one client address (0: no bound).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_connections_per_ip: Option<u32>,
+    /// Close a connection that has not sent a whole request head within this many seconds.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    header_read_timeout_secs: Option<u64>,
+    /// Close a kept-alive HTTP connection with no request for this many seconds.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_idle_timeout_secs: Option<u64>,
     /// Threads running connections and requests (default: the cores less one, at least one).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

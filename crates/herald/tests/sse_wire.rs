@@ -165,7 +165,7 @@ async fn a_refused_stream_gets_a_whole_error_response() {
 async fn other_requests_reach_hyper_untouched() {
     let server = Server::start();
 
-    // Two requests on one keep-alive connection: the first was only peeked at.
+    // Two requests on one keep-alive connection: the first was read before hyper took over.
     let mut raw = Raw::send(&server, &get("/health", "")).await;
     raw.until("\r\n\r\n").await;
     raw.tcp
@@ -175,7 +175,7 @@ async fn other_requests_reach_hyper_untouched() {
     let text = raw.read_to_close().await;
     assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
 
-    // A stream request whose head arrives in two pieces is served all the same (by hyper).
+    // A stream request whose head arrives in two pieces is served all the same.
     let request = get(
         "/api/realtime/stream?types=x",
         "Accept: text/event-stream\r\n",

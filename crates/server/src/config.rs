@@ -45,7 +45,24 @@ pub struct Config {
     pub ping_interval_secs: u64,
     /// Connections with no client traffic for this long are closed.
     pub idle_timeout_secs: u64,
+    /// WebSocket and SSE connections at once (beyond it, 503).
     pub max_connections: usize,
+    /// Sockets of every kind (plain HTTP, SSE, WebSocket) open at once, counted from accept to
+    /// close; beyond it, a new socket is answered 503 and closed. Unset: `max_connections` and
+    /// half again, at least 1 000 more. Never above the process's open-file limit less a
+    /// reserve (the soft limit is first raised to the hard one), so that the process does not
+    /// run out of file descriptors.
+    pub max_sockets: Option<usize>,
+    /// Sockets open at once from one client address (all kinds, as `max_sockets`); beyond it,
+    /// a new one is answered 429 and closed. 0: no bound. Behind a reverse proxy every
+    /// connection comes from the proxy's address.
+    pub max_connections_per_ip: u32,
+    /// A new connection that has not sent a whole request head this long after it opened —
+    /// or, kept alive, this long after its next request's first byte — is closed.
+    pub header_read_timeout_secs: u64,
+    /// A kept-alive HTTP connection with no request for this long is closed. (WebSocket and
+    /// SSE connections are not idle HTTP: `idle_timeout_secs` is theirs.)
+    pub http_idle_timeout_secs: u64,
     /// Threads running connections and requests; unset: one fewer than the machine's cores
     /// (at least one), which leaves a core to the SQLite writer and the kernel's network work
     /// (`Config::worker_threads`).
@@ -160,6 +177,10 @@ impl Default for Config {
             ping_interval_secs: 30,
             idle_timeout_secs: 300,
             max_connections: 10_000,
+            max_sockets: None,
+            max_connections_per_ip: 1_000,
+            header_read_timeout_secs: 10,
+            http_idle_timeout_secs: 60,
             worker_threads: None,
             max_message_bytes: 64 * 1024,
             max_subscriptions_per_connection: 100,

@@ -84,25 +84,21 @@ pub async fn serve(
     let lost_store = Arc::new(parking_lot::Mutex::new(None));
     let losing = lost_store.clone();
     let router = api::router(app.clone());
-    let write_timeout = Duration::from_secs(app.config.write_timeout_secs.max(1));
-    let listener = listener::Listener::new(listener, write_timeout, router.clone());
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        tokio::select! {
-            _ = shutdown => {}
-            reason = lost => {
-                tracing::error!(%reason, "this node lost its event store: stopping");
-                *losing.lock() = Some(reason);
+    let listener = listener::Listener::new(listener, router, &app.config);
+    listener
+        .serve(async move {
+            tokio::select! {
+                _ = shutdown => {}
+                reason = lost => {
+                    tracing::error!(%reason, "this node lost its event store: stopping");
+                    *losing.lock() = Some(reason);
+                }
             }
-        }
-        tracing::info!("shutting down: closing connections");
-        stopping.send_replace(true);
-        hub.close_all(CloseReason::SHUTDOWN);
-    })
-    .await?;
+            tracing::info!("shutting down: closing connections");
+            stopping.send_replace(true);
+            hub.close_all(CloseReason::SHUTDOWN);
+        })
+        .await;
 
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
     while app.hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {

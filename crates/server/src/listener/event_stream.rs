@@ -3,15 +3,14 @@
 //! hyper keeps an 8 KiB read buffer and an 8 KiB header buffer for the whole life of an HTTP/1
 //! connection, which made an idle SSE stream cost ~21 KB of RSS (measured with `herald bench
 //! --scenario idle --transport sse`, docs/performance.md). A stream needs neither once its
-//! request is read. So a `GET` for an event stream is peeked at before hyper sees it, parsed
-//! with httparse, routed through the same axum router as every other request, and its
-//! response written straight to the socket: chunked, and the connection closes when the stream
-//! ends. Anything else — and any request this path does not take in one piece — is left unread
-//! for hyper.
+//! request is read. So a new connection's first request head is read here (`read_head`), within
+//! the header-read timeout, and parsed with httparse; a `GET` for an event stream is routed
+//! through the same axum router as every other request, and its response written straight to
+//! the socket: chunked, and the connection closes when the stream ends. Anything else — and
+//! any request this path does not take in one piece — goes to hyper with the bytes read.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -20,6 +19,7 @@ use axum::http::{Request, Version, header, response::Parts};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 use tower::ServiceExt;
 
 use super::TimedStream;
@@ -27,8 +27,6 @@ use super::TimedStream;
 /// The largest request head this path reads; a bigger one is hyper's to answer (431).
 const MAX_HEAD: usize = 8 * 1024;
 const MAX_HEADERS: usize = 64;
-/// How long a new connection may take to send its request before it is handed to hyper as is.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Error bodies (401, 429, ...) are small; a larger one is cut off here.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// The paths whose `GET` is always an event stream (as routed in `crate::api::router`); other
@@ -37,26 +35,56 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 const STREAM_PATHS: [&str; 2] = ["/api/realtime/stream", "/events"];
 const STREAM_PREFIXES: [&str; 1] = ["/events/user/"];
 
-/// A request this path serves, and how many bytes its head takes on the socket.
-pub struct Peeked {
-    head_len: usize,
-    request: Request<Body>,
+/// What a new connection's first bytes are.
+pub enum Head {
+    /// A request for an event stream, served here.
+    Stream(Box<Request<Body>>),
+    /// Anything else, hyper's to serve: the bytes read so far, a whole request head unless
+    /// it is too large or malformed (hyper answers those).
+    Hyper(Vec<u8>),
+    /// The client closed the connection, or had not sent a whole request head by `deadline`.
+    Close,
 }
 
-/// Looks at the connection's first bytes without consuming them: a complete `GET` for an event
-/// stream, without a body or an upgrade, is this path's; `None` leaves everything to hyper.
-pub async fn peek_request(io: &TimedStream) -> Option<Box<Peeked>> {
-    let mut buf = vec![0; MAX_HEAD];
-    let n = tokio::time::timeout(HEAD_TIMEOUT, io.tcp().peek(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut head = httparse::Request::new(&mut headers);
-    let httparse::Status::Complete(head_len) = head.parse(&buf[..n]).ok()? else {
-        return None;
-    };
-    if head.method != Some("GET") || !is_event_stream(&head) {
+/// Reads the connection's first request head, which must come whole by `deadline`: a complete
+/// `GET` for an event stream, without a body or an upgrade, is this path's.
+pub async fn read_head(io: &mut TimedStream, deadline: Instant) -> Head {
+    // Nothing is allocated for a client that has not sent anything yet.
+    match tokio::time::timeout_at(deadline, io.tcp().readable()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Head::Close,
+        Err(_) => return timed_out(),
+    }
+    let mut buf = Vec::with_capacity(MAX_HEAD);
+    loop {
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+            Ok(Ok(1..)) => {}
+            Ok(Ok(0) | Err(_)) => return Head::Close,
+            Err(_) => return timed_out(),
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut head = httparse::Request::new(&mut headers);
+        match head.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                return match stream_request(&head) {
+                    Some(request) => Head::Stream(Box::new(request)),
+                    None => Head::Hyper(buf),
+                };
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            Ok(httparse::Status::Partial) | Err(_) => return Head::Hyper(buf),
+        }
+    }
+}
+
+fn timed_out() -> Head {
+    metrics::counter!("herald_http_timeouts_total", "timeout" => "header_read").increment(1);
+    Head::Close
+}
+
+/// The request, if it is a `GET` for an event stream.
+fn stream_request(head: &httparse::Request) -> Option<Request<Body>> {
+    if head.method != Some("GET") || !is_event_stream(head) {
         return None;
     }
     let mut request = Request::builder().method("GET").uri(head.path?);
@@ -67,8 +95,7 @@ pub async fn peek_request(io: &TimedStream) -> Option<Box<Peeked>> {
         request = request.header(h.name, h.value);
     }
     // Anything the builder rejects (a malformed header value) is hyper's to answer.
-    let request = request.body(Body::empty()).ok()?;
-    Some(Box::new(Peeked { head_len, request }))
+    request.body(Body::empty()).ok()
 }
 
 fn is_event_stream(head: &httparse::Request) -> bool {
@@ -93,20 +120,24 @@ fn is_event_stream(head: &httparse::Request) -> bool {
         })
 }
 
-/// Consumes the request head, routes the request, and writes the response: an event stream
-/// chunk by chunk for as long as it lasts, anything else (an error) whole.
-pub async fn serve(mut io: TimedStream, peer: SocketAddr, peeked: Box<Peeked>, router: Router) {
+/// Routes the request, and writes the response: an event stream chunk by chunk for as long as
+/// it lasts, anything else (an error) whole.
+pub async fn serve(
+    mut io: TimedStream,
+    peer: SocketAddr,
+    request: Box<Request<Body>>,
+    router: Router,
+) {
     // Routing runs boxed: a task keeps room for its largest state for as long as it lives, and
     // routing needs far more than the streaming loop (measured: 352 bytes for the loop, 656 for
     // this whole future; 2 464 when peeking and routing shared the task).
-    match Box::pin(route(&mut io, peer, peeked, router)).await {
-        Some(Answer::Stream {
+    match Box::pin(route(peer, request, router)).await {
+        Answer::Stream {
             head,
             body,
             chunked,
-        }) => write_stream(&mut io, head, body, chunked).await,
-        Some(Answer::Whole(response)) => drop(io.write_all(&response).await),
-        None => {}
+        } => write_stream(&mut io, head, body, chunked).await,
+        Answer::Whole(response) => drop(io.write_all(&response).await),
     }
     let _ = io.shutdown().await;
 }
@@ -122,19 +153,8 @@ enum Answer {
     Whole(BytesMut),
 }
 
-async fn route(
-    io: &mut TimedStream,
-    peer: SocketAddr,
-    peeked: Box<Peeked>,
-    router: Router,
-) -> Option<Answer> {
-    let Peeked {
-        head_len,
-        mut request,
-    } = *peeked;
-    // The head is already in the socket's receive queue (it was peeked): this does not wait.
-    let mut head = vec![0; head_len];
-    io.read_exact(&mut head).await.ok()?;
+async fn route(peer: SocketAddr, request: Box<Request<Body>>, router: Router) -> Answer {
+    let mut request = *request;
     let http10 = request.version() == Version::HTTP_10;
     request.extensions_mut().insert(ConnectInfo(peer));
     let Ok(response) = router.oneshot(request).await;
@@ -151,11 +171,11 @@ async fn route(
             ""
         };
         let head = response_head(&parts, http10, encoding);
-        return Some(Answer::Stream {
+        return Answer::Stream {
             head,
             body,
             chunked,
-        });
+        };
     }
     let body = axum::body::to_bytes(body, MAX_ERROR_BODY)
         .await
@@ -163,7 +183,7 @@ async fn route(
     let length = format!("content-length: {}\r\n", body.len());
     let mut response = response_head(&parts, http10, &length);
     response.put_slice(&body);
-    Some(Answer::Whole(response))
+    Answer::Whole(response)
 }
 
 /// Writes the stream's chunks as they come, until it ends or the client goes away (a read

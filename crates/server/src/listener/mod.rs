@@ -1,19 +1,30 @@
-//! The TCP listener Herald serves on. Every accepted socket gets TCP_NODELAY and a write
-//! timeout (`timed`); a request for an event stream is then answered on the socket itself
-//! (`event_stream`), and every other connection goes to hyper through `axum::serve`.
+//! The TCP listener Herald serves on. Every accepted socket takes a place in the bounds on
+//! open sockets (`sockets`; beyond them it is answered 503 or 429 and closed), and gets
+//! TCP_NODELAY and a write timeout (`timed`). Its first request head is then read within the
+//! header-read timeout: a request for an event stream is answered on the socket itself
+//! (`event_stream`), and every other connection goes to hyper (`http`), which closes it when
+//! it idles between requests or sends its next head too slowly.
 
 mod event_stream;
+mod http;
+mod sockets;
 mod timed;
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::serve::{ListenerExt, TapIo};
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::mpsc;
+use tokio::time::Instant;
 
+use crate::config::Config;
+use event_stream::Head;
+use http::Http;
+use sockets::Sockets;
 pub use timed::TimedStream;
 
 /// Connections the kernel completes and holds for `accept` (capped by `net.core.somaxconn`).
@@ -21,6 +32,11 @@ pub use timed::TimedStream;
 /// `TcpListener::bind` asks for, the SYNs beyond it were dropped and those clients waited a
 /// second or more for their retransmission.
 const BACKLOG: u32 = 4096;
+
+/// File descriptors kept for everything but client sockets (the store's files, Redis and
+/// PostgreSQL connections, the runtime's own, refused sockets lingering): `max_sockets` is
+/// at most the open-file limit less this, so that the process never runs out.
+const FD_RESERVE: usize = 256;
 
 /// Binds the listening socket as `TcpListener::bind` does (`SO_REUSEADDR`), with `BACKLOG`.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -36,74 +52,118 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 pub struct Listener {
     tcp: TcpListener,
-    write_timeout: Duration,
-    /// Serves the event streams answered here, exactly as hyper's connections are served.
-    router: Router,
-    to_hyper: mpsc::UnboundedSender<(TimedStream, SocketAddr)>,
-    for_hyper: mpsc::UnboundedReceiver<(TimedStream, SocketAddr)>,
+    sockets: Arc<Sockets>,
+    http: Arc<Http>,
 }
 
 impl Listener {
-    /// The listener comes wrapped in a no-op `TapIo`: axum provides `ConnectInfo<SocketAddr>`
-    /// only for its own `TcpListener` and for tapped listeners.
-    pub fn new(
-        tcp: TcpListener,
-        write_timeout: Duration,
-        router: Router,
-    ) -> TapIo<Self, fn(&mut TimedStream)> {
-        let (to_hyper, for_hyper) = mpsc::unbounded_channel();
-        let listener = Self {
+    /// `router` serves every request, hyper's and the event streams answered here alike.
+    pub fn new(tcp: TcpListener, router: Router, config: &Config) -> Self {
+        let secs = |s: u64| Duration::from_secs(s.max(1));
+        Self {
             tcp,
-            write_timeout,
-            router,
-            to_hyper,
-            for_hyper,
-        };
-        listener.tap_io(|_| {})
-    }
-}
-
-impl axum::serve::Listener for Listener {
-    type Io = TimedStream;
-    type Addr = SocketAddr;
-
-    /// Accepts connections and looks at each one's first request in a task of its own (a
-    /// client that is slow to send it holds up nobody); returns the next one that is for hyper.
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            tokio::select! {
-                (tcp, peer) = axum::serve::Listener::accept(&mut self.tcp) => {
-                    // Small frames must leave at once: without TCP_NODELAY, Nagle's algorithm
-                    // holds a write back until the previous one is acknowledged.
-                    if let Err(e) = tcp.set_nodelay(true) {
-                        tracing::debug!(error = %e, "could not set TCP_NODELAY");
-                    }
-                    let io = TimedStream::new(tcp, self.write_timeout);
-                    tokio::spawn(triage(io, peer, self.router.clone(), self.to_hyper.clone()));
-                }
-                Some(for_hyper) = self.for_hyper.recv() => return for_hyper,
-            }
+            sockets: Sockets::new(
+                max_sockets(config),
+                config.max_connections_per_ip,
+                secs(config.write_timeout_secs),
+            ),
+            http: Arc::new(Http::new(
+                router,
+                secs(config.header_read_timeout_secs),
+                secs(config.http_idle_timeout_secs),
+            )),
         }
     }
 
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.tcp.local_addr()
+    /// Accepts connections until `shutdown` resolves; then stops listening, lets each HTTP
+    /// connection finish the request it is serving, and returns once they have all closed.
+    /// (Event streams and WebSockets are the caller's to end: `shutdown` may do it.)
+    pub async fn serve(mut self, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                // `shutdown` first, and so before the first connection: it may set up what
+                // tells it to resolve (signal handlers), which must be in place by then.
+                biased;
+                () = &mut shutdown => break,
+                accepted = axum::serve::Listener::accept(&mut self.tcp) => accepted,
+            };
+            let slot = match self.sockets.admit(peer.ip()) {
+                Ok(slot) => slot,
+                Err(refusal) => {
+                    self.sockets.refuse(tcp, refusal);
+                    continue;
+                }
+            };
+            // Small frames must leave at once: without TCP_NODELAY, Nagle's algorithm holds a
+            // write back until the previous one is acknowledged.
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+            let io = TimedStream::new(tcp, slot);
+            // A task of its own: a client slow to send its request holds up nobody.
+            tokio::spawn(triage(io, peer, self.http.clone()));
+        }
+        drop(self.tcp);
+        self.http.shut_down().await;
     }
 }
 
-async fn triage(
-    io: TimedStream,
-    peer: SocketAddr,
-    router: Router,
-    to_hyper: mpsc::UnboundedSender<(TimedStream, SocketAddr)>,
-) {
-    match event_stream::peek_request(&io).await {
+async fn triage(mut io: TimedStream, peer: SocketAddr, http: Arc<Http>) {
+    let deadline = Instant::now() + http.header_read_timeout;
+    match event_stream::read_head(&mut io, deadline).await {
         // A task of its own, sized for serving alone: a task keeps room for its largest state
         // for as long as it lives, and triage's is several times a stream's.
-        Some(request) => drop(tokio::spawn(event_stream::serve(io, peer, request, router))),
-        // The server is shutting down when hyper's side is gone: the connection just closes.
-        None => drop(to_hyper.send((io, peer))),
+        Head::Stream(request) => drop(tokio::spawn(event_stream::serve(
+            io,
+            peer,
+            request,
+            http.router.clone(),
+        ))),
+        // Once the server is shutting down, the connection just closes.
+        Head::Hyper(read) if !http.stopping() => {
+            drop(tokio::spawn(http::serve(io, read, peer, http)))
+        }
+        Head::Hyper(_) | Head::Close => {}
     }
+}
+
+/// `max_sockets`, or `max_connections` and half again (at least 1 000 more: plain HTTP requests
+/// beside every WebSocket and SSE connection allowed), within the process's open-file limit
+/// (first raised to its hard limit) less `FD_RESERVE`.
+fn max_sockets(config: &Config) -> usize {
+    let max_connections = config.max_connections;
+    let wanted = config
+        .max_sockets
+        .unwrap_or(max_connections.saturating_add((max_connections / 2).max(1_000)))
+        .max(1);
+    let Some(open_files) = raise_open_file_limit() else {
+        return wanted;
+    };
+    let room = open_files.saturating_sub(FD_RESERVE).max(1);
+    if wanted > room {
+        tracing::warn!(
+            max_sockets = wanted,
+            open_files,
+            "max_sockets is above what the open-file limit allows: {room} sockets at most \
+             (raise the limit: `ulimit -n`, LimitNOFILE= in systemd)"
+        );
+    }
+    wanted.min(room)
+}
+
+/// Raises the soft limit on open files to the hard limit (as Go's runtime does: the soft
+/// limit is often 1 024 for the sake of `select`, which Herald does not use); returns the soft
+/// limit in force, if it can be read.
+fn raise_open_file_limit() -> Option<usize> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    let soft = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    Some(usize::try_from(soft).unwrap_or(usize::MAX))
 }
 
 #[cfg(test)]
@@ -111,6 +171,22 @@ mod tests {
     use super::*;
     use std::time::Duration;
     use tokio::net::TcpStream;
+
+    /// However many sockets are asked for, the open-file limit keeps room for the rest.
+    #[test]
+    fn max_sockets_stays_below_the_open_file_limit() {
+        let config = Config {
+            max_sockets: Some(usize::MAX),
+            ..Config::default()
+        };
+        let limit = raise_open_file_limit().unwrap();
+        assert_eq!(max_sockets(&config), limit - FD_RESERVE);
+        let config = Config {
+            max_connections: 100,
+            ..Config::default()
+        };
+        assert_eq!(max_sockets(&config), 1_100.min(limit - FD_RESERVE));
+    }
 
     /// Connections are completed by the kernel while nobody accepts, up to the backlog: a
     /// storm of 600 all connect (with `TcpListener::bind`'s 128, 129 did). The kernel caps

@@ -10,18 +10,21 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-/// A TCP stream whose writes fail with `TimedOut` after `timeout` without progress: the timer
-/// runs from the first write the socket could not take until one succeeds. It keeps no copy of
-/// the peer's address (32 bytes per open connection): the one log line asks the socket.
+use super::sockets::Slot;
+
+/// A TCP stream whose writes fail with `TimedOut` after the write timeout without progress:
+/// the timer runs from the first write the socket could not take until one succeeds. It also
+/// holds the socket's `Slot` in the listener's counts, given back when it is dropped; the write
+/// timeout is the one all sockets share (`Sockets`), and the one log line asks the socket for
+/// the peer's address (a copy would cost 32 bytes per open connection).
 pub struct TimedStream {
     tcp: TcpStream,
-    timeout: Duration,
+    slot: Slot,
     /// Created at the first stall and reused, so a busy but healthy connection that often
     /// fills its send buffer does not allocate a timer each time.
     stall: Option<Pin<Box<Sleep>>>,
@@ -30,10 +33,10 @@ pub struct TimedStream {
 }
 
 impl TimedStream {
-    pub fn new(tcp: TcpStream, timeout: Duration) -> Self {
+    pub fn new(tcp: TcpStream, slot: Slot) -> Self {
         Self {
             tcp,
-            timeout,
+            slot,
             stall: None,
             stalled: false,
         }
@@ -54,7 +57,8 @@ impl TimedStream {
             self.stalled = false;
             return polled;
         }
-        let deadline = Instant::now() + self.timeout;
+        let timeout = self.slot.write_timeout();
+        let deadline = Instant::now() + timeout;
         let timer = self
             .stall
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -64,7 +68,7 @@ impl TimedStream {
         }
         ready!(timer.as_mut().poll(cx));
         self.stalled = false;
-        tracing::info!(peer = ?self.tcp.peer_addr().ok(), timeout = ?self.timeout, "closing a connection whose client stopped reading");
+        tracing::info!(peer = ?self.tcp.peer_addr().ok(), ?timeout, "closing a connection whose client stopped reading");
         metrics::counter!("herald_slow_consumers_total").increment(1);
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::TimedOut,
@@ -119,6 +123,8 @@ impl AsyncWrite for TimedStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::listener::sockets::Sockets;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpSocket};
 
@@ -144,8 +150,9 @@ mod tests {
     }
 
     async fn accept(listener: &TcpListener, timeout: Duration) -> TimedStream {
-        let (tcp, _) = listener.accept().await.unwrap();
-        TimedStream::new(tcp, timeout)
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let slot = Sockets::new(16, 0, timeout).admit(peer.ip()).unwrap();
+        TimedStream::new(tcp, slot)
     }
 
     #[tokio::test]
