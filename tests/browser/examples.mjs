@@ -133,8 +133,11 @@ async function activity(page) {
   check((await item.textContent()).includes(`created a post ${MARKUP}`), "the action is shown as text");
   // The page was open during the chat: it saw the messages (not their text).
   await page.locator("#feed li", { hasText: "Ada sent a message in demo" }).first().waitFor({ timeout: 2000 });
-  await post("/api/realtime/publish", { type: "orders.created", roomId: "shop", data: { order: 7 } });
-  await page.locator("#feed li", { hasText: "published orders.created in shop" }).waitFor({ timeout: 2000 });
+  // An anonymous page sees public rooms' events only: `shop` is private, `demo` public.
+  await post("/api/realtime/publish", { type: "orders.created", roomId: "shop", data: { order: 6 } });
+  await post("/api/realtime/publish", { type: "orders.created", roomId: "demo", data: { order: 7 } });
+  await page.locator("#feed li", { hasText: "published orders.created in demo" }).waitFor({ timeout: 2000 });
+  check((await page.locator("#feed li", { hasText: "in shop" }).count()) === 0, "a private room's event stays out");
   await inert(page, "#feed");
   await shot(page, "activity");
 }
