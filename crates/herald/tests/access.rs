@@ -81,13 +81,17 @@ impl Target {
         format!("{self:?}")
     }
 
+    /// The type of the target's event: its own, so that a list of types tells them apart.
+    fn kind(self) -> String {
+        match self {
+            Target::PrivateType => "user.note".into(),
+            _ => format!("matrix.{}", self.marker().to_lowercase()),
+        }
+    }
+
     /// The event an operator publishes for the read rows.
     fn event(self) -> Value {
-        let kind = match self {
-            Target::PrivateType => "user.note",
-            _ => "matrix.read",
-        };
-        let mut e = json!({"type": kind, "data": {"m": self.marker()}, "userId": "bob"});
+        let mut e = json!({"type": self.kind(), "data": {"m": self.marker()}, "userId": "bob"});
         if let Some(room) = self.room() {
             e["roomId"] = room.into();
         }
@@ -270,6 +274,17 @@ async fn reads_follow_the_access_table_on_every_path() {
             assert_eq!(status, 200, "{page}");
             let events = page["events"].as_array().unwrap().clone();
             assert_eq!(seen(events), want, "history {who:?}");
+        }
+        // Statistics: the event types listed are those of events it may read.
+        if let Some(t) = who.token() {
+            let (status, stats) = get(&server, "/api/realtime/stats", Some(&t)).await;
+            assert_eq!(status, 200, "{stats}");
+            let types = stats["events"]["eventTypes"].as_array().unwrap();
+            let listed: BTreeSet<Target> = TARGETS
+                .into_iter()
+                .filter(|t| types.contains(&Value::from(t.kind())))
+                .collect();
+            assert_eq!(listed, want, "stats eventTypes {who:?}");
         }
         // History naming a room: refused when it may not read it.
         for target in TARGETS {
@@ -650,6 +665,7 @@ fn every_route_and_command_is_in_the_matrix() {
         "/api/realtime/publish",
         "/api/realtime/publish/batch",
         "/api/realtime/events",
+        "/api/realtime/stats",
         "/notifications",
         "/updates",
         "/api/messages",
@@ -691,7 +707,6 @@ fn every_route_and_command_is_in_the_matrix() {
             "/api/realtime/subscribe",
             "own connections only: http_api.rs",
         ),
-        ("/api/realtime/stats", "counts only: http_api.rs"),
         ("/api/dashboard/live-data", "operators only: http_api.rs"),
         (
             "/api/dashboard/activity",

@@ -298,9 +298,23 @@ fn if_modified_since(headers: &HeaderMap) -> Result<Option<DateTime<Utc>>, AppEr
     responses((status = 200, description = "`{connections, events, timestamp}`", body = Object), (status = 401, body = ErrorBody)))]
 pub async fn stats(
     State(app): State<Arc<App>>,
-    Caller(_): Caller,
+    Caller(caller): Caller,
 ) -> Result<Json<Value>, AppError> {
-    let summary = app.store.summary().await?;
+    let mut summary = app.store.summary().await?;
+    if !caller.is_privileged() {
+        // The types a caller is shown come from the events it may read, not from every room.
+        let visible = app
+            .store
+            .query(HistoryQuery {
+                access: app.access().read_scope(Some(&caller)),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await?;
+        let types: std::collections::BTreeSet<String> =
+            visible.into_iter().map(|e| e.kind).collect();
+        summary.recent_types = types.into_iter().collect();
+    }
     let hub = app.hub.stats();
     Ok(Json(json!({
         "connections": hub,
