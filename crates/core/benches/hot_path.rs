@@ -113,6 +113,37 @@ fn busy_room(c: &mut Criterion) {
     );
 }
 
+/// 1 000 authenticated users subscribed to a room that is not public: the access decision is
+/// asked for each recipient.
+fn private_room(c: &mut Criterion) {
+    let hub = Hub::new(
+        20_000,
+        10,
+        OutboxLimits {
+            max_messages: usize::MAX,
+            max_bytes: usize::MAX,
+        },
+    );
+    let conns: Vec<_> = (0..1000)
+        .map(|i| {
+            let conn = hub.connect(Transport::WebSocket).unwrap();
+            hub.authenticate(&conn, herald_core::Identity::user(format!("u{i}")))
+                .unwrap();
+            hub.subscribe(&conn, spec(&["chat.message"], Some("team".into())))
+                .unwrap();
+            conn
+        })
+        .collect();
+    deliver(
+        c,
+        "deliver: 1 event to a private room of 1 000 users",
+        &hub,
+        &conns,
+        "team",
+        1,
+    );
+}
+
 /// Times `Hub::deliver` of a committed batch of `events` in `room`. Each iteration delivers
 /// new seqs (the hub delivers a seq once per connection); the untimed setup empties the
 /// outboxes now and then so memory stays flat.
@@ -162,5 +193,5 @@ fn encoding(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, index, busy_room, encoding);
+criterion_group!(benches, index, busy_room, private_room, encoding);
 criterion_main!(benches);

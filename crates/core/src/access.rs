@@ -37,6 +37,26 @@ pub const PRIVATE_TYPES: &str = "user.";
 #[error("{0}")]
 pub struct AccessDenied(pub String);
 
+/// Why a join is refused.
+enum Refusal {
+    Personal,
+    NotClaimed,
+    NotPublic,
+}
+
+impl Refusal {
+    fn explained(self, room: &str) -> AccessDenied {
+        AccessDenied(match self {
+            Refusal::Personal => format!("{room} is the personal room of another user"),
+            Refusal::NotClaimed => format!("your token does not grant access to room {room}"),
+            Refusal::NotPublic => format!("room {room} is not public: authenticate first"),
+        })
+    }
+}
+
+/// A user id no client can hold (ids with control characters are refused).
+const NOBODY: &str = "\u{0}";
+
 /// The access rules of one server: the rules above with its public rooms.
 #[derive(Debug, Clone, Default)]
 pub struct Access {
@@ -72,35 +92,45 @@ impl Access {
 
     /// Whether `who` may join `room` — and so read its events and write into it.
     pub fn may_join(&self, who: Option<&Identity>, room: &str) -> Result<(), AccessDenied> {
+        self.join_refusal(who, room)
+            .map_or(Ok(()), |r| Err(r.explained(room)))
+    }
+
+    /// `may_join` without its message: the fan-out asks it for every recipient, and a refusal
+    /// must cost no allocation there.
+    fn join_refusal(&self, who: Option<&Identity>, room: &str) -> Option<Refusal> {
         if let Some(owner) = personal_owner(room) {
             return match who {
-                Some(i) if i.user_id == owner => Ok(()),
-                _ => Err(AccessDenied(format!(
-                    "{room} is the personal room of another user"
-                ))),
+                Some(i) if i.user_id == owner => None,
+                _ => Some(Refusal::Personal),
             };
         }
         match who {
-            Some(i) if i.is_privileged() => Ok(()),
+            Some(i) if i.is_privileged() => None,
             Some(i) => match &i.rooms {
                 Some(claimed)
                     if !claimed.iter().any(|p| room_matches(p, room)) && !self.is_public(room) =>
                 {
-                    Err(AccessDenied(format!(
-                        "your token does not grant access to room {room}"
-                    )))
+                    Some(Refusal::NotClaimed)
                 }
-                _ => Ok(()),
+                _ => None,
             },
-            None if self.is_public(room) => Ok(()),
-            None => Err(AccessDenied(format!(
-                "room {room} is not public: authenticate first"
-            ))),
+            None if self.is_public(room) => None,
+            None => Some(Refusal::NotPublic),
         }
     }
 
+    /// Whether every authenticated user without a `rooms` claim may read `event` (the fan-out
+    /// skips those recipients' own check when so): asked for a user nobody can be, since ids
+    /// with control characters are refused.
+    pub fn open_to_users(&self, event: &Event) -> bool {
+        self.may_read(Some(&Identity::user(NOBODY)), event)
+    }
+
     /// Whether `who` may receive `event`, live, replayed or from history. `read_scope` says the
-    /// same to the store, as conditions of its query.
+    /// same to the store, as conditions of its query. What an anonymous client may read, every
+    /// identity may: the fan-out checks a run of events once for `None` and skips the
+    /// per-recipient check when it passes.
     pub fn may_read(&self, who: Option<&Identity>, event: &Event) -> bool {
         let owns = |owner: Option<&str>| who.is_some_and(|i| i.may_read_private_of(owner));
         if event.kind.starts_with(PRIVATE_TYPES) && !owns(event.user_id.as_deref()) {
@@ -109,16 +139,21 @@ impl Access {
         event
             .room_id
             .as_deref()
-            .is_none_or(|room| self.may_read_room(who, room).is_ok())
+            .is_none_or(|room| self.read_refusal(who, room).is_none())
     }
 
     /// Whether `who` may read the events of `room` (its history, its presence): whoever may
     /// join it, and for a personal room its user and privileged identities, who read every
     /// user's private events without sitting in their rooms.
     pub fn may_read_room(&self, who: Option<&Identity>, room: &str) -> Result<(), AccessDenied> {
+        self.read_refusal(who, room)
+            .map_or(Ok(()), |r| Err(r.explained(room)))
+    }
+
+    fn read_refusal(&self, who: Option<&Identity>, room: &str) -> Option<Refusal> {
         match (personal_owner(room), who) {
-            (Some(_), Some(i)) if i.is_privileged() => Ok(()),
-            _ => self.may_join(who, room),
+            (Some(_), Some(i)) if i.is_privileged() => None,
+            _ => self.join_refusal(who, room),
         }
     }
 
@@ -248,6 +283,27 @@ mod tests {
         let both = event("user.note", Some("carol"), Some("secret"));
         assert!(!read(Some(&limited()), &both) && read(Some(&admin), &both));
         assert!(read(None, &event("x", None, None)));
+        // Whatever anonymous clients may read, everyone may.
+        let everyone = [
+            alice.clone(),
+            admin.clone(),
+            limited(),
+            Identity::user("bob"),
+        ];
+        for room in [
+            None,
+            Some("lobby"),
+            Some("open-2"),
+            Some("secret"),
+            Some("user:bob"),
+        ] {
+            for kind in ["chat.message", "user.note"] {
+                let e = event(kind, Some("bob"), room);
+                if read(None, &e) {
+                    assert!(everyone.iter().all(|i| read(Some(i), &e)), "{e:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub struct Connection {
     /// Boxed, like `held`: most connections never authenticate or resume, and every byte
     /// here is paid by each open connection.
     identity: RwLock<Option<Box<Identity>>>,
+    /// The identity is a user without a `rooms` claim: most recipients, whose check the
+    /// fan-out can answer once per run (`Access::open_to_users`) instead of under the lock.
+    plain_user: AtomicBool,
     subscriptions: Mutex<Vec<Uuid>>,
     /// The last `seq` queued here, so overlapping subscriptions deliver an event once.
     last_delivered: AtomicU64,
@@ -291,6 +294,7 @@ impl Hub {
             transport,
             outbox: Outbox::new(self.outbox_limits, self.woken.clone()),
             identity: RwLock::new(None),
+            plain_user: AtomicBool::new(false),
             subscriptions: Mutex::new(Vec::new()),
             last_delivered: AtomicU64::new(0),
             last_activity_ms: AtomicI64::new(Utc::now().timestamp_millis()),
@@ -345,6 +349,10 @@ impl Hub {
             .entry(identity.user_id.clone())
             .or_default()
             .insert(conn.id);
+        conn.plain_user.store(
+            !identity.is_privileged() && identity.rooms.is_none(),
+            Ordering::Relaxed,
+        );
         *conn.identity.write() = Some(Box::new(identity));
         Ok(())
     }
@@ -486,6 +494,8 @@ impl Hub {
             let mut fanout = Fanout {
                 limits: self.outbox_limits,
                 access: &self.access,
+                open: false,
+                open_to_users: false,
                 delivered: 0,
                 to_wake: Vec::new(),
                 recipients: Vec::new(),
@@ -768,6 +778,11 @@ struct Fanout<'s> {
     access: &'s Access,
     delivered: usize,
     to_wake: Vec<Arc<Connection>>,
+    /// Whether the current run is for everyone: what an anonymous client may read, every
+    /// identity may (`Access::may_read`), so its recipients need no check of their own.
+    open: bool,
+    /// Whether every user without a `rooms` claim may read the current run.
+    open_to_users: bool,
     /// The current run's recipients, each with the run's events it matches (bit i: event i).
     /// Borrowed from the hub's state, which the fan-out holds read-locked.
     recipients: Vec<(&'s Arc<Connection>, u64)>,
@@ -785,6 +800,8 @@ impl<'s> Fanout<'s> {
     /// them: each connection once per event, in order, never the event's own sender.
     fn route(&mut self, s: &'s State, run: &[Arc<EncodedEvent>]) {
         let first = &run[0].event;
+        self.open = self.access.may_read(None, first);
+        self.open_to_users = self.open || self.access.open_to_users(first);
         let every = u64::MAX >> (64 - run.len());
         s.index.for_each_route_match(first, |sub| {
             let filters = &sub.spec.filters;
@@ -851,7 +868,10 @@ impl<'s> Fanout<'s> {
     /// the whole run).
     fn offer(&mut self, conn: &Arc<Connection>, run: &[Arc<EncodedEvent>], mut matched: u64) {
         matched &= !bits(run, |e| e.skip == Some(conn.id));
-        if matched == 0 || !conn.may_see(&run[0], self.access) {
+        let allowed = self.open
+            || (self.open_to_users && conn.plain_user.load(Ordering::Relaxed))
+            || conn.may_see(&run[0], self.access);
+        if matched == 0 || !allowed {
             return;
         }
         let events = (0..run.len())
