@@ -63,6 +63,16 @@ pub struct Config {
     pub publish_rate_per_connection: u32,
     /// New connections per second per client IP (burst twice this).
     pub connection_rate_per_ip: u32,
+    /// Events per second one identity may publish over HTTP (burst twice this; a batch counts
+    /// its events). Admins and API keys are not limited.
+    pub publish_rate_per_identity: u32,
+    /// Events per second published over HTTP from one client IP, all identities together
+    /// (burst twice this).
+    pub publish_rate_per_ip: u32,
+    /// Request-body bytes per second one identity may publish over HTTP (burst twice this).
+    pub publish_bytes_per_identity: u32,
+    /// Request-body bytes per second published over HTTP from one client IP (burst twice this).
+    pub publish_bytes_per_ip: u32,
     /// Rooms anonymous connections may join (names or `prefix*` patterns; `*` for all).
     pub public_rooms: Vec<String>,
     /// Serves `/echo`, a WebSocket echo on the same connection machinery, for conformance runs.
@@ -165,6 +175,10 @@ impl Default for Config {
             write_timeout_secs: 10,
             publish_rate_per_connection: 200,
             connection_rate_per_ip: 200,
+            publish_rate_per_identity: 100,
+            publish_rate_per_ip: 1000,
+            publish_bytes_per_identity: 1 << 20,
+            publish_bytes_per_ip: 4 << 20,
             public_rooms: Vec::new(),
             ws_echo: false,
             demo: false,
