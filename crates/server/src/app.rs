@@ -27,7 +27,7 @@ use crate::auth::Auth;
 use crate::chat;
 use crate::config::Config;
 use crate::error::AppError;
-use crate::limits::{PublishBudgets, client_key};
+use crate::limits::{PerAddress, PublishBudgets, client_key};
 use crate::transport::mailbox::Mailboxes;
 
 pub struct App {
@@ -44,6 +44,8 @@ pub struct App {
     connect_limiter: DefaultKeyedRateLimiter<IpAddr>,
     /// HTTP publishes' budgets (events and bytes per identity and per client address).
     publish_budgets: PublishBudgets,
+    /// Long-polls held per client address (`max_long_polls_per_ip`).
+    pub long_polls: Arc<PerAddress>,
     /// Shared with `node`, which samples it on every cluster heartbeat.
     pub process: Arc<Mutex<ProcessMonitor>>,
     /// This node as `GET /api/cluster/nodes` shows it.
@@ -136,6 +138,7 @@ impl App {
                 config.publish_bytes_per_identity,
                 config.publish_bytes_per_ip,
             ),
+            long_polls: Arc::default(),
             config,
             hub,
             log,

@@ -63,6 +63,12 @@ pub struct Config {
     pub publish_rate_per_connection: u32,
     /// New connections per second per client IP (burst twice this).
     pub connection_rate_per_ip: u32,
+    /// Long-polls held at once per client IP (an IPv6 client: per /64). Long-polls count
+    /// against `max_connections` too.
+    pub max_long_polls_per_ip: usize,
+    /// The most bytes of events one long-poll answer carries (at least one event); its
+    /// `cursor` says where to continue.
+    pub long_poll_max_bytes: usize,
     /// Events per second one identity may publish over HTTP (burst twice this; a batch counts
     /// its events). Admins and API keys are not limited.
     pub publish_rate_per_identity: u32,
@@ -175,6 +181,8 @@ impl Default for Config {
             write_timeout_secs: 10,
             publish_rate_per_connection: 200,
             connection_rate_per_ip: 200,
+            max_long_polls_per_ip: 50,
+            long_poll_max_bytes: 1 << 20,
             publish_rate_per_identity: 100,
             publish_rate_per_ip: 1000,
             publish_bytes_per_identity: 1 << 20,

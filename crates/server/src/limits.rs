@@ -1,9 +1,11 @@
 //! Per-client bounds that are not connections: the budgets of HTTP publishes (events and bytes
-//! per second, per identity and per client address).
+//! per second, per identity and per client address) and counts of what a client address holds
+//! at once (long-polls).
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -194,6 +196,53 @@ impl PublishBudgets {
     }
 }
 
+/// How many of something each client address holds at once (held long-polls).
+#[derive(Default)]
+pub struct PerAddress {
+    held: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One held slot; released when dropped.
+pub struct Held {
+    of: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    /// Takes a slot for `ip` (already `client_key`ed) unless it holds `max` already.
+    pub fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<Held> {
+        let mut held = self.held.lock();
+        let n = held.entry(ip).or_default();
+        if *n >= max {
+            if *n == 0 {
+                held.remove(&ip);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(Held {
+            of: self.clone(),
+            ip,
+        })
+    }
+
+    pub fn held(&self, ip: IpAddr) -> usize {
+        self.held.lock().get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut held = self.of.held.lock();
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,5 +332,20 @@ mod tests {
             .identity_events
             .forget_full(t0 + Duration::from_secs(1));
         assert!(budgets.inner.lock().identity_events.levels.is_empty());
+    }
+
+    #[test]
+    fn an_address_holds_at_most_its_slots_until_one_is_released() {
+        let per = Arc::new(PerAddress::default());
+        let held: Vec<_> = (0..3).map(|_| per.take(ip(1), 3).unwrap()).collect();
+        assert!(per.take(ip(1), 3).is_none());
+        assert!(per.take(ip(2), 3).is_some());
+        drop(held);
+        assert_eq!(per.held(ip(1)), 0);
+        assert!(
+            per.held.lock().is_empty(),
+            "released addresses are forgotten"
+        );
+        assert!(per.take(ip(1), 3).is_some());
     }
 }

@@ -77,10 +77,12 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     for (transport, n) in [
         (Transport::WebSocket, stats.by_type.websocket),
         (Transport::Sse, stats.by_type.sse),
+        (Transport::LongPoll, stats.by_type.longpoll),
     ] {
         let label = match transport {
             Transport::WebSocket => "websocket",
             Transport::Sse => "sse",
+            Transport::LongPoll => "longpoll",
         };
         metrics::gauge!("herald_connections", "transport" => label).set(n as f64);
     }
