@@ -139,6 +139,7 @@ impl App {
                 config.publish_bytes_per_ip,
             ),
             long_polls: Arc::default(),
+            mailboxes: Mailboxes::new(config.max_mailboxes, config.max_mailboxes_per_ip),
             config,
             hub,
             log,
@@ -149,7 +150,6 @@ impl App {
             node,
             head,
             stopping: watch::Sender::new(false),
-            mailboxes: Mailboxes::default(),
             streams,
         }))
     }

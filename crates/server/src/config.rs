@@ -79,6 +79,11 @@ pub struct Config {
     pub publish_bytes_per_identity: u32,
     /// Request-body bytes per second published over HTTP from one client IP (burst twice this).
     pub publish_bytes_per_ip: u32,
+    /// Seed 003's polling mailboxes kept at most; beyond, the least recently polled is
+    /// forgotten.
+    pub max_mailboxes: usize,
+    /// Mailboxes kept per client IP; beyond, that address's least recently polled is forgotten.
+    pub max_mailboxes_per_ip: usize,
     /// Rooms anonymous connections may join (names or `prefix*` patterns; `*` for all).
     pub public_rooms: Vec<String>,
     /// Serves `/echo`, a WebSocket echo on the same connection machinery, for conformance runs.
@@ -187,6 +192,8 @@ impl Default for Config {
             publish_rate_per_ip: 1000,
             publish_bytes_per_identity: 1 << 20,
             publish_bytes_per_ip: 4 << 20,
+            max_mailboxes: 10_000,
+            max_mailboxes_per_ip: 100,
             public_rooms: Vec::new(),
             ws_echo: false,
             demo: false,

@@ -88,6 +88,7 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     }
     metrics::gauge!("herald_subscriptions").set(stats.subscriptions as f64);
     metrics::gauge!("herald_users").set(stats.unique_users as f64);
+    metrics::gauge!("herald_mailboxes").set(app.mailboxes.len() as f64);
     let rss = app.process.lock().sample().rss_bytes;
     metrics::gauge!("herald_process_resident_memory_bytes").set(rss as f64);
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
