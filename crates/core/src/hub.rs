@@ -24,6 +24,9 @@ use crate::subscription::{Subscription, SubscriptionIndex, SubscriptionSpec};
 pub enum Transport {
     WebSocket,
     Sse,
+    /// A held `GET /api/realtime/poll`: registered for the request's lifetime, so it counts
+    /// against `max_connections` and its matches arrive through fan-out like any other.
+    LongPoll,
 }
 
 #[derive(Debug)]
@@ -154,6 +157,9 @@ pub enum HubError {
 pub struct ByTransport {
     pub websocket: usize,
     pub sse: usize,
+    /// Held long-polls. Defaulted when absent (a node of an earlier version reporting).
+    #[serde(default)]
+    pub longpoll: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -677,6 +683,7 @@ impl Hub {
             match c.transport {
                 Transport::WebSocket => by_type.websocket += 1,
                 Transport::Sse => by_type.sse += 1,
+                Transport::LongPoll => by_type.longpoll += 1,
             }
             subs += c.subscription_count();
         }

@@ -471,7 +471,7 @@ impl Stream {
 
     fn send(&self, conn: &Connection, m: &Message) -> bool {
         let frame = match conn.transport {
-            Transport::Sse => self.sse_frame(m),
+            Transport::Sse | Transport::LongPoll => self.sse_frame(m),
             Transport::WebSocket => self.ws_frame(m),
         };
         conn.send(raw(frame.clone()))
@@ -542,7 +542,7 @@ impl Stream {
         ));
         for sub in subscribers.into_values() {
             match sub.conn.transport {
-                Transport::Sse => sub.conn.outbox.close(DELETED),
+                Transport::Sse | Transport::LongPoll => sub.conn.outbox.close(DELETED),
                 Transport::WebSocket => {
                     sub.conn.send(raw(notice.clone()));
                 }

@@ -884,7 +884,10 @@ async fn the_cluster_view_of_an_embedded_server_is_the_server_alone_for_operator
     // Started on port 0: the address it advertises is the port it got.
     assert_eq!(node["url"], server.url(""), "{node}");
     assert!(!node["id"].as_str().unwrap().is_empty(), "{node}");
-    assert_eq!(node["byTransport"], json!({"websocket": 2, "sse": 1}));
+    assert_eq!(
+        node["byTransport"],
+        json!({"websocket": 2, "sse": 1, "longpoll": 0})
+    );
     assert!(node["rssBytes"].as_u64().unwrap() > 1 << 20, "{node}");
     assert!(node["cpuPercent"].as_f64().unwrap() >= 0.0, "{node}");
     let seen = chrono::DateTime::parse_from_rfc3339(node["lastSeen"].as_str().unwrap()).unwrap();

@@ -27,6 +27,7 @@ use crate::auth::Auth;
 use crate::chat;
 use crate::config::Config;
 use crate::error::AppError;
+use crate::limits::{PerAddress, PublishBudgets, client_key};
 use crate::transport::mailbox::Mailboxes;
 
 pub struct App {
@@ -41,6 +42,10 @@ pub struct App {
     pub auth: Auth,
     pub started: Instant,
     connect_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    /// HTTP publishes' budgets (events and bytes per identity and per client address).
+    publish_budgets: PublishBudgets,
+    /// Long-polls held per client address (`max_long_polls_per_ip`).
+    pub long_polls: Arc<PerAddress>,
     /// Shared with `node`, which samples it on every cluster heartbeat.
     pub process: Arc<Mutex<ProcessMonitor>>,
     /// This node as `GET /api/cluster/nodes` shows it.
@@ -129,6 +134,14 @@ impl App {
             connect_limiter: RateLimiter::keyed(
                 Quota::per_second(rate).allow_burst(rate.saturating_mul(nonzero(2))),
             ),
+            publish_budgets: PublishBudgets::new(
+                config.publish_rate_per_identity,
+                config.publish_rate_per_ip,
+                config.publish_bytes_per_identity,
+                config.publish_bytes_per_ip,
+            ),
+            long_polls: Arc::default(),
+            mailboxes: Mailboxes::new(config.max_mailboxes, config.max_mailboxes_per_ip),
             config,
             hub,
             log,
@@ -139,7 +152,6 @@ impl App {
             node,
             head,
             stopping: watch::Sender::new(false),
-            mailboxes: Mailboxes::default(),
             streams,
         }))
     }
@@ -151,8 +163,43 @@ impl App {
         })
     }
 
+    /// The budgets of an HTTP publish of `events` events in a `bytes`-byte body, by `caller`
+    /// from `peer`: `publish_rate_per_identity` and `publish_rate_per_ip` (events per second),
+    /// `publish_bytes_per_identity` and `publish_bytes_per_ip`, each with a burst of twice the
+    /// rate; a batch is charged all its events and may overdraw a budget once. Refused with
+    /// 429 `RATE_LIMITED` and `Retry-After`. Admins and API keys are not limited: they are
+    /// the operator's own credentials, may publish as anyone anyway, and backends publish in
+    /// bulk. WebSocket publishes have their own limit per connection (`transport::session`).
+    pub fn admit_http_publish(
+        &self,
+        caller: &Identity,
+        peer: IpAddr,
+        events: usize,
+        bytes: usize,
+    ) -> Result<(), AppError> {
+        if caller.is_privileged() {
+            return Ok(());
+        }
+        let ip = client_key(peer);
+        self.publish_budgets
+            .admit(&caller.user_id, ip, events, bytes)
+            .map_err(|(limit, wait)| {
+                metrics::counter!("herald_refused_total", "resource" => "publish", "limit" => limit.label())
+                    .increment(1);
+                metrics::counter!("herald_publish_refused_total", "code" => herald_core::protocol::code::RATE_LIMITED)
+                    .increment(1);
+                AppError::rate_limited(format!(
+                    "publishing too fast ({} exceeded); retry in {} ms",
+                    limit.key(),
+                    wait.as_millis().max(1)
+                ))
+                .retry_after(wait)
+            })
+    }
+
     pub fn forget_idle_limits(&self) {
         self.connect_limiter.retain_recent();
+        self.publish_budgets.forget_idle();
     }
 
     /// Commits what is queued and stops taking publishes (graceful shutdown).

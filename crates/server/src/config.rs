@@ -83,6 +83,27 @@ pub struct Config {
     pub publish_rate_per_connection: u32,
     /// New connections per second per client IP (burst twice this).
     pub connection_rate_per_ip: u32,
+    /// Long-polls held at once per client IP (an IPv6 client: per /64). Long-polls count
+    /// against `max_connections` too.
+    pub max_long_polls_per_ip: usize,
+    /// The most bytes of events one long-poll answer carries (at least one event); its
+    /// `cursor` says where to continue.
+    pub long_poll_max_bytes: usize,
+    /// Events per second one identity may publish over HTTP (burst twice this; a batch counts
+    /// its events). Admins and API keys are not limited.
+    pub publish_rate_per_identity: u32,
+    /// Events per second published over HTTP from one client IP, all identities together
+    /// (burst twice this).
+    pub publish_rate_per_ip: u32,
+    /// Request-body bytes per second one identity may publish over HTTP (burst twice this).
+    pub publish_bytes_per_identity: u32,
+    /// Request-body bytes per second published over HTTP from one client IP (burst twice this).
+    pub publish_bytes_per_ip: u32,
+    /// Seed 003's polling mailboxes kept at most; beyond, the least recently polled is
+    /// forgotten.
+    pub max_mailboxes: usize,
+    /// Mailboxes kept per client IP; beyond, that address's least recently polled is forgotten.
+    pub max_mailboxes_per_ip: usize,
     /// Rooms anonymous connections may join (names or `prefix*` patterns; `*` for all).
     pub public_rooms: Vec<String>,
     /// Serves `/echo`, a WebSocket echo on the same connection machinery, for conformance runs.
@@ -190,6 +211,14 @@ impl Default for Config {
             write_timeout_secs: 10,
             publish_rate_per_connection: 200,
             connection_rate_per_ip: 200,
+            max_long_polls_per_ip: 50,
+            long_poll_max_bytes: 1 << 20,
+            publish_rate_per_identity: 100,
+            publish_rate_per_ip: 1000,
+            publish_bytes_per_identity: 1 << 20,
+            publish_bytes_per_ip: 4 << 20,
+            max_mailboxes: 10_000,
+            max_mailboxes_per_ip: 100,
             public_rooms: Vec::new(),
             ws_echo: false,
             demo: false,

@@ -15,6 +15,8 @@ pub struct AppError {
     pub status: StatusCode,
     pub message: String,
     pub code: &'static str,
+    /// Seconds after which a refused request may succeed: sent as `Retry-After`.
+    pub retry_after: Option<u64>,
 }
 
 impl AppError {
@@ -23,7 +25,15 @@ impl AppError {
             status,
             message: message.into(),
             code,
+            retry_after: None,
         }
+    }
+
+    /// Adds `Retry-After`: whole seconds, rounded up (at least 1).
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        self.retry_after = Some(secs.max(1));
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -81,13 +91,19 @@ pub struct ErrorBody {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         metrics::counter!("herald_errors_total", "code" => self.code).increment(1);
-        (
+        let mut response = (
             self.status,
             Json(ErrorBody {
                 error: self.message,
                 code: self.code,
             }),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }

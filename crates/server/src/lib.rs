@@ -9,6 +9,7 @@ pub mod chat;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod limits;
 pub mod listener;
 pub mod transport;
 

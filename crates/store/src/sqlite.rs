@@ -52,7 +52,7 @@ fn raise_high_water(conn: &Connection, seq: &str) -> rusqlite::Result<()> {
     ))
 }
 
-/// Read connections kept open for history queries.
+/// Read connections kept open for history queries, and the most queries that run at once.
 const READERS: usize = 4;
 /// How often the checkpointer copies committed WAL frames into the database file. Each
 /// checkpoint pays an `fsync` (about one per checkpoint, measured) whatever it copies; every 50 ms
@@ -80,6 +80,11 @@ pub struct SqliteStore {
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpointer: Mutex<Option<(std_mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     readers: Mutex<Vec<Connection>>,
+    /// One permit per read connection: queries beyond `READERS` wait here, as tasks, instead
+    /// of each taking a thread of Tokio's blocking pool (up to 512) and opening a connection
+    /// of its own. A query holds its permit until its thread is done, even if its caller has
+    /// gone.
+    reading: Arc<tokio::sync::Semaphore>,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -139,6 +144,7 @@ impl SqliteStore {
             writer_thread: Mutex::new(Some(thread)),
             checkpointer: Mutex::new(Some((stop, checkpointer))),
             readers: Mutex::new(Vec::new()),
+            reading: Arc::new(tokio::sync::Semaphore::new(READERS)),
         })
     }
 
@@ -163,9 +169,12 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let permit = self.reading.clone().acquire_owned().await;
+        let permit = permit.map_err(|_| closed())?;
         let pooled = self.readers.lock().pop();
         let path = self.path.clone();
         let (conn, result) = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let conn = match pooled {
                 Some(c) => c,
                 None => Connection::open_with_flags(

@@ -1,11 +1,12 @@
 //! `/api/realtime/*`: publish, subscribe an open stream, history, statistics.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::header::{self, HeaderName};
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
@@ -44,12 +45,16 @@ pub struct PublishResponse {
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 403, description = "Publishing as another user", body = ErrorBody),
         (status = 413, description = "Body over max_message_bytes", body = ErrorBody),
+        (status = 429, description = "Publishing too fast (publish_rate_per_identity, publish_rate_per_ip, publish_bytes_per_identity, publish_bytes_per_ip); see Retry-After", body = ErrorBody),
         (status = 503, description = "Store unavailable or shutting down", body = ErrorBody)))]
 pub async fn publish(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Caller(caller): Caller,
     body: Result<bytes::Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<PublishResponse>), AppError> {
+    let bytes = body.as_ref().map_or(0, bytes::Bytes::len);
+    app.admit_http_publish(&caller, peer.ip(), 1, bytes)?;
     let args: PublishArgs = json_body(body)?;
     let event = app.publish(&caller, args).await?;
     let event = Published::of(&event.event);
@@ -93,18 +98,22 @@ pub fn batch_body_limit(max_message_bytes: usize) -> usize {
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 403, description = "An event published as another user: nothing is published", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB, or an event over max_message_bytes", body = ErrorBody),
+        (status = 429, description = "Publishing too fast: the batch counts its events and its bytes (see /publish); see Retry-After", body = ErrorBody),
         (status = 503, description = "Store unavailable or shutting down: nothing is published", body = ErrorBody)))]
 pub async fn publish_batch(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Caller(caller): Caller,
     body: Result<bytes::Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<PublishBatchResponse>), AppError> {
+    let bytes = body.as_ref().map_or(0, bytes::Bytes::len);
     let batch: PublishBatchArgs = json_body(body)?;
     if !(1..=MAX_PUBLISH_ALL).contains(&batch.events.len()) {
         return Err(AppError::bad_request(format!(
             "events must hold 1..={MAX_PUBLISH_ALL} events"
         )));
     }
+    app.admit_http_publish(&caller, peer.ip(), batch.events.len(), bytes)?;
     let all = batch
         .events
         .iter()

@@ -77,15 +77,18 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     for (transport, n) in [
         (Transport::WebSocket, stats.by_type.websocket),
         (Transport::Sse, stats.by_type.sse),
+        (Transport::LongPoll, stats.by_type.longpoll),
     ] {
         let label = match transport {
             Transport::WebSocket => "websocket",
             Transport::Sse => "sse",
+            Transport::LongPoll => "longpoll",
         };
         metrics::gauge!("herald_connections", "transport" => label).set(n as f64);
     }
     metrics::gauge!("herald_subscriptions").set(stats.subscriptions as f64);
     metrics::gauge!("herald_users").set(stats.unique_users as f64);
+    metrics::gauge!("herald_mailboxes").set(app.mailboxes.len() as f64);
     let rss = app.process.lock().sample().rss_bytes;
     metrics::gauge!("herald_process_resident_memory_bytes").set(rss as f64);
     let workers = tokio::runtime::Handle::current().metrics().num_workers();

@@ -1,16 +1,24 @@
 //! Seed 003's "WebSocket-like polling": each client has a mailbox named by its `x-client-id`;
 //! `GET /api/messages` empties it, `POST /api/messages` sends to every other client. A mailbox
 //! is only a cursor into the log (messages are `mailbox.message` events), so nothing is copied
-//! per client and a mailbox costs a few dozen bytes. Mailboxes not polled for
-//! `idle_timeout_secs` are forgotten.
+//! per client and a mailbox costs a few dozen bytes.
+//!
+//! A mailbox exists only once it is used. A poll without an id gets an id and keeps nothing:
+//! the id carries where the mailbox starts (the head of the log when it was handed out) and
+//! when it was handed out, so the mailbox opens there when the id is first polled or posted
+//! from — within `idle_timeout_secs`; later, or for an id the client chose, it opens at the
+//! head. At most `max_mailboxes_per_ip` are kept per client address and `max_mailboxes` in all:
+//! beyond, the least recently polled (of that address, or of all) is forgotten, and so are
+//! mailboxes not polled for `idle_timeout_secs`. A forgotten mailbox polled again opens anew.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use herald_core::protocol::PublishArgs;
 use herald_core::store::{HistoryQuery, Order};
@@ -23,6 +31,7 @@ use crate::api::auth::Caller;
 use crate::api::json_body;
 use crate::app::{App, check_id};
 use crate::error::{AppError, ErrorBody};
+use crate::limits::client_key;
 
 pub const MESSAGE_TYPE: &str = "mailbox.message";
 /// Messages returned by one poll at most; the rest come with the next poll.
@@ -31,78 +40,201 @@ const BATCH: usize = 500;
 struct Mailbox {
     cursor: u64,
     polled: Instant,
+    /// Its place in the least-recently-polled order (`Inner::order`).
+    tick: u64,
+    /// The client address that used it last, which it counts against.
+    ip: IpAddr,
+}
+
+pub struct Mailboxes {
+    max: usize,
+    max_per_ip: usize,
+    inner: Mutex<Inner>,
 }
 
 #[derive(Default)]
-pub struct Mailboxes {
-    boxes: Mutex<HashMap<String, Mailbox>>,
+struct Inner {
+    boxes: HashMap<Arc<str>, Mailbox>,
+    /// Every mailbox by its tick: least recently polled first.
+    order: BTreeMap<u64, Arc<str>>,
+    /// Each client address's mailboxes by their ticks.
+    by_ip: HashMap<IpAddr, BTreeMap<u64, Arc<str>>>,
+    next_tick: u64,
+}
+
+impl Inner {
+    fn remove(&mut self, id: &str) -> Option<(Arc<str>, Mailbox)> {
+        let (id, m) = self.boxes.remove_entry(id)?;
+        self.order.remove(&m.tick);
+        if let Some(own) = self.by_ip.get_mut(&m.ip) {
+            own.remove(&m.tick);
+            if own.is_empty() {
+                self.by_ip.remove(&m.ip);
+            }
+        }
+        Some((id, m))
+    }
+
+    fn insert(&mut self, id: Arc<str>, cursor: u64, ip: IpAddr) {
+        let tick = self.next_tick;
+        self.next_tick += 1;
+        self.order.insert(tick, id.clone());
+        self.by_ip.entry(ip).or_default().insert(tick, id.clone());
+        let polled = Instant::now();
+        self.boxes.insert(
+            id,
+            Mailbox {
+                cursor,
+                polled,
+                tick,
+                ip,
+            },
+        );
+    }
 }
 
 impl Mailboxes {
-    /// The cursor of `id`, opening the mailbox at `head` (only messages from now on) when new.
-    fn cursor(&self, id: &str, head: u64, max: usize) -> Result<u64, AppError> {
-        let mut boxes = self.boxes.lock();
-        if let Some(m) = boxes.get_mut(id) {
-            m.polled = Instant::now();
-            return Ok(m.cursor);
+    pub fn new(max: usize, max_per_ip: usize) -> Self {
+        Self {
+            max: max.max(1),
+            max_per_ip: max_per_ip.max(1),
+            inner: Mutex::default(),
         }
-        if boxes.len() >= max {
-            return Err(AppError::unavailable("too many mailboxes; try again later"));
-        }
-        boxes.insert(
-            id.to_owned(),
-            Mailbox {
-                cursor: head,
-                polled: Instant::now(),
-            },
-        );
-        Ok(head)
+    }
+
+    /// The cursor of `id`, used now from `ip`; a new mailbox opens at `start`, making room
+    /// first by forgetting the least recently polled mailbox of `ip`, or of all.
+    fn open(&self, id: &str, ip: IpAddr, start: u64) -> u64 {
+        let mut inner = self.inner.lock();
+        // A known mailbox is taken out and put back as the most recently polled.
+        let (id, cursor) = match inner.remove(id) {
+            Some((id, m)) => (id, m.cursor),
+            None => {
+                let full = |inner: &Inner| {
+                    inner.by_ip.get(&ip).map_or(0, BTreeMap::len) >= self.max_per_ip
+                };
+                if full(&inner) {
+                    let oldest = inner.by_ip[&ip].values().next().cloned();
+                    if let Some(oldest) = oldest {
+                        inner.remove(&oldest);
+                        metrics::counter!("herald_mailboxes_evicted_total", "limit" => "per_ip")
+                            .increment(1);
+                    }
+                }
+                if inner.boxes.len() >= self.max {
+                    let oldest = inner.order.values().next().cloned();
+                    if let Some(oldest) = oldest {
+                        inner.remove(&oldest);
+                        metrics::counter!("herald_mailboxes_evicted_total", "limit" => "total")
+                            .increment(1);
+                    }
+                }
+                (Arc::from(id), start)
+            }
+        };
+        inner.insert(id, cursor, ip);
+        cursor
     }
 
     fn advance(&self, id: &str, cursor: u64) {
-        if let Some(m) = self.boxes.lock().get_mut(id) {
+        if let Some(m) = self.inner.lock().boxes.get_mut(id) {
             m.cursor = m.cursor.max(cursor);
         }
     }
 
     /// Forgets mailboxes not polled for `idle`; returns how many.
     pub fn forget_idle(&self, idle: Duration) -> usize {
-        let mut boxes = self.boxes.lock();
-        let before = boxes.len();
-        boxes.retain(|_, m| m.polled.elapsed() <= idle);
-        before - boxes.len()
+        let mut inner = self.inner.lock();
+        let mut forgotten = 0;
+        // Least recently polled first: stop at the first one still in use.
+        while let Some((_, id)) = inner.order.first_key_value() {
+            let id = id.clone();
+            if inner.boxes[&id].polled.elapsed() <= idle {
+                break;
+            }
+            inner.remove(&id);
+            forgotten += 1;
+        }
+        forgotten
+    }
+
+    /// How many mailboxes are kept.
+    pub fn len(&self) -> usize {
+        self.inner.lock().boxes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
-fn client_id(headers: &HeaderMap) -> Result<String, AppError> {
+/// An id handed out by a poll without one: `{uuid}.{head}.{unix ms}` — where its mailbox
+/// starts, and since when.
+fn issue(head: u64) -> String {
+    format!("{}.{head}.{}", Uuid::new_v4().simple(), unix_ms())
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Where the mailbox `id` opens: where an id handed out by `issue` within `valid` says
+/// (never past `head`), else at `head`.
+fn start_of(id: &str, head: u64, valid: Duration) -> u64 {
+    let mut parts = id.split('.');
+    let (Some(uuid), Some(start), Some(ms), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return head;
+    };
+    let issued = (uuid.len() == 32 && uuid.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| Some((start.parse::<u64>().ok()?, ms.parse::<u64>().ok()?)))
+        .flatten();
+    match issued {
+        Some((start, ms)) if unix_ms().saturating_sub(ms) <= valid.as_millis() as u64 => {
+            start.min(head)
+        }
+        _ => head,
+    }
+}
+
+/// The mailbox a request names, or `None` when it names none (a page that has no id yet sends
+/// the string "null", as seed 003 does).
+fn client_id(headers: &HeaderMap) -> Result<Option<String>, AppError> {
     match headers
         .get("x-client-id")
         .map(|v| v.to_str().map(str::trim))
     {
-        // A page that has no id yet sends the string "null" (seed 003 does): a new mailbox.
         Some(Ok(id)) if !matches!(id, "" | "null" | "undefined") => {
             check_id("x-client-id", Some(id))?;
-            Ok(id.to_owned())
+            Ok(Some(id.to_owned()))
         }
         Some(Err(_)) => Err(AppError::bad_request("x-client-id must be text")),
-        _ => Ok(Uuid::new_v4().to_string()),
+        _ => Ok(None),
     }
 }
 
 /// Empties the caller's mailbox: `{messages: [{id, from, content, timestamp}], clientId}`.
 #[utoipa::path(get, path = "/api/messages", tag = "seed-compatible",
-    params(("x-client-id" = Option<String>, Header, description = "Your mailbox; a new one is opened (and named in the answer) when absent or unknown")),
+    params(("x-client-id" = Option<String>, Header, description = "Your mailbox; when absent, the answer names a new one (which starts now), kept once it is polled or posted from; an unknown id opens one now")),
     responses((status = 200, description = "`{messages: [{id, from, content, timestamp}], clientId}`; `id` is the message's seq", body = Object),
         (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn poll(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, AppError> {
-    let id = client_id(&headers)?;
     let head = *app.head.borrow();
+    let Some(id) = client_id(&headers)? else {
+        // Nothing to read yet and nothing kept: the id says where its mailbox will start.
+        return Ok(Json(json!({"messages": [], "clientId": issue(head)})));
+    };
+    let valid = Duration::from_secs(app.config.idle_timeout_secs);
     let cursor = app
         .mailboxes
-        .cursor(&id, head, app.config.max_connections)?;
+        .open(&id, client_key(peer.ip()), start_of(&id, head, valid));
     let q = HistoryQuery {
         types: vec![MESSAGE_TYPE.into()],
         after_seq: Some(cursor),
@@ -140,18 +272,34 @@ struct Post {
     params(("x-client-id" = Option<String>, Header, description = "The sender's mailbox (its own messages are not delivered back to it)")),
     request_body(content = Object, description = "`{content}`"),
     responses((status = 200, description = "`{success, seq}`", body = Object),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 429, description = "Publishing too fast (as `POST /api/realtime/publish`)", body = ErrorBody)))]
 pub async fn send(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Caller(caller): Caller,
     headers: HeaderMap,
     body: Result<bytes::Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AppError> {
-    let from = client_id(&headers)?;
+    let bytes = body.as_ref().map_or(0, bytes::Bytes::len);
+    app.admit_http_publish(&caller, peer.ip(), 1, bytes)?;
+    let named = client_id(&headers)?;
     let post: Post = json_body(body)?;
     if post.content.is_empty() {
         return Err(AppError::bad_request("content must not be empty"));
     }
+    let from = match named {
+        Some(id) => {
+            // Posting from a mailbox is using it: it opens (if it had not) before the send,
+            // so it gets every other client's messages from here on.
+            let head = *app.head.borrow();
+            let valid = Duration::from_secs(app.config.idle_timeout_secs);
+            let start = start_of(&id, head, valid);
+            app.mailboxes.open(&id, client_key(peer.ip()), start);
+            id
+        }
+        None => Uuid::new_v4().to_string(),
+    };
     let event = PublishArgs {
         kind: MESSAGE_TYPE.into(),
         data: json!({"from": from, "content": post.content}),
@@ -161,4 +309,90 @@ pub async fn send(
     };
     let committed = app.publish(&caller, event).await?;
     Ok(Json(json!({"success": true, "seq": committed.event.seq})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    fn ids(m: &Mailboxes) -> Vec<String> {
+        let inner = m.inner.lock();
+        inner.order.values().map(|id| id.to_string()).collect()
+    }
+
+    #[test]
+    fn an_address_at_its_cap_loses_its_least_recently_polled_mailbox() {
+        let m = Mailboxes::new(100, 3);
+        for id in ["a", "b", "c"] {
+            m.open(id, ip(1), 0);
+        }
+        m.open("other", ip(2), 0);
+        // Polling `a` again makes `b` the least recently polled of ip(1).
+        m.open("a", ip(1), 0);
+        m.open("d", ip(1), 0);
+        assert_eq!(ids(&m), ["c", "other", "a", "d"]);
+        assert_eq!(m.len(), 4);
+    }
+
+    #[test]
+    fn at_the_total_cap_the_least_recently_polled_of_all_goes() {
+        let m = Mailboxes::new(3, 100);
+        m.open("a", ip(1), 0);
+        m.open("b", ip(2), 0);
+        m.open("c", ip(3), 0);
+        m.open("a", ip(1), 0);
+        m.open("d", ip(4), 0);
+        assert_eq!(ids(&m), ["c", "a", "d"]);
+        let inner = m.inner.lock();
+        assert!(
+            !inner.by_ip.contains_key(&ip(2)),
+            "an emptied address is forgotten"
+        );
+        assert_eq!(inner.by_ip.len(), 3);
+    }
+
+    #[test]
+    fn a_mailbox_keeps_its_cursor_and_counts_where_it_was_used_last() {
+        let m = Mailboxes::new(10, 10);
+        assert_eq!(m.open("a", ip(1), 5), 5);
+        m.advance("a", 9);
+        assert_eq!(m.open("a", ip(2), 100), 9, "known: its own cursor");
+        let inner = m.inner.lock();
+        assert!(!inner.by_ip.contains_key(&ip(1)));
+        assert_eq!(inner.by_ip[&ip(2)].len(), 1);
+    }
+
+    #[test]
+    fn idle_mailboxes_are_forgotten_oldest_first() {
+        let m = Mailboxes::new(10, 10);
+        m.open("old", ip(1), 0);
+        std::thread::sleep(Duration::from_millis(30));
+        m.open("new", ip(1), 0);
+        assert_eq!(m.forget_idle(Duration::from_millis(20)), 1);
+        assert_eq!(ids(&m), ["new"]);
+        assert_eq!(m.forget_idle(Duration::ZERO), 1);
+        assert!(m.is_empty() && m.inner.lock().by_ip.is_empty());
+    }
+
+    #[test]
+    fn an_issued_id_opens_where_it_was_issued_while_it_is_fresh() {
+        let hour = Duration::from_secs(3600);
+        let id = issue(7);
+        assert_eq!(start_of(&id, 10, hour), 7);
+        assert_eq!(start_of(&id, 5, hour), 5, "never past the head");
+        let stale = format!("{}.7.{}", Uuid::new_v4().simple(), unix_ms() - 7_200_000);
+        assert_eq!(start_of(&stale, 10, hour), 10);
+        for named in [
+            "quiet",
+            "a.b.c",
+            "x.7.1",
+            &format!("{}.7", Uuid::new_v4().simple()),
+        ] {
+            assert_eq!(start_of(named, 10, hour), 10, "{named}");
+        }
+    }
 }
