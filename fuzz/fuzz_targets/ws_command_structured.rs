@@ -10,6 +10,8 @@ use herald_core::protocol::{Command, Envelope, JoinArgs, PublishArgs, SubscribeA
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value, json};
 
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
 /// A JSON value of bounded depth.
 #[derive(Debug)]
 struct Json(Value);
@@ -44,7 +46,14 @@ fn json_object(u: &mut Unstructured<'_>, depth: u32) -> arbitrary::Result<Map<St
     let n = u.int_in_range(0..=4)?;
     let mut m = Map::new();
     for _ in 0..n {
-        m.insert(u.arbitrary()?, json_value(u, depth)?);
+        let key: String = u.arbitrary()?;
+        // With serde_json's `raw_value` (herald-server uses it), an object whose first key is
+        // this token is read as a raw value, so such a message is refused as invalid JSON:
+        // a known quirk, left alone (docs/fuzzing.md).
+        if key == RAW_VALUE_TOKEN {
+            continue;
+        }
+        m.insert(key, json_value(u, depth)?);
     }
     Ok(m)
 }
