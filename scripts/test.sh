@@ -57,6 +57,36 @@ if [ "$status" = 124 ] || [ "$status" = 137 ]; then
 fi
 [ "$status" = 0 ] || exit "$status"
 
+step "fuzzing (short runs)"
+# Each target of fuzz/ (docs/fuzzing.md) for 20 s from its seeds, with cargo-fuzz on the
+# nightly toolchain: a panic or a broken invariant fails the run, and the input is left under
+# fuzz/artifacts/<target>/. On two cores: about 4 minutes with the build of fuzz/target/ from
+# scratch, 2 once it is built.
+# What the runs find goes to a scratch directory: fuzz/corpus/ keeps the seeds only.
+cargo +nightly --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+timeout --kill-after=30s 15m cargo +nightly fuzz build
+fuzz_scratch=$(mktemp -d)
+fuzz_failed=()
+for target in $(cargo +nightly fuzz list); do
+  mkdir -p "$fuzz_scratch/$target"
+  fuzz_corpora=("$fuzz_scratch/$target")
+  [ -d "fuzz/corpus/$target" ] && fuzz_corpora+=("fuzz/corpus/$target")
+  fuzz_args=(-max_total_time=20)
+  [ -f "fuzz/dict/$target.dict" ] && fuzz_args+=("-dict=fuzz/dict/$target.dict")
+  timeout --kill-after=10s 3m cargo +nightly fuzz run "$target" "${fuzz_corpora[@]}" \
+    -- "${fuzz_args[@]}" >"$fuzz_scratch/$target.log" 2>&1 || {
+    fuzz_failed+=("$target")
+    tail -n 60 "$fuzz_scratch/$target.log" >&2
+  }
+  grep -h '^#[0-9]*.*DONE' "$fuzz_scratch/$target.log" | sed "s/^/$target: /" || true
+done
+rm -rf "$fuzz_scratch"
+if [ ${#fuzz_failed[@]} -gt 0 ]; then
+  echo "fuzzing found failures in: ${fuzz_failed[*]} (inputs under fuzz/artifacts/; see docs/fuzzing.md)" >&2
+  exit 1
+fi
+
 step "WebSocket conformance (Autobahn TestSuite)"
 # About 15 s of cases (plus the suite's installation on a fresh machine); bounded like the
 # tests, so that a stuck case fails the run.

@@ -446,6 +446,29 @@ mod tests {
         assert_eq!(e.code, code::VALIDATION_ERROR);
     }
 
+    /// Found by fuzzing (ws_command): serde_json's default float parsing may land one double
+    /// off, so this id (as JavaScript's `JSON.stringify` writes it) came back as
+    /// 4.461555555555555e33 and a published event's number changed on the way through.
+    #[test]
+    fn floats_are_parsed_exactly() {
+        let x = 4.4615555555555556e33_f64;
+        let e = Envelope::parse(r#"{"type":"ping","id":4.4615555555555556e33}"#).unwrap();
+        assert_eq!(e.id, Some(json!(x)));
+        let reply = ServerMessage::reply("pong", None, e.id);
+        assert_eq!(
+            &reply.ws_frame()[..],
+            br#"{"type":"pong","id":4.4615555555555556e+33}"#
+        );
+        let e = Envelope::parse(
+            r#"{"type":"publish","data":{"type":"a.b","data":{"price":4.4615555555555556e33}}}"#,
+        )
+        .unwrap();
+        let Command::Publish(p) = e.command else {
+            panic!()
+        };
+        assert_eq!(p.data["price"].as_f64(), Some(x));
+    }
+
     #[test]
     fn room_commands_in_both_forms() {
         let flat = Envelope::parse(r#"{"type":"join","room":"general","user":"JohnDoe"}"#).unwrap();

@@ -1,5 +1,8 @@
 //! Configuration: built-in defaults, then `herald.toml`, then `HERALD_*` environment variables
 //! (and `JWT_SECRET`), then command-line flags — each layer overriding the previous.
+//!
+//! The `config` fuzz target (fuzz/fuzz_targets/config.rs) compiles this file on its own: keep
+//! its dependencies to figment, serde and herald-core (no `crate::` paths).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
