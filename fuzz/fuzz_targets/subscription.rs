@@ -7,11 +7,13 @@
 //!   `eventTypes` it reports (`subscription.created`) parse back to the same spec; the filters
 //!   serialise and deserialise unchanged;
 //! - an event built to fit each pattern and every filter matches;
-//! - the hub's fan-out (the subscription index, runs of events of one route, the privacy of
-//!   `user.*` events and personal rooms) queues on each connection exactly the events that
-//!   `SubscriptionSpec::matches` and its identity let it see, once each, in `seq` order.
+//! - the hub's fan-out (the subscription index, runs of events of one route, its shortcuts
+//!   for runs open to everyone or to every plain user) queues on each connection exactly the
+//!   events that `SubscriptionSpec::matches` and `Access::may_read` let it see, once each, in
+//!   `seq` order.
 #![no_main]
 
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use chrono::DateTime;
@@ -19,8 +21,8 @@ use herald_core::hub::Connection;
 use herald_core::protocol::SubscribeArgs;
 use herald_core::room::personal_owner;
 use herald_core::{
-    EncodedEvent, Event, Filters, Hub, Identity, OutboxLimits, Outgoing, Role, SubscriptionSpec,
-    Transport, TypePattern,
+    Access, EncodedEvent, Event, Filters, Hub, Identity, OutboxLimits, Outgoing, Role,
+    SubscriptionSpec, Transport, TypePattern,
 };
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
@@ -38,8 +40,11 @@ fn check_spec(args: &SubscribeArgs, spec: &Result<SubscriptionSpec, String>) {
         .iter()
         .map(|t| TypePattern::parse(t))
         .collect();
+    let custom = args.filters.clone().unwrap_or_default().custom;
     let valid = (1..=herald_core::subscription::MAX_PATTERNS).contains(&patterns.len())
-        && patterns.iter().all(Result::is_ok);
+        && patterns.iter().all(Result::is_ok)
+        && custom.len() <= herald_core::subscription::MAX_CUSTOM_FILTERS
+        && Value::Object(custom).to_string().len() <= herald_core::subscription::MAX_CUSTOM_BYTES;
     let Ok(spec) = spec else {
         assert!(!valid, "{args:?} refused: {spec:?}");
         return;
@@ -169,22 +174,31 @@ fuzz_target!(|data: &[u8]| {
         e.seq = i as u64 + 1;
     }
 
-    // An admin (sees everything) with every spec, an anonymous connection and a user with
-    // the main one.
+    // An admin (sees everything) with every spec; an anonymous connection, a user, and a user
+    // whose token limits its rooms, with the main one. Some rooms are public.
     let limits = OutboxLimits {
         max_messages: 1 << 20,
         max_bytes: usize::MAX / 2,
     };
-    let hub = Hub::new(8, 16, limits);
+    let access = Arc::new(Access::new(vec!["lobby".into(), "open-*".into()]));
+    let hub = Hub::new(8, 16, limits).with_access(access.clone());
     let admin = hub.connect(Transport::WebSocket).unwrap();
-    hub.authenticate(&admin, Identity::with_role("root", Role::Admin));
+    hub.authenticate(&admin, Identity::with_role("root", Role::Admin))
+        .unwrap();
     let anonymous = hub.connect(Transport::Sse).unwrap();
     let user = hub.connect(Transport::WebSocket).unwrap();
-    hub.authenticate(&user, Identity::user("u1"));
+    hub.authenticate(&user, Identity::user("u1")).unwrap();
+    let claimed = hub.connect(Transport::WebSocket).unwrap();
+    let limited = Identity {
+        rooms: Some(vec!["team-*".into()]),
+        ..Identity::user("u2")
+    };
+    hub.authenticate(&claimed, limited).unwrap();
     let conns = [
         (&admin, [&[spec.clone()][..], &also[..]].concat()),
         (&anonymous, vec![spec.clone()]),
         (&user, vec![spec.clone()]),
+        (&claimed, vec![spec.clone()]),
     ];
     for (conn, specs) in &conns {
         for s in specs {
@@ -208,12 +222,9 @@ fuzz_target!(|data: &[u8]| {
         let expected: Vec<u64> = events
             .iter()
             .filter(|e| {
-                let may_see = match e.private_to() {
-                    None => true,
-                    Some(owner) => identity
-                        .as_ref()
-                        .is_some_and(|i| i.may_read_private_of(owner)),
-                };
+                // The fan-out's shortcuts (a run open to everyone, or to every plain user)
+                // must agree with the decision itself.
+                let may_see = access.may_read(identity.as_ref(), e);
                 // Events in a personal room reach its owner's connections whatever they
                 // subscribed to.
                 let own_room = e
