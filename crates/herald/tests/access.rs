@@ -735,26 +735,37 @@ fn every_route_and_command_is_in_the_matrix() {
             "route {route} is in neither the access matrix nor the list of paths decided elsewhere"
         );
     }
-    // Commands: the publish paths (publish, chat/message, private_message) and the read paths
-    // (subscribe, join) are rows above; the rest act on the connection's own state.
-    const COMMANDS: &[&str] = &[
-        "authenticate",
-        "subscribe",
-        "unsubscribe",
-        "publish",
-        "ping",
-        "join",
-        "join_room",
-        "leave",
-        "leave_room",
-        "chat",
-        "message",
-        "typing",
-        "typing_start",
-        "typing_stop",
-        "stream.subscribe",
-        "stream.unsubscribe",
-        "private_message",
+    // Every command the parser knows, with where its access is decided.
+    const COMMANDS: &[(&str, &str)] = &[
+        ("publish", "a write row"),
+        ("chat", "a write row"),
+        ("message", "seed 004's chat: the same command as chat"),
+        ("private_message", "a write row"),
+        ("subscribe", "the WebSocket read rows (live and since)"),
+        ("join", "the join row"),
+        ("join_room", "seed 004's join: the same command"),
+        (
+            "authenticate",
+            "the identity test (a_session_keeps_its_user…)",
+        ),
+        ("unsubscribe", "the connection's own subscriptions only"),
+        ("ping", "no data"),
+        ("leave", "the connection's own rooms only"),
+        ("leave_room", "seed 004's leave: the same command"),
+        (
+            "typing",
+            "only rooms the connection joined (NOT_IN_ROOM otherwise)",
+        ),
+        ("typing_start", "as typing"),
+        ("typing_stop", "as typing"),
+        (
+            "stream.subscribe",
+            "streams are not events: no rooms, no users",
+        ),
+        (
+            "stream.unsubscribe",
+            "the connection's own stream subscriptions",
+        ),
     ];
     let protocol = include_str!("../../core/src/protocol.rs");
     let parse = &protocol[protocol
@@ -764,7 +775,7 @@ fn every_route_and_command_is_in_the_matrix() {
     for arm in parse.lines().filter(|l| l.contains("=>")) {
         for name in quoted_after(arm.split("=>").next().unwrap(), "") {
             assert!(
-                COMMANDS.contains(&name.as_str()),
+                COMMANDS.iter().any(|(c, _)| *c == name),
                 "WebSocket command {name} is not in the access matrix"
             );
         }

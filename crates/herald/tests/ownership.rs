@@ -26,21 +26,7 @@ fn seq_of(e: &Value) -> u64 {
 
 /// Every stored event's `seq`, oldest first.
 async fn history(server: &Server) -> Vec<u64> {
-    let (status, body) = get(
-        server,
-        "/api/realtime/events?limit=1000",
-        Some(&admin_token()),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let mut seqs: Vec<u64> = body["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(seq_of)
-        .collect();
-    seqs.sort_unstable();
-    seqs
+    stored_events(server).await.iter().map(seq_of).collect()
 }
 
 /// Starts `herald serve` with `args`, expecting a refusal; returns its message (stderr).

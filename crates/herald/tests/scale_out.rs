@@ -33,20 +33,6 @@ fn say(n: u64) -> Value {
     json!({"type": "chat.message", "data": {"n": n}, "roomId": "r1"})
 }
 
-/// Every stored event, oldest first.
-async fn history(server: &Server) -> Vec<Value> {
-    let (status, body) = get(
-        server,
-        "/api/realtime/events?limit=1000",
-        Some(&admin_token()),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let mut events = body["events"].as_array().expect("events array").clone();
-    events.reverse();
-    events
-}
-
 /// One WebSocket per node, subscribed to `chat.*`.
 async fn chat_subscribers(nodes: &[Server]) -> Vec<Ws> {
     let mut clients = Vec::new();
@@ -95,7 +81,7 @@ async fn events_survive_kill_9_in_postgres_and_clients_resume_after_the_restart(
         !server.dir.join("herald.db").exists(),
         "with --postgres, no SQLite file is created"
     );
-    let stored: Vec<u64> = history(&server).await.iter().map(seq_of).collect();
+    let stored: Vec<u64> = stored_events(&server).await.iter().map(seq_of).collect();
     assert_eq!(stored, seqs, "every acknowledged event, from PostgreSQL");
 
     // The client resumes after the last event it saw: exactly the three it missed, in order.
@@ -205,7 +191,7 @@ async fn events_published_on_every_node_at_once_reach_every_node_in_one_order() 
         }
     }
     for node in &nodes {
-        let stored: Vec<u64> = history(node).await.iter().map(seq_of).collect();
+        let stored: Vec<u64> = stored_events(node).await.iter().map(seq_of).collect();
         assert_eq!(stored, seqs, "every node reads the one history");
     }
 }
@@ -248,7 +234,7 @@ async fn a_batch_published_on_one_node_reaches_every_node_in_its_order() {
             assert_eq!(e["data"]["id"], ack["id"], "{e}");
         }
     }
-    let stored: Vec<u64> = history(&nodes[1]).await.iter().map(seq_of).collect();
+    let stored: Vec<u64> = stored_events(&nodes[1]).await.iter().map(seq_of).collect();
     assert_eq!(stored, acked.iter().map(seq_of).collect::<Vec<_>>());
 }
 
@@ -355,7 +341,7 @@ async fn a_client_of_a_killed_node_resumes_on_another_and_nothing_acknowledged_i
         );
     }
 
-    let stored = history(&nodes[2]).await;
+    let stored = stored_events(&nodes[2]).await;
     let stored_ids: Vec<&Value> = stored.iter().map(|e| &e["id"]).collect();
     for ack in &acked {
         assert_eq!(
@@ -459,6 +445,6 @@ async fn publishes_fail_with_503_while_redis_is_down_and_everything_recovers_aft
     // The subscriber on the other node gets it, in order (and nothing published while Redis
     // was down appears in between).
     assert_eq!(ws.recv_type("event").await["data"]["id"], after["id"]);
-    let stored: Vec<u64> = history(&nodes[1]).await.iter().map(seq_of).collect();
+    let stored: Vec<u64> = stored_events(&nodes[1]).await.iter().map(seq_of).collect();
     assert_eq!(stored, vec![seq_of(&before), seq_of(&after)]);
 }

@@ -585,6 +585,20 @@ pub async fn metric(server: &Server, series: &str) -> Option<f64> {
         .map(|v| v.trim().parse().unwrap())
 }
 
+/// Every stored event (up to 1 000), oldest first, as an operator reads history.
+pub async fn stored_events(server: &Server) -> Vec<Value> {
+    let (status, body) = get(
+        server,
+        "/api/realtime/events?limit=1000",
+        Some(&admin_token()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut events = body["events"].as_array().expect("events array").clone();
+    events.reverse();
+    events
+}
+
 /// Polls `GET path` (as admin) every 20 ms until `pred` holds; returns that answer, or panics
 /// with the last one after `WAIT`.
 pub async fn get_until(server: &Server, path: &str, pred: impl Fn(&Value) -> bool) -> Value {
