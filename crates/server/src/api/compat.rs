@@ -51,7 +51,7 @@ fn spec(types: &[&str], user_id: Option<String>) -> Result<SubscriptionSpec, App
 
 /// Seed 001's stream: broadcast `notification` and `update` events, plus the caller's own
 /// notifications when authenticated (header or `token`).
-#[utoipa::path(get, path = "/events", tag = "seed-compatible",
+#[utoipa::path(get, path = "/events", operation_id = "seed_events", tag = "seed-compatible",
     params(("token" = Option<String>, Query, description = "JWT or API key: adds your own notifications")),
     responses((status = 200, description = "text/event-stream: `connect`, `notification`, `update`, `ping`", content_type = "text/event-stream"),
         (status = 400, description = "`Last-Event-ID` (or `lastEventId`) is not an event seq", body = ErrorBody),

@@ -90,7 +90,7 @@ fn client_id(headers: &HeaderMap) -> Result<String, AppError> {
 }
 
 /// Empties the caller's mailbox: `{messages: [{id, from, content, timestamp}], clientId}`.
-#[utoipa::path(get, path = "/api/messages", tag = "seed-compatible",
+#[utoipa::path(get, path = "/api/messages", operation_id = "mailbox_poll", tag = "seed-compatible",
     params(("x-client-id" = Option<String>, Header, description = "Your mailbox; a new one is opened (and named in the answer) when absent or unknown")),
     responses((status = 200, description = "`{messages: [{id, from, content, timestamp}], clientId}`; `id` is the message's seq", body = Object),
         (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
