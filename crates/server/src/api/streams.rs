@@ -166,7 +166,7 @@ pub async fn delete(
 /// retains it for new ones. Not stored in the event log: stream messages live in memory.
 #[utoipa::path(post, path = "/api/streams/{name}", operation_id = "stream_publish", tag = "streams", security(("bearer" = [])),
     params(("name" = String, Path)),
-    request_body(content = Object, description = "The message: any JSON value"),
+    request_body(content = Value, description = "The message: any JSON value"),
     responses((status = 200, description = "Queued for `delivered` of the `subscribers`", body = Published),
         (status = 202, description = "A throttled or batched stream delivers it at the end of its interval (no `delivered`)", body = Published),
         (status = 400, description = "Not JSON", body = ErrorBody), (status = 401, body = ErrorBody),
