@@ -126,7 +126,8 @@ struct NotificationArgs {
 #[utoipa::path(post, path = "/notifications", tag = "seed-compatible", security(("bearer" = [])),
     request_body(content = Object, description = "`{userId?, message, type?}`"),
     responses((status = 200, description = "`{success, notificationId, seq}`", body = Object),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 503, description = "Store unavailable or shutting down", body = ErrorBody)))]
 pub async fn notifications(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,
@@ -170,7 +171,8 @@ struct UpdateArgs {
 #[utoipa::path(post, path = "/updates", tag = "seed-compatible", security(("bearer" = [])),
     request_body(content = Object, description = "`{resource, action, data?}`"),
     responses((status = 200, description = "`{success, seq}`", body = Object),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 503, description = "Store unavailable or shutting down", body = ErrorBody)))]
 pub async fn updates(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,

@@ -140,7 +140,7 @@ struct Post {
     params(("x-client-id" = Option<String>, Header, description = "The sender's mailbox (its own messages are not delivered back to it)")),
     request_body(content = Object, description = "`{content}`"),
     responses((status = 200, description = "`{success, seq}`", body = Object),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, description = "Store unavailable or shutting down", body = ErrorBody)))]
 pub async fn send(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,
