@@ -70,7 +70,8 @@ HERALD_API_KEYS="[\"$api_key\"]" HERALD_LOG=warn \
 pid=$!
 addr=
 for _ in $(seq 100); do
-  addr=$(sed -n 's|^Herald listening on http://||p' "$work/out")
+  # (The background job may not have created the file yet.)
+  addr=$(sed -n 's|^Herald listening on http://||p' "$work/out" 2>/dev/null || true)
   [ -n "$addr" ] && break
   sleep 0.1
 done
@@ -97,7 +98,7 @@ curl -sN "$base/api/realtime/stream" >"$work/sse" &
 sse_pid=$!
 API_CHECK_CONNECTION_ID=
 for _ in $(seq 50); do
-  API_CHECK_CONNECTION_ID=$(grep -o '"connectionId":"[0-9a-f-]*"' "$work/sse" | head -1 | cut -d'"' -f4 || true)
+  API_CHECK_CONNECTION_ID=$(grep -so '"connectionId":"[0-9a-f-]*"' "$work/sse" | head -1 | cut -d'"' -f4 || true)
   [ -n "$API_CHECK_CONNECTION_ID" ] && break
   sleep 0.1
 done
