@@ -59,7 +59,7 @@ fi
 
 step "API checks (schemathesis)"
 # Generated requests against /openapi.json of the real binary: no 5xx, and every answer as
-# documented (docs/api-checks.md). 1–1.5 minutes on two cores, plus schemathesis' installation
+# documented (docs/api-checks.md). About a minute on two cores, plus schemathesis' installation
 # into target/venv-schemathesis on a fresh machine; bounded like the tests.
 timeout --kill-after=30s 15m scripts/api-check.sh
 
