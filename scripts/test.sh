@@ -57,6 +57,12 @@ if [ "$status" = 124 ] || [ "$status" = 137 ]; then
 fi
 [ "$status" = 0 ] || exit "$status"
 
+step "API checks (schemathesis)"
+# Generated requests against /openapi.json of the real binary: no 5xx, and every answer as
+# documented (docs/api-checks.md). About a minute on two cores, plus schemathesis' installation
+# into target/venv-schemathesis on a fresh machine; bounded like the tests.
+timeout --kill-after=30s 15m scripts/api-check.sh
+
 step "fuzzing (short runs)"
 # Each target of fuzz/ (docs/fuzzing.md) for 20 s from its seeds, with cargo-fuzz on the
 # nightly toolchain: a panic or a broken invariant fails the run, and the input is left under

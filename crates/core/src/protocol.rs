@@ -266,7 +266,12 @@ pub struct SubscribeArgs {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PublishArgs {
+    /// Dot-separated segments of letters, digits, `_`, `-` and `:`; at most 128 characters.
     #[serde(rename = "type")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*$", max_length = 128)
+    )]
     pub kind: String,
     #[serde(default)]
     pub data: Value,

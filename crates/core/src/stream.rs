@@ -201,6 +201,8 @@ impl Message {
 /// What `Stream::publish` did with a message.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+// Named apart from the event publish acknowledgement (`Published` in the server's session).
+#[cfg_attr(feature = "openapi", schema(as = StreamPublished))]
 #[serde(rename_all = "camelCase")]
 pub struct Published {
     /// The message's id (the SSE `id:` line; `Last-Event-ID` resumes after it).

@@ -37,6 +37,28 @@ fn every_http_route_is_described() {
             "/updates",
         ]
     );
+    // Operation ids are unique (OpenAPI requires it; clients generated from the document
+    // name their methods after them).
+    let mut ids: Vec<String> = doc
+        .paths
+        .paths
+        .values()
+        .flat_map(|item| {
+            let json = serde_json::to_value(item).unwrap();
+            let ops = json
+                .as_object()
+                .unwrap()
+                .values()
+                .cloned()
+                .collect::<Vec<_>>();
+            ops.into_iter()
+                .filter_map(|op| op.get("operationId")?.as_str().map(String::from))
+        })
+        .collect();
+    let count = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "duplicate operation ids among {ids:?}");
     // `POST /api/realtime/poll` publishes, described as `POST /api/realtime/publish` is.
     let on_poll = doc.paths.paths["/api/realtime/poll"].post.as_ref().unwrap();
     let publish = doc.paths.paths["/api/realtime/publish"]
@@ -49,6 +71,15 @@ fn every_http_route_is_described() {
     for field in ["requestBody", "responses", "security", "tags"] {
         assert_eq!(on_poll[field], publish[field], "{field}");
     }
+    // The event acknowledgement (`seq`) and the stream one (`subscribers`) each keep their own.
+    let all = serde_json::to_value(&doc).unwrap();
+    let required = |schema: &str| all["components"]["schemas"][schema]["required"].to_string();
+    assert!(
+        required("Published").contains("\"seq\""),
+        "{}",
+        required("Published")
+    );
+    assert!(required("StreamPublished").contains("\"subscribers\""));
     let schemas = doc
         .components
         .as_ref()
@@ -69,6 +100,10 @@ fn every_http_route_is_described() {
         "PollBatch",
         "ClusterNodes",
         "NodeStatus",
+        // Two types named `Published` once shared one schema, and the event publish routes
+        // were described with the stream's acknowledgement.
+        "Published",
+        "StreamPublished",
     ] {
         assert!(
             schemas.iter().any(|k| k == s),

@@ -51,9 +51,10 @@ fn spec(types: &[&str], user_id: Option<String>) -> Result<SubscriptionSpec, App
 
 /// Seed 001's stream: broadcast `notification` and `update` events, plus the caller's own
 /// notifications when authenticated (header or `token`).
-#[utoipa::path(get, path = "/events", tag = "seed-compatible",
+#[utoipa::path(get, path = "/events", operation_id = "seed_events", tag = "seed-compatible",
     params(("token" = Option<String>, Query, description = "JWT or API key: adds your own notifications")),
     responses((status = 200, description = "text/event-stream: `connect`, `notification`, `update`, `ping`", content_type = "text/event-stream"),
+        (status = 400, description = "`Last-Event-ID` (or `lastEventId`) is not an event seq", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn events(
     State(app): State<Arc<App>>,
@@ -74,7 +75,9 @@ pub async fn events(
 #[utoipa::path(get, path = "/events/user/{userId}", tag = "seed-compatible", security(("bearer" = [])),
     params(("userId" = String, Path)),
     responses((status = 200, description = "text/event-stream with `: keep-alive` comments", content_type = "text/event-stream"),
-        (status = 401, body = ErrorBody), (status = 403, description = "Another user's stream", body = ErrorBody)))]
+        (status = 400, description = "An invalid `userId`; `Last-Event-ID` (or `lastEventId`) is not an event seq", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, description = "Another user's stream", body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn user_events(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -123,7 +126,8 @@ struct NotificationArgs {
 #[utoipa::path(post, path = "/notifications", tag = "seed-compatible", security(("bearer" = [])),
     request_body(content = Object, description = "`{userId?, message, type?}`"),
     responses((status = 200, description = "`{success, notificationId, seq}`", body = Object),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 503, description = "Store unavailable or shutting down", body = ErrorBody)))]
 pub async fn notifications(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,
@@ -167,7 +171,8 @@ struct UpdateArgs {
 #[utoipa::path(post, path = "/updates", tag = "seed-compatible", security(("bearer" = [])),
     request_body(content = Object, description = "`{resource, action, data?}`"),
     responses((status = 200, description = "`{success, seq}`", body = Object),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 503, description = "Store unavailable or shutting down", body = ErrorBody)))]
 pub async fn updates(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,

@@ -26,7 +26,7 @@ use crate::error::{AppError, ErrorBody};
 /// Real figures of this node: connections, users, events today, process CPU and memory.
 #[utoipa::path(get, path = "/api/dashboard/live-data", tag = "dashboard", security(("bearer" = [])),
     responses((status = 200, description = "`{activeUsers, totalConnections, connectionsByType, eventsToday, systemLoad, memoryUsage, uptime}`", body = Object),
-        (status = 401, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 503, description = "Store unavailable", body = ErrorBody)))]
 pub async fn live_data(
     State(app): State<Arc<App>>,
     Caller(_): Caller,
@@ -69,7 +69,7 @@ fn activity_message(e: &Event) -> String {
 #[utoipa::path(get, path = "/api/dashboard/activity", tag = "dashboard", security(("bearer" = [])),
     params(("limit" = Option<usize>, Query, description = "1..=1000, default 20")),
     responses((status = 200, description = "`{activities: [{id, seq, type, message, timestamp, userId}]}`", body = Object),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, description = "Store unavailable", body = ErrorBody)))]
 pub async fn activity(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,
@@ -97,7 +97,8 @@ pub async fn activity(
 
 /// `system.error`, `system.warning`, `system.critical` of the last 24 h, grouped by type.
 #[utoipa::path(get, path = "/api/dashboard/alerts", tag = "dashboard", security(("bearer" = [])),
-    responses((status = 200, description = "`{alerts: {<type>: [Event]}, total}`", body = Object), (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "`{alerts: {<type>: [Event]}, total}`", body = Object), (status = 401, body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody)))]
 pub async fn alerts(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,
@@ -141,7 +142,7 @@ fn info() -> String {
     request_body(content = Object, description = "`{message, type?, targetUsers?}`"),
     responses((status = 201, description = "`{message, notification, connectionsReached}`", body = Object),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, description = "Not an operator", body = ErrorBody)))]
+        (status = 403, description = "Not an operator", body = ErrorBody), (status = 503, description = "Store unavailable or shutting down", body = ErrorBody)))]
 pub async fn notify(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,

@@ -3,6 +3,7 @@
 
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Content, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::{cluster, compat, dashboard, realtime, rooms, streams, system};
@@ -22,7 +23,7 @@ use crate::transport::{mailbox, poll, sse};
         rooms::presence,
         streams::list, streams::create, streams::subscribe, streams::publish, streams::delete,
     ),
-    modifiers(&BearerAuth, &PublishOnPoll),
+    modifiers(&BearerAuth, &PublishOnPoll, &BodyLimit),
     tags((name = "realtime"), (name = "dashboard"), (name = "system"), (name = "seed-compatible"), (name = "rooms"), (name = "streams"))
 )]
 pub struct ApiDoc;
@@ -64,6 +65,35 @@ impl Modify for PublishOnPoll {
             .get_mut("/api/realtime/poll")
             .expect("the poll route is described")
             .post = Some(publish);
+    }
+}
+
+/// The body size limit is a layer on the whole router (`api::router`): every route that takes a
+/// body answers 413 over it, whether or not its handler mentions it.
+struct BodyLimit;
+
+impl Modify for BodyLimit {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [&mut item.get, &mut item.post, &mut item.delete];
+            for op in operations.into_iter().flatten() {
+                if op.request_body.is_some() {
+                    op.responses
+                        .responses
+                        .entry("413".into())
+                        .or_insert_with(|| {
+                            ResponseBuilder::new()
+                                .description("Body over max_message_bytes")
+                                .content(
+                                    "application/json",
+                                    Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+                                )
+                                .build()
+                                .into()
+                        });
+                }
+            }
+        }
     }
 }
 

@@ -261,7 +261,7 @@ pub struct EventsPage {
         ("limit" = Option<usize>, Query, description = "1..=1000, default 50"),
         ("If-Modified-Since" = Option<String>, Header, description = "Only events after this time (HTTP date or RFC 3339), when `since` is absent; the response's `Last-Modified` is the time to send next")),
     responses((status = 200, body = EventsPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 503, body = ErrorBody)))]
+        (status = 403, description = "A `roomId` the caller may not read", body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn events(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,
@@ -304,7 +304,8 @@ fn if_modified_since(headers: &HeaderMap) -> Result<Option<DateTime<Utc>>, AppEr
 
 /// Connection and event statistics.
 #[utoipa::path(get, path = "/api/realtime/stats", tag = "realtime", security(("bearer" = [])),
-    responses((status = 200, description = "`{connections, events, timestamp}`", body = Object), (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "`{connections, events, timestamp}`", body = Object), (status = 401, body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody)))]
 pub async fn stats(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,

@@ -164,9 +164,9 @@ pub async fn delete(
 
 /// Sends a message (any JSON value, at most `max_message_bytes`) to every subscriber, and
 /// retains it for new ones. Not stored in the event log: stream messages live in memory.
-#[utoipa::path(post, path = "/api/streams/{name}", tag = "streams", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/streams/{name}", operation_id = "stream_publish", tag = "streams", security(("bearer" = [])),
     params(("name" = String, Path)),
-    request_body(content = Object, description = "The message: any JSON value"),
+    request_body(content = Value, description = "The message: any JSON value"),
     responses((status = 200, description = "Queued for `delivered` of the `subscribers`", body = Published),
         (status = 202, description = "A throttled or batched stream delivers it at the end of its interval (no `delivered`)", body = Published),
         (status = 400, description = "Not JSON", body = ErrorBody), (status = 401, body = ErrorBody),
@@ -190,7 +190,7 @@ pub async fn publish(
 }
 
 /// The stream as Server-Sent Events; the same as `GET <the stream's path>`.
-#[utoipa::path(get, path = "/api/streams/{name}", tag = "streams",
+#[utoipa::path(get, path = "/api/streams/{name}", operation_id = "stream_subscribe", tag = "streams",
     params(("name" = String, Path),
         ("Last-Event-ID" = Option<String>, Header, description = "Only the retained messages after this id, instead of the whole snapshot"),
         ("lastEventId" = Option<String>, Query, description = "The same, for clients that cannot set headers")),

@@ -217,7 +217,7 @@ fn client_id(headers: &HeaderMap) -> Result<Option<String>, AppError> {
 }
 
 /// Empties the caller's mailbox: `{messages: [{id, from, content, timestamp}], clientId}`.
-#[utoipa::path(get, path = "/api/messages", tag = "seed-compatible",
+#[utoipa::path(get, path = "/api/messages", operation_id = "mailbox_poll", tag = "seed-compatible",
     params(("x-client-id" = Option<String>, Header, description = "Your mailbox; when absent, the answer names a new one (which starts now), kept once it is polled or posted from; an unknown id opens one now")),
     responses((status = 200, description = "`{messages: [{id, from, content, timestamp}], clientId}`; `id` is the message's seq", body = Object),
         (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -273,6 +273,7 @@ struct Post {
     request_body(content = Object, description = "`{content}`"),
     responses((status = 200, description = "`{success, seq}`", body = Object),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 503, description = "Store unavailable or shutting down", body = ErrorBody),
         (status = 429, description = "Publishing too fast (as `POST /api/realtime/publish`)", body = ErrorBody)))]
 pub async fn send(
     State(app): State<Arc<App>>,
