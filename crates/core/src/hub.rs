@@ -2,6 +2,8 @@
 //! it subscribed to, and the fan-out of committed events into their outboxes.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -12,8 +14,11 @@ use uuid::Uuid;
 
 use crate::access::Access;
 use crate::event::EncodedEvent;
+use crate::fanout::Fanout;
 use crate::identity::Identity;
-use crate::outbox::{CloseReason, Outbox, OutboxLimits, Outgoing, Pushed, WokenWriters};
+use crate::outbox::{
+    CloseReason, Outbox, OutboxLimits, Outgoing, Pushed, WokenTotals, WokenWriters,
+};
 use crate::presence::{self, ClusterPresence};
 use crate::protocol::ServerMessage;
 use crate::room::{self, Joined, Left, Member, Presence, RoomDirectory, RoomStats};
@@ -270,11 +275,6 @@ impl Hub {
         self.outbox_limits
     }
 
-    /// The writers of this hub's connections that fan-out woke and that have not run yet.
-    pub fn woken_writers(&self) -> Arc<WokenWriters> {
-        self.woken.clone()
-    }
-
     /// The highest `seq` fanned out so far (or the store's last `seq` at start-up).
     pub fn head(&self) -> u64 {
         self.head.load(Ordering::Acquire)
@@ -497,7 +497,7 @@ impl Hub {
     pub fn deliver(&self, batch: &[Arc<EncodedEvent>]) -> usize {
         let (delivered, to_wake) = {
             let s = self.state.read();
-            let mut fanout = Fanout {
+            let mut fanout = Delivery {
                 limits: self.outbox_limits,
                 access: &self.access,
                 open: false,
@@ -508,7 +508,7 @@ impl Hub {
                 slots: HashMap::new(),
             };
             for run in batch.chunk_by(|a, b| a.event.same_route(&b.event)) {
-                for run in run.chunks(Fanout::MAX_RUN) {
+                for run in run.chunks(Delivery::MAX_RUN) {
                     fanout.route(&s, run);
                 }
             }
@@ -758,6 +758,21 @@ impl Hub {
     }
 }
 
+/// The log's fan-out: deliveries, and the pacing of the writers they wake.
+impl Fanout for Hub {
+    fn deliver(&self, batch: &[Arc<EncodedEvent>]) -> usize {
+        Hub::deliver(self, batch)
+    }
+
+    fn woken(&self) -> WokenTotals {
+        self.woken.totals()
+    }
+
+    fn settle(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.woken.settle())
+    }
+}
+
 /// Whether the member `key` is present in `room` on another node, and everyone present in the
 /// room across the cluster (profiles, sorted by name).
 fn cluster_view(
@@ -780,7 +795,7 @@ fn cluster_view(
 /// privacy — so they are looked up once per run, and each recipient gets the run's events it
 /// matches (a bit per event) in one push, under one lock of its outbox. Looking up and
 /// queuing per event and recipient was ~14 % of a busy room's fan-out.
-struct Fanout<'s> {
+struct Delivery<'s> {
     limits: OutboxLimits,
     access: &'s Access,
     delivered: usize,
@@ -799,7 +814,7 @@ struct Fanout<'s> {
     slots: HashMap<Uuid, usize>,
 }
 
-impl<'s> Fanout<'s> {
+impl<'s> Delivery<'s> {
     /// The longest run, so that a run's events fit the bits of a `u64`.
     const MAX_RUN: usize = 64;
 
@@ -845,7 +860,7 @@ impl<'s> Fanout<'s> {
             return;
         }
         // The run's last `seq` marks the connections it found: no other run has it. Only the
-        // fan-out writes `last_delivered`, one batch at a time (the log's commit sink): a
+        // fan-out writes `last_delivered`, one batch at a time (the log's `Fanout`): a
         // plain load and store, no atomic read-modify-write.
         let marker = run[run.len() - 1].event.seq;
         if conn.last_delivered.load(Ordering::Relaxed) != marker {

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod event;
+pub mod fanout;
 pub mod hub;
 pub mod identity;
 pub mod log;
@@ -20,6 +21,7 @@ pub mod subscription;
 
 pub use access::Access;
 pub use event::{EncodedEvent, Event, NewEvent};
+pub use fanout::Fanout;
 pub use hub::{Hub, HubStats, Transport};
 pub use identity::{Identity, Role};
 pub use log::{LocalLog, Log, PublishError};

@@ -180,7 +180,7 @@ pub struct WokenWriters {
 }
 
 /// `WokenWriters::totals`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct WokenTotals {
     pub writers: u64,
     pub frames: u64,
