@@ -18,6 +18,7 @@ pub mod room;
 pub mod store;
 pub mod stream;
 pub mod subscription;
+pub mod wire;
 
 pub use access::Access;
 pub use event::{EncodedEvent, Event, NewEvent};

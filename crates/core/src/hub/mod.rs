@@ -778,7 +778,7 @@ mod tests {
         let _b = hub.connect(Transport::Sse).unwrap();
         hub.authenticate(&a1, Identity::user("alice")).unwrap();
         hub.authenticate(&a2, Identity::user("alice")).unwrap();
-        let m = Outgoing::Message(crate::protocol::ServerMessage::new("notification", None));
+        let m = Outgoing::Message(crate::wire::ServerMessage::new("notification", None));
         assert_eq!(hub.send_to_user("alice", &m), 2);
         assert_eq!(hub.send_to_user("nobody", &m), 0);
         assert_eq!(hub.broadcast(&m), 3);

@@ -9,8 +9,8 @@ use uuid::Uuid;
 use super::{Connection, Hub, HubError};
 use crate::outbox::Outgoing;
 use crate::presence::{self, ClusterPresence};
-use crate::protocol::ServerMessage;
 use crate::room::{self, Joined, Left, Member, Presence, RoomDirectory};
+use crate::wire::ServerMessage;
 
 impl Hub {
     /// Puts a connection in a room. The others are told when the member arrived. With
