@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::protocol::Dialect;
+use crate::wire::Dialect;
 
 /// A committed event. `seq` is its position in the log: strictly increasing, never reused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod event;
+pub mod fanout;
 pub mod hub;
 pub mod identity;
 pub mod log;
@@ -17,9 +18,11 @@ pub mod room;
 pub mod store;
 pub mod stream;
 pub mod subscription;
+pub mod wire;
 
 pub use access::Access;
 pub use event::{EncodedEvent, Event, NewEvent};
+pub use fanout::Fanout;
 pub use hub::{Hub, HubStats, Transport};
 pub use identity::{Identity, Role};
 pub use log::{LocalLog, Log, PublishError};

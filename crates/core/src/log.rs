@@ -8,7 +8,7 @@
 //! batch out and acknowledges the publishers. That next transaction is handed to the store
 //! before the fan-out, so the store commits while the runtime sends — except after a round that
 //! fed busy rooms: then the next batch is committed once the writers that round woke have run
-//! (`WokenWriters::settle`).
+//! (`Fanout::settle`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::event::{EncodedEvent, NewEvent};
-use crate::outbox::WokenWriters;
+use crate::fanout::Fanout;
 use crate::store::{EventStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +73,6 @@ type Ack = oneshot::Sender<Result<Vec<Arc<EncodedEvent>>, PublishError>>;
 /// Events to commit together, the connection that must not receive them back, and their
 /// publisher's ack.
 type Publish = (Vec<NewEvent>, Option<Uuid>, Ack);
-pub type CommitSink = Arc<dyn Fn(&[Arc<EncodedEvent>]) + Send + Sync>;
 
 /// How many events one transaction holds before the sequencer stops taking more (it may
 /// exceed this by less than one `publish_all`). Larger batches amortise the commit; this bound
@@ -89,16 +88,15 @@ pub struct LocalLog {
 }
 
 impl LocalLog {
-    /// Starts the sequencer after the highest `seq` the store has ever committed. `woken`
-    /// counts the writers that `sink`'s fan-out wakes.
+    /// Starts the sequencer after the highest `seq` the store has ever committed; committed
+    /// batches go to `fanout`, whose pacing sets when the next one is committed.
     pub async fn start(
         store: Arc<dyn EventStore>,
-        sink: CommitSink,
-        woken: Arc<WokenWriters>,
+        fanout: Arc<dyn Fanout>,
     ) -> Result<Self, StoreError> {
         let next_seq = store.last_seq().await? + 1;
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(store, sink, woken, rx, next_seq));
+        let task = tokio::spawn(run(store, fanout, rx, next_seq));
         Ok(Self {
             tx: Mutex::new(Some(tx)),
             task: Mutex::new(Some(task)),
@@ -133,8 +131,7 @@ impl Log for LocalLog {
 
 async fn run(
     store: Arc<dyn EventStore>,
-    sink: CommitSink,
-    woken: Arc<WokenWriters>,
+    fanout: Arc<dyn Fanout>,
     mut rx: mpsc::Receiver<Publish>,
     mut next_seq: u64,
 ) {
@@ -167,7 +164,7 @@ async fn run(
                 // overlapping their writes (measured: up to 12 % fewer messages per second).
                 // docs/performance.md.
                 if last_batch > 1 && concentrated {
-                    woken.settle().await;
+                    fanout.settle().await;
                     take_ready(&mut rx, &mut pending, &mut taken);
                 }
                 Round::start(&*store, &mut pending, next_seq, &mut stamped)
@@ -192,9 +189,9 @@ async fn run(
                         next = Some(Round::start(&*store, &mut pending, next_seq, &mut stamped));
                     }
                 }
-                let before = woken.totals();
-                sink(&batch);
-                concentrated = woken.totals().frames_per_writer_since(before, 2);
+                let before = fanout.woken();
+                fanout.deliver(&batch);
+                concentrated = fanout.woken().frames_per_writer_since(before, 2);
                 let mut from = 0;
                 for (ack, to) in acks {
                     let _ = ack.send(Ok(batch[from..to].to_vec()));

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::event::EncodedEvent;
-use crate::protocol::ServerMessage;
+use crate::wire::ServerMessage;
 
 #[derive(Debug, Clone)]
 pub enum Outgoing {
@@ -180,7 +180,7 @@ pub struct WokenWriters {
 }
 
 /// `WokenWriters::totals`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct WokenTotals {
     pub writers: u64,
     pub frames: u64,
@@ -492,7 +492,7 @@ fn fire(waker: Option<Waker>, hook: Option<OverflowHook>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::ServerMessage;
+    use crate::wire::ServerMessage;
 
     fn msg() -> Outgoing {
         Outgoing::Message(ServerMessage::new("pong", None))

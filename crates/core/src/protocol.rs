@@ -1,16 +1,13 @@
 //! The client/server message protocol shared by every transport: parsing client commands
-//! (both the `{type, data}` envelope and the flat form of the seeds) and encoding server
-//! messages for WebSocket and SSE.
+//! (both the `{type, data}` envelope and the flat form of the seeds), the error codes, and —
+//! re-exported from `wire` — the server's messages and the WebSocket dialects.
 
-use std::borrow::Cow;
-use std::sync::{Arc, OnceLock};
-
-use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::subscription::Filters;
+pub use crate::wire::{Dialect, ServerMessage};
 
 /// Machine-readable error codes, shared by WebSocket `error` messages and HTTP error bodies.
 pub mod code {
@@ -28,130 +25,6 @@ pub mod code {
     pub const RATE_LIMITED: &str = "RATE_LIMITED";
     pub const UNAVAILABLE: &str = "UNAVAILABLE";
     pub const INTERNAL: &str = "INTERNAL_ERROR";
-}
-
-/// How a WebSocket client wants chat rendered, chosen by the path it connected to: Herald's
-/// own protocol (`/ws`: chat messages are `event` frames), seed 001's chat (`/`: `chat`
-/// messages, greeted with `welcome`) or seed 004's rooms (`/rooms`: `message` messages,
-/// greeted with `connected`). Every dialect accepts every command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    Herald,
-    Chat,
-    Rooms,
-}
-
-/// A message from the server that is not an event: replies, errors, notifications. Encoded
-/// lazily, once per wire format, so a broadcast notification is serialised once.
-#[derive(Debug)]
-pub struct ServerMessage {
-    pub kind: Cow<'static, str>,
-    pub data: Option<Value>,
-    /// Fields written beside `type` rather than under `data`: the room protocol's messages are
-    /// flat, as the seeds' clients read them (`message.users`, `message.user`).
-    pub fields: Option<Map<String, Value>>,
-    /// Echo of the client's `id`, so a reply can be matched to its command.
-    pub reply_to: Option<Value>,
-    ws: OnceLock<Bytes>,
-    sse: OnceLock<Bytes>,
-}
-
-impl ServerMessage {
-    pub fn new(kind: impl Into<Cow<'static, str>>, data: Option<Value>) -> Arc<Self> {
-        Self::reply(kind, data, None)
-    }
-
-    pub fn reply(
-        kind: impl Into<Cow<'static, str>>,
-        data: Option<Value>,
-        reply_to: Option<Value>,
-    ) -> Arc<Self> {
-        Self::build(kind, data, None, reply_to)
-    }
-
-    fn build(
-        kind: impl Into<Cow<'static, str>>,
-        data: Option<Value>,
-        fields: Option<Map<String, Value>>,
-        reply_to: Option<Value>,
-    ) -> Arc<Self> {
-        Arc::new(Self {
-            kind: kind.into(),
-            data,
-            fields,
-            reply_to,
-            ws: OnceLock::new(),
-            sse: OnceLock::new(),
-        })
-    }
-
-    /// A flat room-protocol message: `{"type":kind, ...fields}`.
-    pub fn flat(
-        kind: impl Into<Cow<'static, str>>,
-        fields: Value,
-        reply_to: Option<Value>,
-    ) -> Arc<Self> {
-        let fields = match fields {
-            Value::Object(m) => m,
-            _ => Map::new(),
-        };
-        Self::build(kind, None, Some(fields), reply_to)
-    }
-
-    /// `{"type":"error","message":..,"data":{"error":..,"code":..}}`: the `data` of Herald's
-    /// protocol, and the flat `message` seed 001's client shows.
-    pub fn error(message: impl Into<String>, code: &str, reply_to: Option<Value>) -> Arc<Self> {
-        let message = message.into();
-        let mut fields = Map::new();
-        fields.insert("message".into(), message.clone().into());
-        Self::build(
-            "error",
-            Some(json!({"error": message, "code": code})),
-            Some(fields),
-            reply_to,
-        )
-    }
-
-    /// `{"type":..,<fields>,"data":..,"id":..}`
-    pub fn ws_frame(&self) -> &Bytes {
-        self.ws.get_or_init(|| {
-            let mut out = Vec::with_capacity(64);
-            out.extend_from_slice(b"{\"type\":");
-            write_json(&mut out, &self.kind.as_ref());
-            for (k, v) in self.fields.iter().flatten() {
-                out.push(b',');
-                write_json(&mut out, k);
-                out.push(b':');
-                write_json(&mut out, v);
-            }
-            if let Some(d) = &self.data {
-                out.extend_from_slice(b",\"data\":");
-                write_json(&mut out, d);
-            }
-            if let Some(id) = &self.reply_to {
-                out.extend_from_slice(b",\"id\":");
-                write_json(&mut out, id);
-            }
-            out.push(b'}');
-            Bytes::from(out)
-        })
-    }
-
-    /// `event: <type>` / `data: <data>`
-    pub fn sse_frame(&self) -> &Bytes {
-        self.sse.get_or_init(|| {
-            let data = match (&self.data, &self.fields) {
-                (Some(d), _) => d.to_string(),
-                (None, Some(f)) => serde_json::to_string(f).expect("json values serialise"),
-                (None, None) => "{}".to_owned(),
-            };
-            Bytes::from(format!("event: {}\ndata: {}\n\n", self.kind, data))
-        })
-    }
-
-    pub fn approx_len(&self) -> usize {
-        self.ws.get().map_or(128, Bytes::len)
-    }
 }
 
 /// A parsed client command with the optional `id` to echo on the reply.
@@ -400,10 +273,6 @@ fn payload(mut obj: Map<String, Value>) -> Value {
     }
 }
 
-fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
-    serde_json::to_writer(out, v).expect("json values serialise");
-}
-
 fn args_as<T: DeserializeOwned>(v: Value) -> Result<T, serde_json::Error> {
     serde_json::from_value(v)
 }
@@ -411,6 +280,7 @@ fn args_as<T: DeserializeOwned>(v: Value) -> Result<T, serde_json::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn envelope_and_flat_forms() {

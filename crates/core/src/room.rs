@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::hub::Connection;
 use crate::identity::is_unsafe_in_name;
-use crate::protocol::ServerMessage;
+use crate::wire::ServerMessage;
 
 /// Every authenticated user's personal room is `user:{id}`: events published to it reach all
 /// of that user's connections, and nobody else may join or read it.

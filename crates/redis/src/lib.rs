@@ -32,7 +32,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 use herald_core::event::{EncodedEvent, Event, NewEvent};
-use herald_core::log::{CommitSink, Log, MAX_BATCH, PublishError};
+use herald_core::fanout::Fanout;
+use herald_core::log::{Log, MAX_BATCH, PublishError};
 use herald_core::store::{EventStore, HistoryQuery, Order, StoreError};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -140,7 +141,7 @@ struct Shared {
     /// The append script, hashed once (`EVALSHA`, falling back to `EVAL` after a restart).
     append_script: Script,
     store: Arc<dyn EventStore>,
-    sink: CommitSink,
+    fanout: Arc<dyn Fanout>,
     /// Local publishes by event id: registered before the script runs, so that the commit
     /// cannot overtake the registration.
     pending: Mutex<HashMap<Uuid, Pending>>,
@@ -205,7 +206,7 @@ impl RedisLog {
     pub async fn start(
         config: &RedisConfig,
         store: Arc<dyn EventStore>,
-        sink: CommitSink,
+        fanout: Arc<dyn Fanout>,
         delivered: u64,
     ) -> Result<Self, PublishError> {
         let (client, commands) = connect(config).await?;
@@ -221,7 +222,7 @@ impl RedisLog {
             commands,
             append_script: Script::new(APPEND),
             store,
-            sink,
+            fanout,
             pending: Mutex::new(HashMap::new()),
             node: Uuid::new_v4().to_string(),
             closing: AtomicBool::new(false),
@@ -518,7 +519,7 @@ impl Reader {
         if let Some(last) = encoded.last() {
             self.delivered = last.event.seq;
         }
-        (self.shared.sink)(&encoded);
+        self.shared.fanout.deliver(&encoded);
         for (ack, event) in acks {
             let _ = ack.send(event);
         }

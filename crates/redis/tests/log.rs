@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use herald_core::event::{EncodedEvent, NewEvent};
-use herald_core::log::{CommitSink, Log};
+use herald_core::fanout::Fanout;
+use herald_core::log::Log;
 use herald_core::store::EventStore;
 use herald_redis::testing::{redis_url, scratch_prefix};
 use herald_redis::{RedisConfig, RedisLog};
@@ -24,14 +25,19 @@ fn event(n: u64) -> NewEvent {
     }
 }
 
-/// A commit sink that records the `seq` of every event it is handed, in order.
-fn recording_sink() -> (CommitSink, Arc<Mutex<Vec<u64>>>) {
+/// A fan-out that records the `seq` of every event it is handed, in order.
+struct Recording(Arc<Mutex<Vec<u64>>>);
+
+impl Fanout for Recording {
+    fn deliver(&self, batch: &[Arc<EncodedEvent>]) -> usize {
+        self.0.lock().extend(batch.iter().map(|e| e.event.seq));
+        batch.len()
+    }
+}
+
+fn recording_sink() -> (Arc<dyn Fanout>, Arc<Mutex<Vec<u64>>>) {
     let delivered = Arc::new(Mutex::new(Vec::new()));
-    let seen = delivered.clone();
-    let sink: CommitSink = Arc::new(move |batch: &[Arc<EncodedEvent>]| {
-        seen.lock().extend(batch.iter().map(|e| e.event.seq));
-    });
-    (sink, delivered)
+    (Arc::new(Recording(delivered.clone())), delivered)
 }
 
 /// The test Redis, under keys no other test uses.

@@ -1,7 +1,9 @@
 //! The running server's shared state and the operations every transport and route uses.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,12 +11,14 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use herald_core::access::AccessDenied;
 use herald_core::event::EncodedEvent;
 use herald_core::identity::is_unsafe_in_name;
-use herald_core::log::CommitSink;
+use herald_core::outbox::WokenTotals;
 use herald_core::pattern::validate_type;
 use herald_core::protocol::PublishArgs;
 use herald_core::room::validate_room;
 use herald_core::stream::Streams;
-use herald_core::{Access, EventStore, Hub, Identity, LocalLog, Log, NewEvent, OutboxLimits};
+use herald_core::{
+    Access, EventStore, Fanout, Hub, Identity, LocalLog, Log, NewEvent, OutboxLimits,
+};
 use herald_redis::cluster::Cluster;
 use herald_redis::{RedisConfig, RedisLog};
 use parking_lot::Mutex;
@@ -63,6 +67,33 @@ pub struct App {
 
 pub const MAX_ID_LEN: usize = 256;
 
+/// The log's fan-out: the hub's, counted in the metrics, with the committed head published
+/// for long-polls.
+struct Committed {
+    hub: Arc<Hub>,
+    head: Arc<watch::Sender<u64>>,
+}
+
+impl Fanout for Committed {
+    fn deliver(&self, batch: &[Arc<EncodedEvent>]) -> usize {
+        let delivered = self.hub.deliver(batch);
+        metrics::counter!("herald_events_published_total").increment(batch.len() as u64);
+        metrics::counter!("herald_events_delivered_total").increment(delivered as u64);
+        if let Some(last) = batch.last() {
+            self.head.send_replace(last.event.seq);
+        }
+        delivered
+    }
+
+    fn woken(&self) -> WokenTotals {
+        Fanout::woken(&*self.hub)
+    }
+
+    fn settle(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Fanout::settle(&*self.hub)
+    }
+}
+
 impl App {
     /// `url` is where this node is reached (`ThisNode::url`).
     pub async fn new(
@@ -86,15 +117,9 @@ impl App {
         let last_seq = store.last_seq().await?;
         hub.advance_head(last_seq);
         let head = Arc::new(watch::Sender::new(last_seq));
-        let committed = head.clone();
-        let fanout = hub.clone();
-        let sink: CommitSink = Arc::new(move |batch: &[Arc<EncodedEvent>]| {
-            let delivered = fanout.deliver(batch);
-            metrics::counter!("herald_events_published_total").increment(batch.len() as u64);
-            metrics::counter!("herald_events_delivered_total").increment(delivered as u64);
-            if let Some(last) = batch.last() {
-                committed.send_replace(last.event.seq);
-            }
+        let fanout: Arc<dyn Fanout> = Arc::new(Committed {
+            hub: hub.clone(),
+            head: head.clone(),
         });
         let process = Arc::new(Mutex::new(ProcessMonitor::new()));
         let node = Arc::new(ThisNode {
@@ -109,7 +134,7 @@ impl App {
                     url: url.clone(),
                     prefix: config.redis_prefix.clone(),
                 };
-                let log = RedisLog::start(&redis, store.clone(), sink, last_seq).await?;
+                let log = RedisLog::start(&redis, store.clone(), fanout, last_seq).await?;
                 let reporter = node.clone();
                 let info =
                     Arc::new(move || serde_json::to_value(reporter.status()).expect("serialises"));
@@ -117,7 +142,7 @@ impl App {
                 (Box::new(log), Some(cluster))
             }
             None => {
-                let log = LocalLog::start(store.clone(), sink, hub.woken_writers()).await?;
+                let log = LocalLog::start(store.clone(), fanout).await?;
                 (Box::new(log), None)
             }
         };

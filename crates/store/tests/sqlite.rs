@@ -28,12 +28,50 @@ fn numbered(kind: &str, n: u64) -> herald_core::NewEvent {
     }
 }
 
-/// A `LocalLog` over `store` whose commits go to `sink`.
+/// The fan-out of the logs in these tests: each committed batch goes to `deliver`; the pacing
+/// is `woken`'s (none: the log never waits for writers).
+struct Sink<F> {
+    deliver: F,
+    woken: Option<std::sync::Arc<herald_core::outbox::WokenWriters>>,
+}
+
+impl<F> herald_core::Fanout for Sink<F>
+where
+    F: Fn(&[std::sync::Arc<herald_core::EncodedEvent>]) + Send + Sync + 'static,
+{
+    fn deliver(&self, batch: &[std::sync::Arc<herald_core::EncodedEvent>]) -> usize {
+        (self.deliver)(batch);
+        batch.len()
+    }
+
+    fn woken(&self) -> herald_core::outbox::WokenTotals {
+        self.woken.as_ref().map(|w| w.totals()).unwrap_or_default()
+    }
+
+    fn settle(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        match &self.woken {
+            Some(woken) => Box::pin(woken.settle()),
+            None => Box::pin(std::future::ready(())),
+        }
+    }
+}
+
+/// A fan-out that hands each committed batch to `deliver`.
+fn sink(
+    deliver: impl Fn(&[std::sync::Arc<herald_core::EncodedEvent>]) + Send + Sync + 'static,
+) -> std::sync::Arc<dyn herald_core::Fanout> {
+    std::sync::Arc::new(Sink {
+        deliver,
+        woken: None,
+    })
+}
+
+/// A `LocalLog` over `store` whose commits go to `fanout`.
 async fn local_log(
     store: SqliteStore,
-    sink: herald_core::log::CommitSink,
+    fanout: std::sync::Arc<dyn herald_core::Fanout>,
 ) -> std::sync::Arc<herald_core::LocalLog> {
-    let log = herald_core::LocalLog::start(std::sync::Arc::new(store), sink, Default::default());
+    let log = herald_core::LocalLog::start(std::sync::Arc::new(store), fanout);
     std::sync::Arc::new(log.await.unwrap())
 }
 
@@ -100,16 +138,15 @@ async fn a_burst_of_publishes_is_committed_in_one_transaction() {
     use std::sync::{Arc, Mutex};
 
     use herald_core::Log;
-    use herald_core::log::CommitSink;
 
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("herald.db")).unwrap();
     let batches = Arc::new(Mutex::new(Vec::new()));
-    let sink: CommitSink = {
+    let fanout = {
         let batches = batches.clone();
-        Arc::new(move |batch| batches.lock().unwrap().push(batch.len()))
+        sink(move |batch| batches.lock().unwrap().push(batch.len()))
     };
-    let log = local_log(store, sink).await;
+    let log = local_log(store, fanout).await;
     let publish = |n: u64| {
         let log = log.clone();
         async move {
@@ -163,7 +200,6 @@ impl Pacing {
         use std::sync::{Arc, Mutex};
         use std::time::Duration;
 
-        use herald_core::log::CommitSink;
         use herald_core::outbox::WokenWriters;
         use herald_core::{LocalLog, Outbox, OutboxLimits, Outgoing};
 
@@ -177,18 +213,19 @@ impl Pacing {
             assert!(!run_writer(s), "the writer waits for frames");
         }
         let batches = Arc::new(Mutex::new(Vec::new()));
-        let sink: CommitSink = {
+        let fanout = {
             let (batches, subscribers) = (batches.clone(), subscribers.clone());
-            Arc::new(move |batch| {
-                batches.lock().unwrap().push(batch.len());
-                for (i, e) in batch.iter().enumerate() {
-                    assert!(subscribers[i % n].push(Outgoing::Event(e.clone())));
-                }
+            Arc::new(Sink {
+                deliver: move |batch: &[Arc<herald_core::EncodedEvent>]| {
+                    batches.lock().unwrap().push(batch.len());
+                    for (i, e) in batch.iter().enumerate() {
+                        assert!(subscribers[i % n].push(Outgoing::Event(e.clone())));
+                    }
+                },
+                woken: Some(woken.clone()),
             })
         };
-        let log = LocalLog::start(Arc::new(store), sink, woken.clone())
-            .await
-            .unwrap();
+        let log = LocalLog::start(Arc::new(store), fanout).await.unwrap();
         Self {
             _dir: dir,
             log: Arc::new(log),
@@ -277,16 +314,15 @@ async fn the_next_batch_commits_while_the_last_one_is_fanned_out() {
     use std::time::{Duration, Instant};
 
     use herald_core::Log;
-    use herald_core::log::CommitSink;
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("herald.db");
     let store = SqliteStore::open(&path).unwrap();
     // For each round: its events' `seq`s, and how many events the database held meanwhile.
     let rounds = Arc::new(Mutex::new(Vec::new()));
-    let sink: CommitSink = {
+    let fanout = {
         let (rounds, path) = (rounds.clone(), path.clone());
-        Arc::new(move |batch| {
+        sink(move |batch| {
             let seqs: Vec<u64> = batch.iter().map(|e| e.event.seq).collect();
             let reader = rusqlite::Connection::open(&path).unwrap();
             let count = || -> i64 {
@@ -301,7 +337,7 @@ async fn the_next_batch_commits_while_the_last_one_is_fanned_out() {
             rounds.lock().unwrap().push((seqs, count()));
         })
     };
-    let log = local_log(store, sink).await;
+    let log = local_log(store, fanout).await;
 
     let blocker = hold_write_lock(&path);
     let first = spawn_publish(&log, "pipeline.test", 1);
@@ -326,7 +362,6 @@ async fn the_next_batch_commits_while_the_last_one_is_fanned_out() {
 /// connection holds the write lock past the store's busy timeout (5 s).
 #[tokio::test]
 async fn a_publish_queued_behind_a_failed_commit_takes_its_seq() {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use herald_core::Log;
@@ -334,7 +369,7 @@ async fn a_publish_queued_behind_a_failed_commit_takes_its_seq() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("herald.db");
     let store = SqliteStore::open(&path).unwrap();
-    let log = local_log(store, Arc::new(|_| {})).await;
+    let log = local_log(store, sink(|_| {})).await;
 
     let blocker = hold_write_lock(&path);
     let failing = spawn_publish(&log, "failed.test", 1);
@@ -356,24 +391,19 @@ async fn a_publish_queued_behind_a_failed_commit_takes_its_seq() {
 async fn publish_all_commits_its_events_together_in_order() {
     use std::sync::{Arc, Mutex};
 
-    use herald_core::log::CommitSink;
     use herald_core::{LocalLog, Log};
 
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("herald.db")).unwrap());
     let committed = Arc::new(Mutex::new(Vec::new()));
-    let sink: CommitSink = {
+    let fanout = {
         let committed = committed.clone();
-        Arc::new(move |batch| {
+        sink(move |batch| {
             let seqs: Vec<u64> = batch.iter().map(|e| e.event.seq).collect();
             committed.lock().unwrap().push(seqs);
         })
     };
-    let log = Arc::new(
-        LocalLog::start(store.clone(), sink, Default::default())
-            .await
-            .unwrap(),
-    );
+    let log = Arc::new(LocalLog::start(store.clone(), fanout).await.unwrap());
 
     let singles: Vec<_> = (0..200)
         .map(|n| {

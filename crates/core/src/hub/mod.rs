@@ -1,5 +1,17 @@
 //! The connection manager: every live connection (WebSocket or SSE), who it belongs to, what
 //! it subscribed to, and the fan-out of committed events into their outboxes.
+//!
+//! Here the hub, its connections and users, and subscriptions; in `fanout` the delivery of
+//! committed batches, in `rooms` rooms and presence, in `replay` the holding of live events
+//! while a resume replays history.
+
+mod fanout;
+mod replay;
+mod rooms;
+
+use replay::Held;
+pub use replay::ReplayStart;
+use rooms::announce_leave;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -13,10 +25,9 @@ use uuid::Uuid;
 use crate::access::Access;
 use crate::event::EncodedEvent;
 use crate::identity::Identity;
-use crate::outbox::{CloseReason, Outbox, OutboxLimits, Outgoing, Pushed, WokenWriters};
-use crate::presence::{self, ClusterPresence};
-use crate::protocol::ServerMessage;
-use crate::room::{self, Joined, Left, Member, Presence, RoomDirectory, RoomStats};
+use crate::outbox::{CloseReason, Outbox, OutboxLimits, Outgoing, WokenWriters};
+use crate::presence::ClusterPresence;
+use crate::room::{RoomDirectory, RoomStats};
 use crate::subscription::{Subscription, SubscriptionIndex, SubscriptionSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -48,14 +59,6 @@ pub struct Connection {
     /// in `held` instead of the outbox until the replay has been queued.
     replaying: AtomicBool,
     held: Mutex<Option<Box<Held>>>,
-}
-
-/// Live events that arrived while the connection was replaying; bounded like the outbox.
-#[derive(Debug, Default)]
-struct Held {
-    events: Vec<Arc<EncodedEvent>>,
-    bytes: usize,
-    overflowed: bool,
 }
 
 impl Connection {
@@ -103,29 +106,6 @@ impl Connection {
     pub fn send(&self, item: Outgoing) -> bool {
         self.outbox.push(item)
     }
-
-    /// Holds a live event aside during a replay. Overflowing the bound closes the connection as
-    /// a slow consumer (it can resume again).
-    fn hold(&self, event: &Arc<EncodedEvent>, limits: OutboxLimits) -> bool {
-        let mut held = self.held.lock();
-        let h = held.get_or_insert_default();
-        if h.overflowed {
-            return false;
-        }
-        let weight = event.json().len() + 32;
-        if h.events.len() >= limits.max_messages || h.bytes + weight > limits.max_bytes {
-            **h = Held {
-                overflowed: true,
-                ..Held::default()
-            };
-            drop(held);
-            self.outbox.close(CloseReason::SLOW_CONSUMER);
-            return false;
-        }
-        h.bytes += weight;
-        h.events.push(event.clone());
-        true
-    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -172,18 +152,6 @@ pub struct HubStats {
     pub subscriptions: usize,
     pub average_subscriptions: f64,
     pub rooms: RoomStats,
-}
-
-/// What `Hub::begin_replay` registered.
-#[derive(Debug)]
-pub struct ReplayStart {
-    /// The new subscriptions, in the order of the specs.
-    pub ids: Vec<Uuid>,
-    /// The fan-out head when they were registered: every event up to it was fanned out before
-    /// they existed (so it is in the store), every later one is held for the connection.
-    pub head: u64,
-    /// The connection's other subscriptions at that moment.
-    pub others: Vec<Arc<Subscription>>,
 }
 
 #[derive(Default)]
@@ -249,14 +217,6 @@ impl Hub {
         }
     }
 
-    /// A place among the replays running at once, held until the replay ends.
-    pub fn replay_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, HubError> {
-        self.replays
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| HubError::TooManyReplays)
-    }
-
     /// The access rules deliveries follow (by default: no public rooms).
     pub fn with_access(self, access: Arc<Access>) -> Self {
         Self { access, ..self }
@@ -268,11 +228,6 @@ impl Hub {
 
     pub fn outbox_limits(&self) -> OutboxLimits {
         self.outbox_limits
-    }
-
-    /// The writers of this hub's connections that fan-out woke and that have not run yet.
-    pub fn woken_writers(&self) -> Arc<WokenWriters> {
-        self.woken.clone()
     }
 
     /// The highest `seq` fanned out so far (or the store's last `seq` at start-up).
@@ -386,51 +341,6 @@ impl Hub {
         Ok(sub.id)
     }
 
-    /// Adds subscriptions that resume after `since`: from now until `end_replay`, the
-    /// connection's live matches (of every subscription) are held aside, and the caller replays
-    /// the store's events in `(since, head]`. Registering and reading the head happen under
-    /// the write lock, i.e. between two fan-outs, which is what makes the seam exact.
-    pub fn begin_replay(
-        &self,
-        conn: &Arc<Connection>,
-        specs: Vec<SubscriptionSpec>,
-        since: u64,
-    ) -> Result<ReplayStart, HubError> {
-        let mut s = self.state.write();
-        if !s.connections.contains_key(&conn.id) {
-            return Err(HubError::NoConnection);
-        }
-        if conn.replaying.load(Ordering::Relaxed) {
-            return Err(HubError::Replaying);
-        }
-        let mut owned = conn.subscriptions.lock();
-        self.admit_subscriptions(&s, &owned, &specs)?;
-        let others = owned
-            .iter()
-            .filter_map(|id| s.subscriptions.get(id).cloned())
-            .collect();
-        let mut ids = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let sub = Arc::new(Subscription {
-                id: Uuid::new_v4(),
-                spec,
-                connection: conn.clone(),
-                from_seq: AtomicU64::new(since),
-            });
-            owned.push(sub.id);
-            ids.push(sub.id);
-            s.index.insert(sub.clone());
-            s.subscriptions.insert(sub.id, sub);
-        }
-        *conn.held.lock() = None;
-        conn.replaying.store(true, Ordering::Relaxed);
-        Ok(ReplayStart {
-            ids,
-            head: self.head(),
-            others,
-        })
-    }
-
     /// Whether a connection holding `owned` may add `new`: at most `max_subscriptions`, weighing
     /// at most `MAX_SUBSCRIPTION_BYTES` together.
     fn admit_subscriptions(
@@ -453,28 +363,6 @@ impl Hub {
         Ok(())
     }
 
-    /// Records where a resumed subscription's delivery really started (a resume that had to
-    /// start earlier than asked), so later replays on its connection do not repeat its events.
-    pub fn set_start(&self, sub_id: Uuid, from_seq: u64) {
-        if let Some(sub) = self.state.read().subscriptions.get(&sub_id) {
-            sub.from_seq.store(from_seq, Ordering::Relaxed);
-        }
-    }
-
-    /// Ends a replay whose events up to `replayed_to` are queued: queues the held live events
-    /// after it and switches the connection back to live delivery, atomically with fan-out.
-    /// `u64::MAX` drops what was held (an abandoned replay; the connection is being closed).
-    pub fn end_replay(&self, conn: &Connection, replayed_to: u64) {
-        let _s = self.state.write();
-        let held = conn.held.lock().take();
-        conn.replaying.store(false, Ordering::Relaxed);
-        for e in held.map(|h| h.events).unwrap_or_default() {
-            if e.event.seq > replayed_to && !conn.send(Outgoing::Event(e)) {
-                break;
-            }
-        }
-    }
-
     /// Removes one of the connection's own subscriptions.
     pub fn unsubscribe(&self, conn: &Connection, sub_id: Uuid) -> Result<(), HubError> {
         let mut s = self.state.write();
@@ -488,133 +376,6 @@ impl Hub {
             s.index.remove(&sub);
         }
         Ok(())
-    }
-
-    /// Queues a committed batch, in `seq` order, on every connection with a matching
-    /// subscription that may see each event. Writers are woken only after the whole batch is
-    /// queued, so each connection writes what it got with one flush. Returns how many
-    /// (event, connection) deliveries were queued.
-    pub fn deliver(&self, batch: &[Arc<EncodedEvent>]) -> usize {
-        let (delivered, to_wake) = {
-            let s = self.state.read();
-            let mut fanout = Fanout {
-                limits: self.outbox_limits,
-                access: &self.access,
-                open: false,
-                open_to_users: false,
-                delivered: 0,
-                to_wake: Vec::new(),
-                recipients: Vec::new(),
-                slots: HashMap::new(),
-            };
-            for run in batch.chunk_by(|a, b| a.event.same_route(&b.event)) {
-                for run in run.chunks(Fanout::MAX_RUN) {
-                    fanout.route(&s, run);
-                }
-            }
-            // Still under the read lock: a replay registered after this batch sees it as
-            // fanned out (and finds it in the store, which committed it first).
-            if let Some(last) = batch.last() {
-                self.head.fetch_max(last.event.seq, Ordering::AcqRel);
-            }
-            (fanout.delivered, fanout.to_wake)
-        };
-        for conn in to_wake {
-            conn.outbox.wake();
-        }
-        delivered
-    }
-
-    /// Puts a connection in a room. The others are told when the member arrived. With
-    /// `hold_live`, the connection's live events are held (as during a resume) until
-    /// `end_replay`, so the room's history can be queued first; the returned head is the
-    /// last `seq` fanned out before the join — history up to it is in the store, every later
-    /// event of the room is delivered live.
-    pub fn join_room(
-        &self,
-        conn: &Arc<Connection>,
-        room: &str,
-        member: Member,
-        hold_live: bool,
-    ) -> Result<(Joined, u64), HubError> {
-        let mut s = self.state.write();
-        if !s.connections.contains_key(&conn.id) {
-            return Err(HubError::NoConnection);
-        }
-        let in_room = s.rooms.contains(conn.id, room);
-        if !in_room && s.rooms.rooms_of(conn.id).len() >= self.max_subscriptions {
-            return Err(HubError::TooManyRooms(self.max_subscriptions));
-        }
-        if hold_live && conn.replaying.load(Ordering::Relaxed) {
-            return Err(HubError::Replaying);
-        }
-        let mut joined = s.rooms.join(conn, room, member.clone());
-        self.cluster_joined(&s.rooms, room, &member, &mut joined);
-        if joined.arrived {
-            let msg = room::notice(
-                "user_joined",
-                room,
-                &member,
-                serde_json::json!({"users": joined.users}),
-            );
-            to_room(&s.rooms, room, &msg, Some(conn.id));
-        }
-        if hold_live {
-            *conn.held.lock() = None;
-            conn.replaying.store(true, Ordering::Relaxed);
-        }
-        Ok((joined, self.head()))
-    }
-
-    /// Takes a connection out of a room, telling the others when the member departed.
-    pub fn leave_room(&self, conn: Uuid, room: &str) -> Option<Left> {
-        let mut s = self.state.write();
-        let mut left = s.rooms.leave(conn, room)?;
-        self.cluster_left(&s.rooms, &mut left);
-        announce_leave(&s.rooms, &left);
-        Some(left)
-    }
-
-    /// Who a connection is in a room as, if it is in it.
-    pub fn member_in(&self, conn: Uuid, room: &str) -> Option<Member> {
-        self.state.read().rooms.member_of(conn, room).cloned()
-    }
-
-    /// The rooms a connection is in, in the order it joined them.
-    pub fn rooms_of(&self, conn: Uuid) -> Vec<String> {
-        self.state.read().rooms.rooms_of(conn).to_vec()
-    }
-
-    /// Records a typing indicator and tells the room's other connections when it changed.
-    /// Fails when the connection is not in the room.
-    pub fn set_typing(&self, conn: Uuid, room: &str, typing: bool) -> Result<bool, HubError> {
-        let mut s = self.state.write();
-        let member = s
-            .rooms
-            .member_of(conn, room)
-            .cloned()
-            .ok_or(HubError::NotInRoom)?;
-        if !s.rooms.set_typing(conn, room, typing) {
-            return Ok(false);
-        }
-        let msg = room::notice(
-            "typing",
-            room,
-            &member,
-            serde_json::json!({"isTyping": typing}),
-        );
-        to_room(&s.rooms, room, &msg, Some(conn));
-        Ok(true)
-    }
-
-    /// Who is present in a room (on every node of a cluster), sorted by name.
-    pub fn presence(&self, room: &str) -> Vec<Presence> {
-        let s = self.state.read();
-        let remote = self.cluster.get().map(|c| c.remote(room));
-        presence::presence(presence::union(
-            s.rooms.members(room),
-            remote.unwrap_or_default(),
-        ))
     }
 
     /// Sends to every connection of a user; returns how many.
@@ -703,244 +464,6 @@ impl Hub {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Cluster presence (issue 7): with a `ClusterPresence` set, joins and leaves are reported to it,
-// and arrivals, departures and user lists count the members on the other nodes too.
-
-impl Hub {
-    /// Makes presence cluster-wide (once, at start-up, before connections arrive).
-    pub fn set_cluster_presence(&self, cluster: Arc<dyn ClusterPresence>) {
-        if self.cluster.set(cluster).is_err() {
-            panic!("cluster presence is set once");
-        }
-    }
-
-    /// A member's presence in `room` on the other nodes began (`present`) or ended: this
-    /// node's connections in the room are told, unless the member is here too (then, for
-    /// them, nothing changed).
-    pub fn remote_presence_changed(&self, room: &str, member: &Member, present: bool) {
-        let Some(cluster) = self.cluster.get() else {
-            return;
-        };
-        let s = self.state.read();
-        if s.rooms.connections(room).next().is_none()
-            || s.rooms.members(room).any(|(m, _)| m.key == member.key)
-        {
-            return;
-        }
-        let (_, users) = cluster_view(cluster.as_ref(), &s.rooms, room, &member.key);
-        let kind = if present { "user_joined" } else { "user_left" };
-        let msg = room::notice(kind, room, member, serde_json::json!({ "users": users }));
-        to_room(&s.rooms, room, &msg, None);
-    }
-
-    fn cluster_joined(&self, rooms: &RoomDirectory, room: &str, member: &Member, j: &mut Joined) {
-        let Some(cluster) = self.cluster.get() else {
-            return;
-        };
-        if j.new_seat {
-            cluster.local_changed(room, member, j.connections);
-        }
-        let (elsewhere, users) = cluster_view(cluster.as_ref(), rooms, room, &member.key);
-        j.arrived &= !elsewhere;
-        j.users = users;
-    }
-
-    fn cluster_left(&self, rooms: &RoomDirectory, left: &mut Left) {
-        let Some(cluster) = self.cluster.get() else {
-            return;
-        };
-        cluster.local_changed(&left.room, &left.member, left.connections);
-        let (elsewhere, users) =
-            cluster_view(cluster.as_ref(), rooms, &left.room, &left.member.key);
-        left.departed &= !elsewhere;
-        left.users = users;
-    }
-}
-
-/// Whether the member `key` is present in `room` on another node, and everyone present in the
-/// room across the cluster (profiles, sorted by name).
-fn cluster_view(
-    cluster: &dyn ClusterPresence,
-    rooms: &RoomDirectory,
-    room: &str,
-    key: &str,
-) -> (bool, Vec<serde_json::Value>) {
-    let remote = cluster.remote(room);
-    let elsewhere = remote.iter().any(|(m, _)| m.key == key);
-    let all = presence::union(rooms.members(room), remote);
-    (elsewhere, presence::users(&all))
-}
-
-/// The fan-out of one batch: what was queued, and which writers to wake at the end.
-///
-/// The batch is taken in runs of consecutive events with the same type, room and user (a
-/// busy room's messages): such events have the same candidate recipients — subscriptions
-/// found by type, room and user, the room's members, the personal room's owner, the same
-/// privacy — so they are looked up once per run, and each recipient gets the run's events it
-/// matches (a bit per event) in one push, under one lock of its outbox. Looking up and
-/// queuing per event and recipient was ~14 % of a busy room's fan-out.
-struct Fanout<'s> {
-    limits: OutboxLimits,
-    access: &'s Access,
-    delivered: usize,
-    to_wake: Vec<Arc<Connection>>,
-    /// Whether the current run is for everyone: what an anonymous client may read, every
-    /// identity may (`Access::may_read`), so its recipients need no check of their own.
-    open: bool,
-    /// Whether every user without a `rooms` claim may read the current run.
-    open_to_users: bool,
-    /// The current run's recipients, each with the run's events it matches (bit i: event i).
-    /// Borrowed from the hub's state, which the fan-out holds read-locked.
-    recipients: Vec<(&'s Arc<Connection>, u64)>,
-    /// Where each recipient is in `recipients`, built only once a connection turns up twice
-    /// in a run (several subscriptions, or a subscription and a room): rare, so most runs
-    /// hash nothing.
-    slots: HashMap<Uuid, usize>,
-}
-
-impl<'s> Fanout<'s> {
-    /// The longest run, so that a run's events fit the bits of a `u64`.
-    const MAX_RUN: usize = 64;
-
-    /// Queues `run` (events of one route, in `seq` order) on every connection that may see
-    /// them: each connection once per event, in order, never the event's own sender.
-    fn route(&mut self, s: &'s State, run: &[Arc<EncodedEvent>]) {
-        let first = &run[0].event;
-        self.open = self.access.may_read(None, first);
-        self.open_to_users = self.open || self.access.open_to_users(first);
-        let every = u64::MAX >> (64 - run.len());
-        s.index.for_each_route_match(first, |sub| {
-            let filters = &sub.spec.filters;
-            let matched = match filters.custom.is_empty() {
-                true => every,
-                false => bits(run, |e| filters.matches_data(&e.event)),
-            };
-            self.add(&sub.connection, matched, run);
-        });
-        if let Some(room) = &first.room_id {
-            for conn in s.rooms.connections(room) {
-                self.add(conn, every, run);
-            }
-            let owner = room::personal_owner(room).and_then(|u| s.users.get(u));
-            for id in owner.into_iter().flatten() {
-                if let Some(conn) = s.connections.get(id) {
-                    self.add(conn, every, run);
-                }
-            }
-        }
-        let mut recipients = std::mem::take(&mut self.recipients);
-        for (conn, matched) in recipients.drain(..) {
-            self.offer(conn, run, matched);
-        }
-        self.recipients = recipients;
-        self.slots.clear();
-    }
-
-    /// Notes that `conn` matches the events `matched` of `run`. A run of one event is offered
-    /// at once (nothing to merge: the first match is the only one that counts); a longer run
-    /// is offered once every recipient's matches are known.
-    fn add(&mut self, conn: &'s Arc<Connection>, matched: u64, run: &[Arc<EncodedEvent>]) {
-        if matched == 0 {
-            return;
-        }
-        // The run's last `seq` marks the connections it found: no other run has it. Only the
-        // fan-out writes `last_delivered`, one batch at a time (the log's commit sink): a
-        // plain load and store, no atomic read-modify-write.
-        let marker = run[run.len() - 1].event.seq;
-        if conn.last_delivered.load(Ordering::Relaxed) != marker {
-            conn.last_delivered.store(marker, Ordering::Relaxed);
-            if run.len() == 1 {
-                self.offer(conn, run, matched);
-                return;
-            }
-            if !self.slots.is_empty() {
-                self.slots.insert(conn.id, self.recipients.len());
-            }
-            self.recipients.push((conn, matched));
-            return;
-        }
-        if run.len() == 1 {
-            return;
-        }
-        if self.slots.is_empty() {
-            let slots = self.recipients.iter().enumerate();
-            self.slots = slots.map(|(i, (c, _))| (c.id, i)).collect();
-        }
-        self.recipients[self.slots[&conn.id]].1 |= matched;
-    }
-
-    /// Queues the events `matched` of `run` on `conn`, but not those it sent itself, and none
-    /// if it may not see them (privacy depends on the type, room and user only: the same for
-    /// the whole run).
-    fn offer(&mut self, conn: &Arc<Connection>, run: &[Arc<EncodedEvent>], mut matched: u64) {
-        matched &= !bits(run, |e| e.skip == Some(conn.id));
-        let allowed = self.open
-            || (self.open_to_users && conn.plain_user.load(Ordering::Relaxed))
-            || conn.may_see(&run[0], self.access);
-        if matched == 0 || !allowed {
-            return;
-        }
-        let events = (0..run.len())
-            .filter(|i| matched & (1 << i) != 0)
-            .map(|i| &run[i]);
-        if conn.replaying.load(Ordering::Relaxed) {
-            // A resume is replaying history: hold live events until it is queued.
-            for event in events {
-                self.delivered += usize::from(conn.hold(event, self.limits));
-            }
-        } else if let Pushed::Queued { wake } = conn
-            .outbox
-            .push_all_deferred(events.map(|e| Outgoing::Event(e.clone())))
-        {
-            self.delivered += matched.count_ones() as usize;
-            if wake {
-                self.to_wake.push(conn.clone());
-            }
-        }
-    }
-}
-
-/// The events of `run` (at most 64) for which `f` holds, as bits.
-fn bits(run: &[Arc<EncodedEvent>], f: impl Fn(&EncodedEvent) -> bool) -> u64 {
-    run.iter()
-        .enumerate()
-        .filter(|(_, e)| f(e))
-        .fold(0, |mask, (i, _)| mask | 1 << i)
-}
-
-/// Sends a room notice to every connection in the room but `except`.
-fn to_room(rooms: &RoomDirectory, room: &str, msg: &Arc<ServerMessage>, except: Option<Uuid>) {
-    for conn in rooms.connections(room) {
-        if Some(conn.id) != except {
-            conn.send(Outgoing::Message(msg.clone()));
-        }
-    }
-}
-
-/// Tells a room that a connection stopped typing (if it was) and that its member left (if
-/// that was its last connection there).
-fn announce_leave(rooms: &RoomDirectory, left: &Left) {
-    if left.was_typing {
-        let msg = room::notice(
-            "typing",
-            &left.room,
-            &left.member,
-            serde_json::json!({"isTyping": false}),
-        );
-        to_room(rooms, &left.room, &msg, None);
-    }
-    if left.departed {
-        let msg = room::notice(
-            "user_left",
-            &left.room,
-            &left.member,
-            serde_json::json!({"users": left.users}),
-        );
-        to_room(rooms, &left.room, &msg, None);
-    }
-}
-
 fn remove_user_conn(users: &mut HashMap<String, HashSet<Uuid>>, user: &str, id: Uuid) {
     if let Some(set) = users.get_mut(user) {
         set.remove(&id);
@@ -954,6 +477,7 @@ fn remove_user_conn(users: &mut HashMap<String, HashSet<Uuid>>, user: &str, id: 
 mod tests {
     use super::*;
     use crate::event::NewEvent;
+    use crate::room::Member;
     use crate::subscription::Filters;
     use serde_json::json;
 
@@ -1254,7 +778,7 @@ mod tests {
         let _b = hub.connect(Transport::Sse).unwrap();
         hub.authenticate(&a1, Identity::user("alice")).unwrap();
         hub.authenticate(&a2, Identity::user("alice")).unwrap();
-        let m = Outgoing::Message(crate::protocol::ServerMessage::new("notification", None));
+        let m = Outgoing::Message(crate::wire::ServerMessage::new("notification", None));
         assert_eq!(hub.send_to_user("alice", &m), 2);
         assert_eq!(hub.send_to_user("nobody", &m), 0);
         assert_eq!(hub.broadcast(&m), 3);

@@ -1,0 +1,135 @@
+//! Replay holding: a resume (or a room join's history) registers its subscriptions and reads
+//! the fan-out head under the write lock (`begin_replay`); live events for the connection are
+//! then held aside (`Held`) until the replayed history is queued (`end_replay`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use uuid::Uuid;
+
+use super::{Connection, Hub, HubError};
+use crate::event::EncodedEvent;
+use crate::outbox::{CloseReason, OutboxLimits, Outgoing};
+use crate::subscription::{Subscription, SubscriptionSpec};
+
+/// Live events that arrived while the connection was replaying; bounded like the outbox.
+#[derive(Debug, Default)]
+pub(super) struct Held {
+    events: Vec<Arc<EncodedEvent>>,
+    bytes: usize,
+    overflowed: bool,
+}
+
+impl Connection {
+    /// Holds a live event aside during a replay. Overflowing the bound closes the connection as
+    /// a slow consumer (it can resume again).
+    pub(super) fn hold(&self, event: &Arc<EncodedEvent>, limits: OutboxLimits) -> bool {
+        let mut held = self.held.lock();
+        let h = held.get_or_insert_default();
+        if h.overflowed {
+            return false;
+        }
+        let weight = event.json().len() + 32;
+        if h.events.len() >= limits.max_messages || h.bytes + weight > limits.max_bytes {
+            **h = Held {
+                overflowed: true,
+                ..Held::default()
+            };
+            drop(held);
+            self.outbox.close(CloseReason::SLOW_CONSUMER);
+            return false;
+        }
+        h.bytes += weight;
+        h.events.push(event.clone());
+        true
+    }
+}
+
+/// What `Hub::begin_replay` registered.
+#[derive(Debug)]
+pub struct ReplayStart {
+    /// The new subscriptions, in the order of the specs.
+    pub ids: Vec<Uuid>,
+    /// The fan-out head when they were registered: every event up to it was fanned out before
+    /// they existed (so it is in the store), every later one is held for the connection.
+    pub head: u64,
+    /// The connection's other subscriptions at that moment.
+    pub others: Vec<Arc<Subscription>>,
+}
+
+impl Hub {
+    /// A place among the replays running at once, held until the replay ends.
+    pub fn replay_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, HubError> {
+        self.replays
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| HubError::TooManyReplays)
+    }
+
+    /// Adds subscriptions that resume after `since`: from now until `end_replay`, the
+    /// connection's live matches (of every subscription) are held aside, and the caller replays
+    /// the store's events in `(since, head]`. Registering and reading the head happen under
+    /// the write lock, i.e. between two fan-outs, which is what makes the seam exact.
+    pub fn begin_replay(
+        &self,
+        conn: &Arc<Connection>,
+        specs: Vec<SubscriptionSpec>,
+        since: u64,
+    ) -> Result<ReplayStart, HubError> {
+        let mut s = self.state.write();
+        if !s.connections.contains_key(&conn.id) {
+            return Err(HubError::NoConnection);
+        }
+        if conn.replaying.load(Ordering::Relaxed) {
+            return Err(HubError::Replaying);
+        }
+        let mut owned = conn.subscriptions.lock();
+        self.admit_subscriptions(&s, &owned, &specs)?;
+        let others = owned
+            .iter()
+            .filter_map(|id| s.subscriptions.get(id).cloned())
+            .collect();
+        let mut ids = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let sub = Arc::new(Subscription {
+                id: Uuid::new_v4(),
+                spec,
+                connection: conn.clone(),
+                from_seq: AtomicU64::new(since),
+            });
+            owned.push(sub.id);
+            ids.push(sub.id);
+            s.index.insert(sub.clone());
+            s.subscriptions.insert(sub.id, sub);
+        }
+        *conn.held.lock() = None;
+        conn.replaying.store(true, Ordering::Relaxed);
+        Ok(ReplayStart {
+            ids,
+            head: self.head(),
+            others,
+        })
+    }
+
+    /// Records where a resumed subscription's delivery really started (a resume that had to
+    /// start earlier than asked), so later replays on its connection do not repeat its events.
+    pub fn set_start(&self, sub_id: Uuid, from_seq: u64) {
+        if let Some(sub) = self.state.read().subscriptions.get(&sub_id) {
+            sub.from_seq.store(from_seq, Ordering::Relaxed);
+        }
+    }
+
+    /// Ends a replay whose events up to `replayed_to` are queued: queues the held live events
+    /// after it and switches the connection back to live delivery, atomically with fan-out.
+    /// `u64::MAX` drops what was held (an abandoned replay; the connection is being closed).
+    pub fn end_replay(&self, conn: &Connection, replayed_to: u64) {
+        let _s = self.state.write();
+        let held = conn.held.lock().take();
+        conn.replaying.store(false, Ordering::Relaxed);
+        for e in held.map(|h| h.events).unwrap_or_default() {
+            if e.event.seq > replayed_to && !conn.send(Outgoing::Event(e)) {
+                break;
+            }
+        }
+    }
+}
