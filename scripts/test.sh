@@ -46,6 +46,11 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "server layers"
+# crates/server/src imports only downwards: api → transport → app → http → auth, config
+# (docs/architecture.md, "Server").
+scripts/check-layers.sh
+
 step "cargo test"
 # A bound on the whole step (build included), so that a test that hangs fails the run with a
 # message instead of holding it until an outer limit; libtest names any test still running

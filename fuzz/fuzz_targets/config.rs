@@ -36,7 +36,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-/// Some of the paths herald-server serves itself (`api::streams::is_reserved_path`).
+/// Some of the paths herald-server serves itself (`app::is_reserved_path`).
 fn reserved(path: &str) -> bool {
     path == "/ws" || path.starts_with("/api")
 }

@@ -1,15 +1,17 @@
 //! Herald's server: configuration, authentication, the WebSocket and SSE transports, the HTTP
-//! API, and the process lifecycle (start-up, background jobs, graceful shutdown).
+//! API, and the process lifecycle (start-up, background jobs, graceful shutdown). Layered, each
+//! layer importing only those below it (docs/architecture.md, "Server";
+//! `scripts/check-layers.sh`): routes (`api`) → connections (`transport`; `listener`,
+//! `channels` and `demo` beside it) → state and operations (`app`) → the request vocabulary
+//! (`http`) → `auth`, `config`.
 
 pub mod api;
 pub mod app;
 pub mod auth;
 pub mod channels;
-pub mod chat;
 pub mod config;
 pub mod demo;
-pub mod error;
-pub mod limits;
+pub mod http;
 pub mod listener;
 pub mod transport;
 

@@ -17,11 +17,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::auth::Caller;
-use super::json_body;
 use super::realtime::limit_param;
-use crate::app::{App, check_id};
-use crate::error::{AppError, ErrorBody};
+use crate::app::App;
+use crate::http::check_id;
+use crate::http::error::{AppError, ErrorBody};
+use crate::http::identity::Caller;
+use crate::http::json_body;
 
 /// Real figures of this node: connections, users, events today, process CPU and memory.
 #[utoipa::path(get, path = "/api/dashboard/live-data", tag = "dashboard", security(("bearer" = [])),

@@ -1,13 +1,14 @@
-//! The HTTP API: routes of seed 000 (`/api/realtime/*`, `/api/dashboard/*`, `/health`) plus
-//! `/metrics`, and the WebSocket endpoints.
+//! Every HTTP route: seed 000's (`/api/realtime/*`, `/api/dashboard/*`, `/health`), the other
+//! seeds' (`seeds`), streams, rooms, the cluster, `/metrics`; the WebSocket and SSE endpoints
+//! are routed here to `transport`.
 
-pub mod auth;
 pub mod cluster;
-pub mod compat;
 pub mod dashboard;
 pub mod openapi;
+pub mod poll;
 pub mod realtime;
 pub mod rooms;
+pub mod seeds;
 pub mod streams;
 pub mod system;
 pub mod web;
@@ -18,12 +19,11 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::routing::{get, post};
-use serde::de::DeserializeOwned;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::app::App;
-use crate::error::AppError;
-use crate::transport::{mailbox, poll, sse, ws};
+use crate::http::error::AppError;
+use crate::transport::{sse, ws};
 use herald_core::protocol::code;
 
 pub fn router(app: Arc<App>) -> Router {
@@ -44,11 +44,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(system::metrics))
         .route("/openapi.json", get(openapi::document))
         .route("/api/realtime/stream", get(sse::stream))
-        .route("/events", get(compat::events))
-        .route("/events/user/{user_id}", get(compat::user_events))
-        .route("/notifications", post(compat::notifications))
-        .route("/updates", post(compat::updates))
-        .route("/api/messages", get(mailbox::poll).post(mailbox::send))
+        .route("/events", get(seeds::events::events))
+        .route("/events/user/{user_id}", get(seeds::events::user_events))
+        .route("/notifications", post(seeds::events::notifications))
+        .route("/updates", post(seeds::events::updates))
+        .route(
+            "/api/messages",
+            get(seeds::mailbox::poll).post(seeds::mailbox::send),
+        )
         // Seed 003's polling chat posts where it polls: publishing, as on `/publish`.
         .route(
             "/api/realtime/poll",
@@ -113,60 +116,4 @@ fn cors(origins: &[String]) -> CorsLayer {
             .allow_origin(AllowOrigin::list(list))
             .allow_credentials(true)
     }
-}
-
-/// Parses a JSON request body into `T`, answering 400 with the parser's reason. Bodies over
-/// the size limit are answered 413.
-pub fn json_body<T: DeserializeOwned>(
-    body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<T, AppError> {
-    json_object(&body_bytes(body)?)
-}
-
-/// Parses a JSON object into `T`, answering 400 with the parser's reason.
-pub fn json_object<T: DeserializeOwned>(json: &[u8]) -> Result<T, AppError> {
-    let parsed = parse_json(json)?;
-    // serde also fills a struct from a JSON array, positionally; bodies are objects only.
-    if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(AppError::bad_request("request body must be a JSON object"));
-    }
-    Ok(parsed)
-}
-
-/// Like `json_body`, for bodies that may be any JSON value.
-pub fn any_json_body(
-    body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<serde_json::Value, AppError> {
-    parse_json(&body_bytes(body)?)
-}
-
-fn body_bytes(
-    body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<bytes::Bytes, AppError> {
-    body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            AppError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                code::VALIDATION_ERROR,
-                "request body too large",
-            )
-        } else {
-            AppError::bad_request(e.body_text())
-        }
-    })
-}
-
-fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
-    serde_json::from_slice(body).map_err(|e| {
-        let c = if e.is_syntax() || e.is_eof() {
-            code::INVALID_JSON
-        } else {
-            code::VALIDATION_ERROR
-        };
-        AppError::new(
-            StatusCode::BAD_REQUEST,
-            c,
-            format!("invalid request body: {e}"),
-        )
-    })
 }

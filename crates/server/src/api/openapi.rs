@@ -6,8 +6,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{cluster, compat, dashboard, realtime, rooms, streams, system};
-use crate::transport::{mailbox, poll, sse};
+use super::{cluster, dashboard, poll, realtime, rooms, seeds, streams, system};
+use crate::transport::sse;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,8 +18,9 @@ use crate::transport::{mailbox, poll, sse};
         poll::poll,
         dashboard::live_data, dashboard::activity, dashboard::alerts, dashboard::notify,
         system::health, system::metrics, cluster::nodes,
-        compat::events, compat::user_events, compat::notifications, compat::updates,
-        mailbox::poll, mailbox::send,
+        seeds::events::events, seeds::events::user_events, seeds::events::notifications,
+        seeds::events::updates,
+        seeds::mailbox::poll, seeds::mailbox::send,
         rooms::presence,
         streams::list, streams::create, streams::subscribe, streams::publish, streams::delete,
     ),

@@ -10,6 +10,7 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::header::{self, HeaderName};
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
+use herald_core::hub::Connection;
 use herald_core::log::MAX_PUBLISH_ALL;
 use herald_core::protocol::{PublishArgs, ServerMessage, SubscribeArgs, code};
 use herald_core::store::{HistoryQuery, ReadAccess};
@@ -21,11 +22,12 @@ use serde_json::{Value, json};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::auth::Caller;
-use super::{json_body, json_object};
 use crate::app::App;
-use crate::error::{AppError, ErrorBody};
-use crate::transport::session::{self, Published};
+use crate::http::check_id;
+use crate::http::error::{AppError, ErrorBody};
+use crate::http::identity::Caller;
+use crate::http::replies::{Published, created_body, hub_error, parse_spec};
+use crate::http::{json_body, json_object};
 
 pub const MAX_HISTORY: usize = 1000;
 
@@ -181,7 +183,7 @@ pub async fn subscribe(
             "that connection belongs to another user",
         ));
     }
-    let created = session::subscribe(&app, &conn, args)?;
+    let created = subscribe_connection(&app, &conn, args)?;
     conn.send(Outgoing::Message(ServerMessage::new(
         "subscription.created",
         Some(created.clone()),
@@ -191,6 +193,17 @@ pub async fn subscribe(
         .expect("object")
         .extend(created.as_object().expect("object").clone());
     Ok(Json(body))
+}
+
+/// Adds a (live) subscription to a connection; the body of `subscription.created`.
+fn subscribe_connection(
+    app: &App,
+    conn: &Arc<Connection>,
+    args: SubscribeArgs,
+) -> Result<Value, AppError> {
+    let spec = parse_spec(&args)?;
+    let sid = app.hub.subscribe(conn, spec.clone()).map_err(hub_error)?;
+    Ok(created_body(sid, &spec))
 }
 
 /// The `limit` parameter of history routes: 1..=MAX_HISTORY, `default` when absent.
@@ -227,8 +240,8 @@ pub fn history_query(
             q.types.push(t.trim().to_owned());
         }
     }
-    crate::app::check_id("userId", params.get("userId").map(String::as_str))?;
-    crate::app::check_id("roomId", params.get("roomId").map(String::as_str))?;
+    check_id("userId", params.get("userId").map(String::as_str))?;
+    check_id("roomId", params.get("roomId").map(String::as_str))?;
     q.user_id = params.get("userId").cloned();
     q.room_id = params.get("roomId").cloned();
     if let Some(since) = params.get("since") {

@@ -8,9 +8,9 @@ use herald_core::room::{Presence, validate_room};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::auth::Caller;
 use crate::app::App;
-use crate::error::{AppError, ErrorBody};
+use crate::http::error::{AppError, ErrorBody};
+use crate::http::identity::Caller;
 
 #[derive(Serialize, ToSchema)]
 pub struct RoomPresence {

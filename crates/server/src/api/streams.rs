@@ -13,17 +13,18 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 use herald_core::protocol::code;
-use herald_core::stream::{Published, Stream, StreamError, StreamInfo, StreamSpec};
+use herald_core::stream::{Published, Stream, StreamInfo, StreamSpec};
 use herald_core::{Identity, Role, Transport};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::auth::Caller;
-use super::{any_json_body, json_body};
 use crate::app::App;
-use crate::error::{AppError, ErrorBody};
+use crate::http::error::{AppError, ErrorBody};
+use crate::http::identity::Caller;
+use crate::http::replies::stream_error;
+use crate::http::{any_json_body, json_body};
 use crate::transport::Registration;
 use crate::transport::sse::{self, Flavor, Hello, KeepAlive};
 
@@ -34,38 +35,6 @@ const FLAVOR: Flavor = Flavor {
     keep_alive: KeepAlive::Comment,
     plain: true,
 };
-
-/// Whether the server serves `path` itself (keep in step with `api::router`): a stream there
-/// would never be reached, since the router's own routes win over its fallback.
-pub fn is_reserved_path(path: &str) -> bool {
-    const EXACT: [&str; 10] = [
-        "/",
-        "/ws",
-        "/health",
-        "/metrics",
-        "/openapi.json",
-        "/herald.js",
-        "/herald.d.ts",
-        "/notifications",
-        "/updates",
-        "/echo",
-    ];
-    const TREES: [&str; 5] = ["/api", "/dashboard", "/events", "/examples", "/rooms"];
-    EXACT.contains(&path) || path.starts_with("/ws/") || TREES.iter().any(|t| path.starts_with(t))
-}
-
-/// A taken name or path, or a second subscription, is a conflict (409); the rest bad requests.
-pub fn stream_error(e: StreamError) -> AppError {
-    if e.is_conflict() {
-        AppError::new(
-            StatusCode::CONFLICT,
-            herald_core::protocol::code::CONFLICT,
-            e.to_string(),
-        )
-    } else {
-        AppError::bad_request(e.to_string())
-    }
-}
 
 fn find(app: &App, name: &str) -> Result<Arc<Stream>, AppError> {
     app.streams

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::web;
 use crate::app::App;
-use crate::error::AppError;
+use crate::http::error::AppError;
 use crate::transport::ws;
 
 /// `GET /` speaks WebSocket to WebSocket clients (the seeds connect to the root URL) and

@@ -10,10 +10,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::app::App;
-use crate::error::AppError;
-
-/// The cookie in which the dashboard keeps its token (read by `api::auth`).
-pub const AUTH_COOKIE: &str = "herald_token";
+use crate::http::error::AppError;
+use crate::http::identity::AUTH_COOKIE;
 
 struct Asset {
     path: &'static str,
@@ -98,7 +96,7 @@ fn serve(asset: &'static Asset, request: &HeaderMap) -> Response {
 /// requests (`fetch`, `EventSource`) carry it without the token in their URLs. It is
 /// `HttpOnly` (scripts cannot read it), `SameSite=Strict` (other sites' pages cannot make
 /// the browser send it), and `Secure` when Herald is served over HTTPS (`https`); writes it
-/// authenticates are checked against forgery (`api::auth`).
+/// authenticates are checked against forgery (`http::identity`).
 pub fn dashboard(app: &App, token: Option<&str>, request: &HeaderMap) -> Response {
     let mut page = serve(find("/").expect("dashboard embedded"), request);
     if let Some(token) = token.filter(|t| app.auth.verify(t).is_ok()) {

@@ -1,8 +1,6 @@
-//! Transports: WebSocket, Server-Sent Events and long-polling, and the command session the
-//! first two share.
+//! Connections: WebSocket (`ws`), Server-Sent Events (`sse`), and the command session
+//! (`session`) that interprets what a WebSocket client sends.
 
-pub mod mailbox;
-pub mod poll;
 pub mod session;
 pub mod sse;
 pub mod ws;
@@ -14,7 +12,7 @@ use herald_core::hub::Connection;
 use herald_core::{Hub, Transport};
 
 use crate::app::App;
-use crate::error::AppError;
+use crate::http::error::AppError;
 
 /// Unregisters a connection from the hub when its transport task ends, however it ends
 /// (client gone, error, upgrade never completed).

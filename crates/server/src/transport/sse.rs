@@ -17,10 +17,11 @@ use herald_core::{CloseReason, Filters, Identity, Outgoing, SubscriptionSpec, Tr
 use serde_json::json;
 
 use super::Registration;
-use super::session::{count_resume, hub_error, parse_spec};
-use crate::api::auth::optional_identity;
+use super::session::count_resume;
 use crate::app::App;
-use crate::error::AppError;
+use crate::http::error::AppError;
+use crate::http::identity::optional_identity;
+use crate::http::replies::{hub_error, parse_spec};
 
 /// Events every authenticated stream receives without asking (seed behaviour).
 const PERSONAL_TYPES: [&str; 2] = ["user.notification", "user.message"];
@@ -33,15 +34,15 @@ const PERSONAL_TYPES: [&str; 2] = ["user.notification", "user.message"];
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume: replay the matching events after this seq, then go live"),
         ("lastEventId" = Option<u64>, Query, description = "Resume position for clients that cannot set headers; the header wins")),
     responses((status = 200, description = "text/event-stream", content_type = "text/event-stream"),
-        (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
-        (status = 429, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
+        (status = 400, body = crate::http::error::ErrorBody), (status = 401, body = crate::http::error::ErrorBody),
+        (status = 429, body = crate::http::error::ErrorBody), (status = 503, body = crate::http::error::ErrorBody)))]
 pub async fn stream(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, AppError> {
-    let identity = optional_identity(&app, &headers, params.get("token").map(String::as_str))?;
+    let identity = optional_identity(&app.auth, &headers, params.get("token").map(String::as_str))?;
     let specs = stream_specs(identity.as_ref(), &params)?;
     open(
         app,

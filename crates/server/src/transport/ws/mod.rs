@@ -22,7 +22,7 @@ use self::socket::{BINARY, Error, Message, PING, Socket, TEXT, frame};
 use super::Registration;
 use super::session::{Flow, Session};
 use crate::app::App;
-use crate::error::AppError;
+use crate::http::error::AppError;
 
 /// Small socket buffers: most messages are a few hundred bytes, and idle connections should
 /// cost little memory. Larger messages still work; the buffers grow as needed. tungstenite

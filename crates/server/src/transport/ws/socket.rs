@@ -28,7 +28,7 @@ use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 pub use tungstenite::{Error, Message};
 
-use crate::error::AppError;
+use crate::http::error::AppError;
 
 /// A validated opening handshake (RFC 6455 §4.2.1), ready to be answered with 101.
 pub struct Handshake {

@@ -1,7 +1,6 @@
-//! Seed 003's "WebSocket-like polling": each client has a mailbox named by its `x-client-id`;
-//! `GET /api/messages` empties it, `POST /api/messages` sends to every other client. A mailbox
-//! is only a cursor into the log (messages are `mailbox.message` events), so nothing is copied
-//! per client and a mailbox costs a few dozen bytes.
+//! Seed 003's polling mailboxes: each client's mailbox is only a cursor into the log (its
+//! messages are `mailbox.message` events), so nothing is copied per client and a mailbox costs
+//! a few dozen bytes.
 //!
 //! A mailbox exists only once it is used. A poll without an id gets an id and keeps nothing:
 //! the id carries where the mailbox starts (the head of the log when it was handed out) and
@@ -12,30 +11,12 @@
 //! mailboxes not polled for `idle_timeout_secs`. A forgotten mailbox polled again opens anew.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::Json;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
-use herald_core::protocol::PublishArgs;
-use herald_core::store::{HistoryQuery, Order};
 use parking_lot::Mutex;
-use serde::Deserialize;
-use serde_json::{Value, json};
 use uuid::Uuid;
-
-use crate::api::auth::Caller;
-use crate::api::json_body;
-use crate::app::{App, check_id};
-use crate::error::{AppError, ErrorBody};
-use crate::limits::client_key;
-
-pub const MESSAGE_TYPE: &str = "mailbox.message";
-/// Messages returned by one poll at most; the rest come with the next poll.
-const BATCH: usize = 500;
 
 struct Mailbox {
     cursor: u64,
@@ -104,7 +85,7 @@ impl Mailboxes {
 
     /// The cursor of `id`, used now from `ip`; a new mailbox opens at `start`, making room
     /// first by forgetting the least recently polled mailbox of `ip`, or of all.
-    fn open(&self, id: &str, ip: IpAddr, start: u64) -> u64 {
+    pub fn open(&self, id: &str, ip: IpAddr, start: u64) -> u64 {
         let mut inner = self.inner.lock();
         // A known mailbox is taken out and put back as the most recently polled.
         let (id, cursor) = match inner.remove(id) {
@@ -136,7 +117,7 @@ impl Mailboxes {
         cursor
     }
 
-    fn advance(&self, id: &str, cursor: u64) {
+    pub fn advance(&self, id: &str, cursor: u64) {
         if let Some(m) = self.inner.lock().boxes.get_mut(id) {
             m.cursor = m.cursor.max(cursor);
         }
@@ -170,7 +151,7 @@ impl Mailboxes {
 
 /// An id handed out by a poll without one: `{uuid}.{head}.{unix ms}` — where its mailbox
 /// starts, and since when.
-fn issue(head: u64) -> String {
+pub fn issue(head: u64) -> String {
     format!("{}.{head}.{}", Uuid::new_v4().simple(), unix_ms())
 }
 
@@ -182,7 +163,7 @@ fn unix_ms() -> u64 {
 
 /// Where the mailbox `id` opens: where an id handed out by `issue` within `valid` says
 /// (never past `head`), else at `head`.
-fn start_of(id: &str, head: u64, valid: Duration) -> u64 {
+pub fn start_of(id: &str, head: u64, valid: Duration) -> u64 {
     let mut parts = id.split('.');
     let (Some(uuid), Some(start), Some(ms), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -198,118 +179,6 @@ fn start_of(id: &str, head: u64, valid: Duration) -> u64 {
         }
         _ => head,
     }
-}
-
-/// The mailbox a request names, or `None` when it names none (a page that has no id yet sends
-/// the string "null", as seed 003 does).
-fn client_id(headers: &HeaderMap) -> Result<Option<String>, AppError> {
-    match headers
-        .get("x-client-id")
-        .map(|v| v.to_str().map(str::trim))
-    {
-        Some(Ok(id)) if !matches!(id, "" | "null" | "undefined") => {
-            check_id("x-client-id", Some(id))?;
-            Ok(Some(id.to_owned()))
-        }
-        Some(Err(_)) => Err(AppError::bad_request("x-client-id must be text")),
-        _ => Ok(None),
-    }
-}
-
-/// Empties the caller's mailbox: `{messages: [{id, from, content, timestamp}], clientId}`.
-#[utoipa::path(get, path = "/api/messages", operation_id = "mailbox_poll", tag = "seed-compatible",
-    params(("x-client-id" = Option<String>, Header, description = "Your mailbox; when absent, the answer names a new one (which starts now), kept once it is polled or posted from; an unknown id opens one now")),
-    responses((status = 200, description = "`{messages: [{id, from, content, timestamp}], clientId}`; `id` is the message's seq", body = Object),
-        (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn poll(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, AppError> {
-    let head = *app.head.borrow();
-    let Some(id) = client_id(&headers)? else {
-        // Nothing to read yet and nothing kept: the id says where its mailbox will start.
-        return Ok(Json(json!({"messages": [], "clientId": issue(head)})));
-    };
-    let valid = Duration::from_secs(app.config.idle_timeout_secs);
-    let cursor = app
-        .mailboxes
-        .open(&id, client_key(peer.ip()), start_of(&id, head, valid));
-    let q = HistoryQuery {
-        types: vec![MESSAGE_TYPE.into()],
-        after_seq: Some(cursor),
-        order: Order::OldestFirst,
-        limit: BATCH,
-        access: app.access().read_scope(None),
-        ..Default::default()
-    };
-    let events = app.store.query(q).await?;
-    if let Some(last) = events.last() {
-        app.mailboxes.advance(&id, last.seq);
-    }
-    let messages: Vec<Value> = events
-        .iter()
-        .filter(|e| e.data.get("from").and_then(Value::as_str) != Some(id.as_str()))
-        .map(|e| {
-            json!({
-                "id": e.seq,
-                "from": e.data.get("from"),
-                "content": e.data.get("content"),
-                "timestamp": e.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            })
-        })
-        .collect();
-    Ok(Json(json!({"messages": messages, "clientId": id})))
-}
-
-#[derive(Deserialize)]
-struct Post {
-    content: String,
-}
-
-/// Sends `{content}` to every other mailbox (stored as a `mailbox.message` event).
-#[utoipa::path(post, path = "/api/messages", tag = "seed-compatible", security(("bearer" = [])),
-    params(("x-client-id" = Option<String>, Header, description = "The sender's mailbox (its own messages are not delivered back to it)")),
-    request_body(content = Object, description = "`{content}`"),
-    responses((status = 200, description = "`{success, seq}`", body = Object),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 503, description = "Store unavailable or shutting down", body = ErrorBody),
-        (status = 429, description = "Publishing too fast (as `POST /api/realtime/publish`)", body = ErrorBody)))]
-pub async fn send(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Caller(caller): Caller,
-    headers: HeaderMap,
-    body: Result<bytes::Bytes, BytesRejection>,
-) -> Result<Json<Value>, AppError> {
-    let bytes = body.as_ref().map_or(0, bytes::Bytes::len);
-    app.admit_http_publish(&caller, peer.ip(), 1, bytes)?;
-    let named = client_id(&headers)?;
-    let post: Post = json_body(body)?;
-    if post.content.is_empty() {
-        return Err(AppError::bad_request("content must not be empty"));
-    }
-    let from = match named {
-        Some(id) => {
-            // Posting from a mailbox is using it: it opens (if it had not) before the send,
-            // so it gets every other client's messages from here on.
-            let head = *app.head.borrow();
-            let valid = Duration::from_secs(app.config.idle_timeout_secs);
-            let start = start_of(&id, head, valid);
-            app.mailboxes.open(&id, client_key(peer.ip()), start);
-            id
-        }
-        None => Uuid::new_v4().to_string(),
-    };
-    let event = PublishArgs {
-        kind: MESSAGE_TYPE.into(),
-        data: json!({"from": from, "content": post.content}),
-        user_id: None,
-        room_id: None,
-        metadata: None,
-    };
-    let committed = app.publish(&caller, event).await?;
-    Ok(Json(json!({"success": true, "seq": committed.event.seq})))
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Credentials on HTTP requests: `Authorization: Bearer <jwt or api key>`, `X-API-Key`, or the
-//! dashboard's cookie (see `api::web::dashboard`).
+//! dashboard's cookie (set by `api::web::dashboard`).
 
 use std::sync::Arc;
 
@@ -9,20 +9,30 @@ use axum::http::{HeaderMap, StatusCode, header};
 use herald_core::Identity;
 use herald_core::protocol::code;
 
-use super::web::AUTH_COOKIE;
-use crate::app::App;
-use crate::error::AppError;
+use super::error::AppError;
+use crate::auth::Auth;
+
+/// The cookie in which the dashboard keeps its token.
+pub const AUTH_COOKIE: &str = "herald_token";
+
+/// What the identity extractors need from the server's state (`App` provides it).
+pub trait Credentials: Send + Sync {
+    /// Verifies tokens and API keys.
+    fn auth(&self) -> &Auth;
+    /// The origins besides the server's own that a cookie-authenticated write may come from.
+    fn cors_origins(&self) -> &[String];
+}
 
 /// The caller's identity; rejects the request with 401 when credentials are missing or bad.
 pub struct Caller(pub Identity);
 
-impl FromRequestParts<Arc<App>> for Caller {
+impl<S: Credentials> FromRequestParts<Arc<S>> for Caller {
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, AppError> {
-        match identify(app, &parts.headers, None)? {
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<S>) -> Result<Self, AppError> {
+        match identify(state.auth(), &parts.headers, None)? {
             Some((identity, Source::Cookie)) if !parts.method.is_safe() => {
-                check_cookie_write(app, &parts.headers)?;
+                check_cookie_write(state.cors_origins(), &parts.headers)?;
                 Ok(Caller(identity))
             }
             Some((identity, _)) => Ok(Caller(identity)),
@@ -46,7 +56,7 @@ enum Source {
 /// page the browser has open (cross-site request forgery). Such a request must say it is JSON
 /// — which a plain HTML form cannot, and a cross-origin `fetch` cannot without a CORS
 /// preflight — and come from an allowed origin: this server's own, or one of `cors_origins`.
-fn check_cookie_write(app: &App, headers: &HeaderMap) -> Result<(), AppError> {
+fn check_cookie_write(cors_origins: &[String], headers: &HeaderMap) -> Result<(), AppError> {
     let refuse = |why: &str| {
         metrics::counter!("herald_csrf_refused_total").increment(1);
         Err(AppError::new(
@@ -76,9 +86,7 @@ fn check_cookie_write(app: &App, headers: &HeaderMap) -> Result<(), AppError> {
                 .split_once("://")
                 .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
         });
-    let listed = app
-        .config
-        .cors_origins
+    let listed = cors_origins
         .iter()
         .any(|o| o == "*" || o.eq_ignore_ascii_case(origin));
     if own || listed {
@@ -122,15 +130,15 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// No credentials is anonymous; bad credentials are an error, never silently anonymous.
 pub fn optional_identity(
-    app: &App,
+    auth: &Auth,
     headers: &HeaderMap,
     query_token: Option<&str>,
 ) -> Result<Option<Identity>, AppError> {
-    Ok(identify(app, headers, query_token)?.map(|(identity, _)| identity))
+    Ok(identify(auth, headers, query_token)?.map(|(identity, _)| identity))
 }
 
 fn identify(
-    app: &App,
+    auth: &Auth,
     headers: &HeaderMap,
     query_token: Option<&str>,
 ) -> Result<Option<(Identity, Source)>, AppError> {
@@ -139,10 +147,9 @@ fn identify(
         // verifies (expired, or signed with a previous run's generated secret) is ignored, so
         // public routes keep working and the dashboard asks for a new token.
         None => Ok(cookie(headers, AUTH_COOKIE)
-            .and_then(|t| app.auth.verify(t).ok())
+            .and_then(|t| auth.verify(t).ok())
             .map(|identity| (identity, Source::Cookie))),
-        Some(token) => app
-            .auth
+        Some(token) => auth
             .verify(token)
             .map(|i| Some((i, Source::Explicit)))
             .map_err(|e| {

@@ -10,7 +10,7 @@ use herald_core::identity::is_unsafe_in_name;
 use herald_core::room::personal_owner;
 use serde_json::{Value, json};
 
-use crate::error::AppError;
+use crate::http::error::AppError;
 
 /// The tags chat text may keep (seed 001's allow-list); every attribute is dropped.
 const ALLOWED_TAGS: [&str; 4] = ["b", "i", "em", "strong"];

@@ -20,11 +20,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::auth::{Caller, optional_identity};
-use super::json_body;
-use crate::app::{App, check_id};
-use crate::error::{AppError, ErrorBody};
-use crate::transport::session::parse_spec;
+use crate::app::App;
+use crate::http::check_id;
+use crate::http::error::{AppError, ErrorBody};
+use crate::http::identity::{Caller, optional_identity};
+use crate::http::json_body;
+use crate::http::replies::parse_spec;
 use crate::transport::sse::{self, Flavor, Hello, KeepAlive};
 
 const SEED_001: Flavor = Flavor {
@@ -62,7 +63,7 @@ pub async fn events(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, AppError> {
-    let identity = optional_identity(&app, &headers, params.get("token").map(String::as_str))?;
+    let identity = optional_identity(&app.auth, &headers, params.get("token").map(String::as_str))?;
     let mut specs = vec![spec(&["notification", "update"], None)?];
     if let Some(i) = &identity {
         specs.push(spec(&["user.notification"], Some(i.user_id.clone()))?);
@@ -86,9 +87,10 @@ pub async fn user_events(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, AppError> {
     let identity: Identity =
-        optional_identity(&app, &headers, params.get("token").map(String::as_str))?.ok_or_else(
-            || AppError::unauthorized("missing credentials: send Authorization: Bearer <token>"),
-        )?;
+        optional_identity(&app.auth, &headers, params.get("token").map(String::as_str))?
+            .ok_or_else(|| {
+                AppError::unauthorized("missing credentials: send Authorization: Bearer <token>")
+            })?;
     if identity.user_id != user_id && !identity.is_privileged() {
         return Err(AppError::forbidden(
             "you may only open your own event stream",

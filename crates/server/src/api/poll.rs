@@ -25,13 +25,13 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
-use super::Registration;
-use super::session::hub_error;
-use super::sse::stream_specs;
-use crate::api::auth::optional_identity;
 use crate::app::App;
-use crate::error::{AppError, ErrorBody};
-use crate::limits::client_key;
+use crate::app::limits::client_key;
+use crate::http::error::{AppError, ErrorBody};
+use crate::http::identity::optional_identity;
+use crate::http::replies::hub_error;
+use crate::transport::Registration;
+use crate::transport::sse::stream_specs;
 
 /// The most events one answer carries.
 pub const MAX_BATCH: usize = 500;
@@ -145,7 +145,7 @@ pub async fn poll(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<PollBatch>, AppError> {
-    let identity = optional_identity(&app, &headers, params.get("token").map(String::as_str))?;
+    let identity = optional_identity(&app.auth, &headers, params.get("token").map(String::as_str))?;
     let specs = stream_specs(identity.as_ref(), &params)?;
     if specs.is_empty() {
         return Err(AppError::bad_request(

@@ -1,4 +1,11 @@
-//! The running server's shared state and the operations every transport and route uses.
+//! The running server's shared state and the operations every transport and route uses;
+//! with what it owns: chat's sanitising (`chat`), the publish budgets (`limits`), the polling
+//! mailboxes (`mailboxes`) and this node's status (`node`).
+
+pub mod chat;
+pub mod limits;
+pub mod mailboxes;
+pub mod node;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -10,7 +17,6 @@ use std::time::Instant;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use herald_core::access::AccessDenied;
 use herald_core::event::EncodedEvent;
-use herald_core::identity::is_unsafe_in_name;
 use herald_core::outbox::WokenTotals;
 use herald_core::pattern::validate_type;
 use herald_core::protocol::PublishArgs;
@@ -26,13 +32,14 @@ use serde_json::Value;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::api::cluster::ThisNode;
+use self::limits::{PerAddress, PublishBudgets, client_key};
+use self::mailboxes::Mailboxes;
+use self::node::ThisNode;
 use crate::auth::Auth;
-use crate::chat;
 use crate::config::Config;
-use crate::error::AppError;
-use crate::limits::{PerAddress, PublishBudgets, client_key};
-use crate::transport::mailbox::Mailboxes;
+use crate::http::check_id;
+use crate::http::error::AppError;
+use crate::http::identity::Credentials;
 
 pub struct App {
     pub config: Config,
@@ -64,8 +71,6 @@ pub struct App {
     /// through the API.
     pub streams: Streams,
 }
-
-pub const MAX_ID_LEN: usize = 256;
 
 /// The log's fan-out: the hub's, counted in the metrics, with the committed head published
 /// for long-polls.
@@ -146,8 +151,7 @@ impl App {
                 (Box::new(log), None)
             }
         };
-        let streams = Streams::new(crate::api::streams::is_reserved_path)
-            .with_outbox_limits(hub.outbox_limits());
+        let streams = Streams::new(is_reserved_path).with_outbox_limits(hub.outbox_limits());
         for declared in &config.streams {
             streams.create(declared.spec()).map_err(|e| {
                 AppError::bad_request(format!("invalid [[streams]] configuration: {e}"))
@@ -354,6 +358,35 @@ impl<'a> Publisher<'a> {
     }
 }
 
+impl Credentials for App {
+    fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
+    fn cors_origins(&self) -> &[String] {
+        &self.config.cors_origins
+    }
+}
+
+/// Whether the server serves `path` itself (keep in step with `api::router`): a stream there
+/// would never be reached, since the router's own routes win over its fallback.
+pub fn is_reserved_path(path: &str) -> bool {
+    const EXACT: [&str; 10] = [
+        "/",
+        "/ws",
+        "/health",
+        "/metrics",
+        "/openapi.json",
+        "/herald.js",
+        "/herald.d.ts",
+        "/notifications",
+        "/updates",
+        "/echo",
+    ];
+    const TREES: [&str; 5] = ["/api", "/dashboard", "/events", "/examples", "/rooms"];
+    EXACT.contains(&path) || path.starts_with("/ws/") || TREES.iter().any(|t| path.starts_with(t))
+}
+
 /// An access decision's refusal as the API answers it.
 fn denied(e: AccessDenied) -> AppError {
     AppError::new(
@@ -365,19 +398,6 @@ fn denied(e: AccessDenied) -> AppError {
 
 fn nonzero(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n.max(1)).expect("at least 1")
-}
-
-/// An id a client names (a user, a room filter, a mailbox): 1..=`MAX_ID_LEN` bytes without
-/// control or bidirectional-control characters.
-pub fn check_id(field: &str, value: Option<&str>) -> Result<(), AppError> {
-    match value {
-        Some(v) if v.is_empty() || v.len() > MAX_ID_LEN || v.chars().any(is_unsafe_in_name) => {
-            Err(AppError::bad_request(format!(
-                "{field} must be 1..={MAX_ID_LEN} bytes without control or bidirectional-control characters"
-            )))
-        }
-        _ => Ok(()),
-    }
 }
 
 /// Real memory and CPU figures of this process.
