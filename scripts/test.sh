@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Herald's whole test suite, runnable on a fresh machine: installs what it needs when missing,
-# then checks formatting and lints, runs unit and integration tests (real binary, real sockets,
-# real SQLite files, real PostgreSQL and Redis started by scripts/services.sh), and the Autobahn
-# WebSocket conformance suite against the echo endpoint.
+# then checks formatting, lints and the server's layers, runs unit and integration tests (real
+# binary, real sockets, real SQLite files, real PostgreSQL and Redis started by
+# scripts/services.sh, headless Chromium), the API checks (schemathesis against /openapi.json),
+# short runs of every fuzz target, and the Autobahn WebSocket conformance suite against the echo
+# endpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
