@@ -54,8 +54,9 @@ impl Refusal {
     }
 }
 
-/// A user id no client can hold (ids with control characters are refused).
-const NOBODY: &str = "\u{0}";
+/// A user without a `rooms` claim whose id no client can hold (ids with control characters
+/// are refused): built once, since the fan-out asks about it for every run of events.
+static NOBODY: std::sync::LazyLock<Identity> = std::sync::LazyLock::new(|| Identity::user("\u{0}"));
 
 /// The access rules of one server: the rules above with its public rooms.
 #[derive(Debug, Clone, Default)]
@@ -124,7 +125,7 @@ impl Access {
     /// skips those recipients' own check when so): asked for a user nobody can be, since ids
     /// with control characters are refused.
     pub fn open_to_users(&self, event: &Event) -> bool {
-        self.may_read(Some(&Identity::user(NOBODY)), event)
+        self.may_read(Some(&NOBODY), event)
     }
 
     /// Whether `who` may receive `event`, live, replayed or from history. `read_scope` says the

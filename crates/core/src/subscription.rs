@@ -134,6 +134,8 @@ pub struct Subscription {
     /// connection for this subscription: the fan-out head when it was made, or where its
     /// resume started.
     pub from_seq: AtomicU64,
+    /// `spec.weight()`, counted against its connection's subscription budget.
+    pub weight: usize,
 }
 
 /// Subscriptions grouped by the room they filter on, so an event in room R visits only the

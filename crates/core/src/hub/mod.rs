@@ -323,17 +323,20 @@ impl Hub {
         conn: &Arc<Connection>,
         spec: SubscriptionSpec,
     ) -> Result<Uuid, HubError> {
+        // Weighed before the write lock, which holds up every fan-out.
+        let weight = spec.weight();
         let mut s = self.state.write();
         if !s.connections.contains_key(&conn.id) {
             return Err(HubError::NoConnection);
         }
         let mut owned = conn.subscriptions.lock();
-        self.admit_subscriptions(&s, &owned, std::slice::from_ref(&spec))?;
+        self.admit_subscriptions(&s, &owned, 1, weight)?;
         let sub = Arc::new(Subscription {
             id: Uuid::new_v4(),
             spec,
             connection: conn.clone(),
             from_seq: AtomicU64::new(self.head()),
+            weight,
         });
         owned.push(sub.id);
         s.index.insert(sub.clone());
@@ -341,23 +344,24 @@ impl Hub {
         Ok(sub.id)
     }
 
-    /// Whether a connection holding `owned` may add `new`: at most `max_subscriptions`, weighing
-    /// at most `MAX_SUBSCRIPTION_BYTES` together.
+    /// Whether a connection holding `owned` may add `count` subscriptions weighing `weight`: at
+    /// most `max_subscriptions`, weighing at most `MAX_SUBSCRIPTION_BYTES` together.
     fn admit_subscriptions(
         &self,
         s: &State,
         owned: &[Uuid],
-        new: &[SubscriptionSpec],
+        count: usize,
+        weight: usize,
     ) -> Result<(), HubError> {
-        if owned.len() + new.len() > self.max_subscriptions {
+        if owned.len() + count > self.max_subscriptions {
             return Err(HubError::TooManySubscriptions(self.max_subscriptions));
         }
         let held: usize = owned
             .iter()
             .filter_map(|id| s.subscriptions.get(id))
-            .map(|sub| sub.spec.weight())
+            .map(|sub| sub.weight)
             .sum();
-        if held + new.iter().map(SubscriptionSpec::weight).sum::<usize>() > MAX_SUBSCRIPTION_BYTES {
+        if held + weight > MAX_SUBSCRIPTION_BYTES {
             return Err(HubError::SubscriptionsTooLarge(MAX_SUBSCRIPTION_BYTES));
         }
         Ok(())

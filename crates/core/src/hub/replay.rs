@@ -76,6 +76,8 @@ impl Hub {
         specs: Vec<SubscriptionSpec>,
         since: u64,
     ) -> Result<ReplayStart, HubError> {
+        // Weighed before the write lock, which holds up every fan-out.
+        let weights: Vec<usize> = specs.iter().map(SubscriptionSpec::weight).collect();
         let mut s = self.state.write();
         if !s.connections.contains_key(&conn.id) {
             return Err(HubError::NoConnection);
@@ -84,18 +86,19 @@ impl Hub {
             return Err(HubError::Replaying);
         }
         let mut owned = conn.subscriptions.lock();
-        self.admit_subscriptions(&s, &owned, &specs)?;
+        self.admit_subscriptions(&s, &owned, specs.len(), weights.iter().sum())?;
         let others = owned
             .iter()
             .filter_map(|id| s.subscriptions.get(id).cloned())
             .collect();
         let mut ids = Vec::with_capacity(specs.len());
-        for spec in specs {
+        for (spec, weight) in specs.into_iter().zip(weights) {
             let sub = Arc::new(Subscription {
                 id: Uuid::new_v4(),
                 spec,
                 connection: conn.clone(),
                 from_seq: AtomicU64::new(since),
+                weight,
             });
             owned.push(sub.id);
             ids.push(sub.id);
