@@ -234,3 +234,43 @@ async fn history_queries_are_bounded() {
     let (status, _) = get(&server, "/api/realtime/events?types=a,b", Some(&admin)).await;
     assert_eq!(status, 200);
 }
+
+/// A user flooding a stream (which any identity may feed) is held to the HTTP publish budget:
+/// refused with 429 and `Retry-After` after the burst, while an operator's feed goes on.
+#[tokio::test]
+async fn stream_floods_are_held_to_the_publish_budget() {
+    let server = Server::start_env(&[], &[("HERALD_PUBLISH_RATE_PER_IDENTITY", "5")]);
+    let (status, body) = post(
+        &server,
+        "/api/streams",
+        Some(&admin_token()),
+        &json!({"name": "ticker"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let alice = token("alice");
+    let mut accepted = 0;
+    let refused = loop {
+        let res = http()
+            .post(server.url("/api/streams/ticker"))
+            .bearer_auth(&alice)
+            .json(&json!({"fake": accepted}))
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 429 {
+            break res;
+        }
+        assert!(res.status().is_success(), "{}", res.status());
+        accepted += 1;
+        assert!(accepted <= 20, "never refused");
+    };
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "RATE_LIMITED");
+    let (status, _) = post(&server, "/api/streams/ticker", Some(API_KEY), &json!(1)).await;
+    assert!(
+        status < 300,
+        "an operator is not held to a user's budget: {status}"
+    );
+}

@@ -139,13 +139,17 @@ pub async fn delete(
     responses((status = 200, description = "Queued for `delivered` of the `subscribers`", body = Published),
         (status = 202, description = "A throttled or batched stream delivers it at the end of its interval (no `delivered`)", body = Published),
         (status = 400, description = "Not JSON", body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, description = "No such stream", body = ErrorBody), (status = 413, body = ErrorBody)))]
+        (status = 404, description = "No such stream", body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 429, description = "Publishing too fast (the budgets of `POST /api/realtime/publish`); see Retry-After", body = ErrorBody)))]
 pub async fn publish(
     State(app): State<Arc<App>>,
-    Caller(_): Caller,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Caller(caller): Caller,
     Path(name): Path<String>,
     body: Result<bytes::Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Published>), AppError> {
+    let bytes = body.as_ref().map_or(0, bytes::Bytes::len);
+    app.admit_http_publish(&caller, peer.ip(), 1, bytes)?;
     let stream = find(&app, &name)?;
     let message = any_json_body(body)?;
     let published = stream.publish(&message);
