@@ -319,8 +319,14 @@ async fn assert_all_stored(server: &Server, acked: &[Acked]) {
 /// history has no seq gaps, and new seqs continue above everything acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_publishes_survive_kill_9() {
-    // The first server owns the data directory, so it lives until the end of the test.
-    let mut first = Server::start();
+    // The first server owns the data directory, so it lives until the end of the test. This
+    // is a test of durability under load, not of the HTTP publish budgets (tests/
+    // resource_bounds.rs): its publishers are let go as fast as the machine allows.
+    let unbounded = [
+        ("HERALD_PUBLISH_RATE_PER_IDENTITY", "100000000"),
+        ("HERALD_PUBLISH_RATE_PER_IP", "100000000"),
+    ];
+    let mut first = Server::start_env(&[], &unbounded);
     let mut current: Option<Server> = None;
     let mut acked: Vec<Acked> = Vec::new();
     for round in 0..3 {
