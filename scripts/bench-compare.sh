@@ -10,6 +10,10 @@
 # `herald-rooms` is the same binary speaking the peers' seed-004 room protocol on /ws/rooms
 # (join, message; every message a durable chat.message event).
 # The peers come from ../shared/bench/peers (PEERS_DIR to override) and are installed with npm.
+# BEFORE=<an earlier herald binary> adds the servers `before` and `before-rooms` (that binary,
+# the two protocols), so a change is measured in interleaved pairs against the build before it:
+#   BEFORE=/tmp/old/herald SERVERS="before herald before-rooms herald-rooms" \
+#     SCENARIOS="fanout rooms-max" REPS=5 OUT=target/bench-pairs scripts/bench-compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${REPS:-3}
@@ -36,10 +40,12 @@ install_peer() {  # copies a peer out of the read-only share and installs its pa
 pid=
 start() {  # start SERVER PORT: a fresh server, its pid in $pid
   local server=$1 port=$2
+  local binary=$herald
+  [[ $server == before* ]] && binary=${BEFORE:?BEFORE names the earlier binary}
   case $server in
-    herald*)
+    herald*|before*)
       rm -f /tmp/bench-compare.db*
-      HERALD_LOG=warn "$herald" serve --host 127.0.0.1 --port "$port" --database /tmp/bench-compare.db \
+      HERALD_LOG=warn "$binary" serve --host 127.0.0.1 --port "$port" --database /tmp/bench-compare.db \
         --max-connections 19500 --connection-rate-per-ip 1000000 --publish-rate-per-connection 1000000 \
         --outbox-max-messages 100000 --public-room '*' >/dev/null 2>&1 &
       ;;
@@ -61,14 +67,14 @@ bench() {  # bench NAME SERVER SECS ARGS...: one run against a fresh server, JSO
   [[ " $SCENARIOS " == *" $name "* ]] || return 0
   local port=3300 protocol=(--protocol herald)
   case $server in
-    herald) ;;
-    herald-rooms) protocol=(--protocol rooms --ws-path /ws/rooms) ;;
+    herald|before) ;;
+    herald-rooms|before-rooms) protocol=(--protocol rooms --ws-path /ws/rooms) ;;
     *) protocol=(--protocol rooms) ;;
   esac
   start "$server" $port
   local real=$pid
   # node/bun run under a subshell: measure the runtime process itself
-  [[ $server != herald* ]] && real=$(pgrep -P "$pid" -n || echo "$pid")
+  [[ $server != herald* && $server != before* ]] && real=$(pgrep -P "$pid" -n || echo "$pid")
   "$herald" bench --target 127.0.0.1:$port "${protocol[@]}" --token "$token" --server-pid "$real" \
     --duration "$secs" --json "$@" >"$out/$name.$server.$rep.json" || echo "run $name/$server failed" >&2
   stop
@@ -82,15 +88,15 @@ for rep in $(seq "$REPS"); do
     bench fanout-deep "$server" "$DURATION" --scenario fanout --subscribers 1000 --in-flight 256
     bench rooms-rate "$server" "$DURATION" --scenario rooms --rooms 100 --members 10 --rate 1000 --threads 1
     bench rooms-max "$server" "$DURATION" --scenario rooms --rooms 100 --members 10 --in-flight 16
-    [ "$server" = herald-rooms ] && continue  # the rest does not depend on the protocol
+    [[ $server == *-rooms ]] && continue  # the rest does not depend on the protocol
     bench idle-10k "$server" 2 --scenario idle --connections 10000
     bench idle-19k "$server" 2 --scenario idle --connections 19000
-    if [ "$server" = herald ]; then
-      bench idle-sse-10k herald 2 --scenario idle --transport sse --connections 10000
-      bench idle-sse-19k herald 2 --scenario idle --transport sse --connections 19000
-      bench ingest herald "$DURATION" --scenario ingest --publish http --concurrency 64
-      bench ingest-batch herald "$DURATION" --scenario ingest --publish http --batch 100 --concurrency 2
+    if [[ $server == herald || $server == before ]]; then
+      bench idle-sse-10k "$server" 2 --scenario idle --transport sse --connections 10000
+      bench idle-sse-19k "$server" 2 --scenario idle --transport sse --connections 19000
+      bench ingest "$server" "$DURATION" --scenario ingest --publish http --concurrency 64
+      bench ingest-batch "$server" "$DURATION" --scenario ingest --publish http --batch 100 --concurrency 2
     fi
   done
 done
-python3 scripts/bench-table.py "$out" "$REPS"
+python3 scripts/bench-table.py "$out" "$REPS" $SERVERS

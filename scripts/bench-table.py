@@ -1,5 +1,6 @@
 """Summarises target/bench-results/*.json (written by bench-compare.sh) as a Markdown table:
-the median of the repetitions, with the range in brackets."""
+the median of the repetitions, with the range in brackets. The servers (columns) are the
+arguments after the repetitions, in bench-compare.sh's SERVERS order."""
 import glob
 import json
 import os
@@ -36,5 +37,5 @@ rows = [
     ("HTTP batch ingest (durable), 100 events per request, 2 in flight: events/s", "ingest-batch", lambda r: r["acked_per_sec"], k),
     ("HTTP batch ingest: p99 ack latency µs", "ingest-batch", lambda r: r["ack_latency_us"]["p99"], us),
 ]
-servers = ["herald", "herald-rooms", "node-ws", "bun"]
+servers = sys.argv[3:] or ["herald", "herald-rooms", "node-ws", "bun"]
 print_table(f"scenario (median of {reps} [min–max])", servers, servers, rows, runs)

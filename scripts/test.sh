@@ -48,10 +48,11 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "server layers"
+step "layers"
 # crates/server/src imports only downwards: api → transport → app → http → auth, config
-# (docs/architecture.md, "Server").
+# (docs/architecture.md, "Server"); herald-core's modules import each other without circles.
 scripts/check-layers.sh
+scripts/check-core-cycles.py
 
 step "cargo test"
 # A bound on the whole step (build included), so that a test that hangs fails the run with a

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use chrono::DateTime;
-use herald_core::hub::Connection;
+use herald_core::Connection;
 use herald_core::protocol::SubscribeArgs;
-use herald_core::room::personal_owner;
+use herald_core::access::personal_owner;
 use herald_core::{
     Access, EncodedEvent, Event, Filters, Hub, Identity, OutboxLimits, Outgoing, Role,
     SubscriptionSpec, Transport, TypePattern,

@@ -7,8 +7,9 @@ use chrono::Utc;
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use herald_core::hub::Connection;
+use herald_core::Connection;
 use herald_core::protocol::Envelope;
+use herald_core::wire::EventFrames;
 use herald_core::{
     Access, EncodedEvent, Filters, Hub, NewEvent, OutboxLimits, SubscriptionSpec, Transport,
 };

@@ -14,7 +14,6 @@
 
 use crate::event::{CHAT_MESSAGE, CHAT_PRIVATE, Event, NewEvent};
 use crate::identity::Identity;
-use crate::room::personal_owner;
 use crate::store::ReadAccess;
 
 /// Event types the seeds give an operator's meaning to (notifications to everyone, system
@@ -63,6 +62,15 @@ static NOBODY: std::sync::LazyLock<Identity> = std::sync::LazyLock::new(|| Ident
 pub struct Access {
     /// Room names or `prefix*` patterns anyone may join, anonymous clients included.
     public_rooms: Vec<String>,
+}
+
+/// Every authenticated user's personal room is `user:{id}`: events published to it reach all
+/// of that user's connections, and nobody else may join or read it.
+pub const PERSONAL_PREFIX: &str = "user:";
+
+/// The user whose personal room `room` is, if it is one.
+pub fn personal_owner(room: &str) -> Option<&str> {
+    room.strip_prefix(PERSONAL_PREFIX)
 }
 
 /// A room name or a prefix pattern ending in `*` (`team-*`, `*`), as used by the `rooms`

@@ -4,6 +4,7 @@
 //! Nothing in here knows about HTTP or any web framework.
 
 pub mod access;
+pub mod connection;
 pub mod event;
 pub mod fanout;
 pub mod hub;
@@ -21,9 +22,10 @@ pub mod subscription;
 pub mod wire;
 
 pub use access::Access;
+pub use connection::{Connection, Transport};
 pub use event::{EncodedEvent, Event, NewEvent};
 pub use fanout::Fanout;
-pub use hub::{Hub, HubStats, Transport};
+pub use hub::{Hub, HubStats};
 pub use identity::{Identity, Role};
 pub use log::{LocalLog, Log, PublishError};
 pub use outbox::{CloseReason, Outbox, OutboxLimits, Outgoing};

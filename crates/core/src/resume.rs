@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+use crate::connection::Connection;
 use crate::event::{EncodedEvent, Event};
-use crate::hub::{Connection, Hub, HubError, ReplayStart};
+use crate::hub::{Hub, HubError, ReplayStart};
 use crate::outbox::{CloseReason, OutboxLimits, Outgoing};
 use crate::pattern::TypePattern;
 use crate::store::{EventStore, HistoryQuery, Order, ReadAccess, StoreError};
@@ -282,8 +283,8 @@ impl Drop for Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection::Transport;
     use crate::event::NewEvent;
-    use crate::hub::Transport;
     use crate::outbox::Drained;
     use crate::subscription::Filters;
     use async_trait::async_trait;

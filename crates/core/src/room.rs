@@ -10,20 +10,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::hub::Connection;
+use crate::connection::Connection;
 use crate::identity::is_unsafe_in_name;
 use crate::wire::ServerMessage;
 
-/// Every authenticated user's personal room is `user:{id}`: events published to it reach all
-/// of that user's connections, and nobody else may join or read it.
-pub const PERSONAL_PREFIX: &str = "user:";
-
 pub const MAX_ROOM_LEN: usize = 256;
-
-/// The user whose personal room `room` is, if it is one.
-pub fn personal_owner(room: &str) -> Option<&str> {
-    room.strip_prefix(PERSONAL_PREFIX)
-}
 
 pub fn validate_room(room: &str) -> Result<(), String> {
     if room.is_empty() || room.len() > MAX_ROOM_LEN || room.chars().any(is_unsafe_in_name) {

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::hub::{Connection, Transport};
+use crate::connection::{Connection, Transport};
 use crate::outbox::{CloseReason, OutboxLimits, Outgoing};
 
 pub const DEFAULT_HISTORY: usize = 100;

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::connection::Connection;
 use crate::event::Event;
-use crate::hub::Connection;
 use crate::pattern::{TypePattern, prefixes_of};
 
 /// Filters narrowing a subscription, as sent by clients (`filters` in `subscribe`).

@@ -11,9 +11,10 @@
 use std::sync::Arc;
 
 use anyhow::bail;
+use herald_core::access::PERSONAL_PREFIX;
 use herald_core::pattern::validate_type;
 use herald_core::protocol::PublishArgs;
-use herald_core::room::{PERSONAL_PREFIX, validate_room};
+use herald_core::room::validate_room;
 use herald_core::{Identity, Role};
 use herald_redis::RedisConfig;
 use herald_redis::channels::{Consumer, QUEUE, Received, Subscriptions};

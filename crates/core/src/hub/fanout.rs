@@ -10,11 +10,10 @@ use std::sync::atomic::Ordering;
 use uuid::Uuid;
 
 use super::{Connection, Hub, State};
-use crate::access::Access;
+use crate::access::{self, Access};
 use crate::event::EncodedEvent;
 use crate::fanout::Fanout;
 use crate::outbox::{OutboxLimits, Outgoing, Pushed, WokenTotals};
-use crate::room;
 
 impl Hub {
     /// Queues a committed batch, in `seq` order, on every connection with a matching
@@ -118,7 +117,7 @@ impl<'s> Delivery<'s> {
             for conn in s.rooms.connections(room) {
                 self.add(conn, every, run);
             }
-            let owner = room::personal_owner(room).and_then(|u| s.users.get(u));
+            let owner = access::personal_owner(room).and_then(|u| s.users.get(u));
             for id in owner.into_iter().flatten() {
                 if let Some(conn) = s.connections.get(id) {
                     self.add(conn, every, run);
@@ -180,7 +179,7 @@ impl<'s> Delivery<'s> {
         let events = (0..run.len())
             .filter(|i| matched & (1 << i) != 0)
             .map(|i| &run[i]);
-        if conn.replaying.load(Ordering::Relaxed) {
+        if conn.is_holding() {
             // A resume is replaying history: hold live events until it is queued.
             for event in events {
                 self.delivered += usize::from(conn.hold(event, self.limits));

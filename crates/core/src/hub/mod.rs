@@ -1,112 +1,33 @@
 //! The connection manager: every live connection (WebSocket or SSE), who it belongs to, what
 //! it subscribed to, and the fan-out of committed events into their outboxes.
 //!
-//! Here the hub, its connections and users, and subscriptions; in `fanout` the delivery of
-//! committed batches, in `rooms` rooms and presence, in `replay` the holding of live events
-//! while a resume replays history.
+//! Here the hub, its connections by id and by user, and subscriptions; in `fanout` the
+//! delivery of committed batches, in `rooms` rooms and presence, in `replay` beginning and
+//! ending a replay (the connection holds its live events meanwhile: `crate::connection`).
 
 mod fanout;
 mod replay;
 mod rooms;
 
-use replay::Held;
 pub use replay::ReplayStart;
 use rooms::announce_leave;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use chrono::{DateTime, Utc};
-use parking_lot::{Mutex, RwLock};
+use chrono::Utc;
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::access::Access;
-use crate::event::EncodedEvent;
+use crate::connection::{Connection, Transport};
 use crate::identity::Identity;
 use crate::outbox::{CloseReason, Outbox, OutboxLimits, Outgoing, WokenWriters};
 use crate::presence::ClusterPresence;
 use crate::room::{RoomDirectory, RoomStats};
 use crate::subscription::{Subscription, SubscriptionIndex, SubscriptionSpec};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    WebSocket,
-    Sse,
-    /// A held `GET /api/realtime/poll`: registered for the request's lifetime, so it counts
-    /// against `max_connections` and its matches arrive through fan-out like any other.
-    LongPoll,
-}
-
-#[derive(Debug)]
-pub struct Connection {
-    pub id: Uuid,
-    pub transport: Transport,
-    pub outbox: Outbox,
-    /// Boxed, like `held`: most connections never authenticate or resume, and every byte
-    /// here is paid by each open connection.
-    identity: RwLock<Option<Box<Identity>>>,
-    /// The identity is a user without a `rooms` claim: most recipients, whose check the
-    /// fan-out can answer once per run (`Access::open_to_users`) instead of under the lock.
-    plain_user: AtomicBool,
-    subscriptions: Mutex<Vec<Uuid>>,
-    /// The last `seq` queued here, so overlapping subscriptions deliver an event once.
-    last_delivered: AtomicU64,
-    last_activity_ms: AtomicI64,
-    /// Set (under the hub's write lock) while a resume replays history: live matches are held
-    /// in `held` instead of the outbox until the replay has been queued.
-    replaying: AtomicBool,
-    held: Mutex<Option<Box<Held>>>,
-}
-
-impl Connection {
-    pub fn identity(&self) -> Option<Identity> {
-        self.identity.read().as_deref().cloned()
-    }
-
-    pub fn user_id(&self) -> Option<String> {
-        self.identity.read().as_ref().map(|i| i.user_id.clone())
-    }
-
-    /// Records traffic from the client (or a successful write, for one-way transports).
-    pub fn touch(&self) {
-        self.last_activity_ms
-            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
-    }
-
-    pub fn idle_ms(&self, now: DateTime<Utc>) -> i64 {
-        now.timestamp_millis() - self.last_activity_ms.load(Ordering::Relaxed)
-    }
-
-    pub fn subscription_count(&self) -> usize {
-        self.subscriptions.lock().len()
-    }
-
-    pub fn has_subscription(&self, id: Uuid) -> bool {
-        self.subscriptions.lock().contains(&id)
-    }
-
-    /// Whether this connection may receive the event, as `access` decides.
-    pub fn may_see(&self, encoded: &EncodedEvent, access: &Access) -> bool {
-        access.may_read(self.identity.read().as_deref(), &encoded.event)
-    }
-
-    /// Whether the token this connection authenticated with has expired (`now` in Unix
-    /// seconds, past its leeway).
-    pub fn expired(&self, now: i64) -> bool {
-        self.identity
-            .read()
-            .as_ref()
-            .and_then(|i| i.expires_at)
-            .is_some_and(|exp| exp < now)
-    }
-
-    pub fn send(&self, item: Outgoing) -> bool {
-        self.outbox.push(item)
-    }
-}
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum HubError {
@@ -250,18 +171,10 @@ impl Hub {
             self.count.fetch_sub(1, Ordering::AcqRel);
             return Err(HubError::Full(self.max_connections));
         }
-        let conn = Arc::new(Connection {
-            id: Uuid::new_v4(),
+        let conn = Arc::new(Connection::new(
             transport,
-            outbox: Outbox::new(self.outbox_limits, self.woken.clone()),
-            identity: RwLock::new(None),
-            plain_user: AtomicBool::new(false),
-            subscriptions: Mutex::new(Vec::new()),
-            last_delivered: AtomicU64::new(0),
-            last_activity_ms: AtomicI64::new(Utc::now().timestamp_millis()),
-            replaying: AtomicBool::new(false),
-            held: Mutex::new(None),
-        });
+            Outbox::new(self.outbox_limits, self.woken.clone()),
+        ));
         self.state.write().connections.insert(conn.id, conn.clone());
         Ok(conn)
     }
@@ -480,7 +393,7 @@ fn remove_user_conn(users: &mut HashMap<String, HashSet<Uuid>>, user: &str, id: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::NewEvent;
+    use crate::event::{EncodedEvent, NewEvent};
     use crate::room::Member;
     use crate::subscription::Filters;
     use serde_json::json;

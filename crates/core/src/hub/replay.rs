@@ -1,49 +1,16 @@
 //! Replay holding: a resume (or a room join's history) registers its subscriptions and reads
 //! the fan-out head under the write lock (`begin_replay`); live events for the connection are
-//! then held aside (`Held`) until the replayed history is queued (`end_replay`).
+//! then held aside (`Connection::hold`) until the replayed history is queued (`end_replay`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use uuid::Uuid;
 
-use super::{Connection, Hub, HubError};
-use crate::event::EncodedEvent;
-use crate::outbox::{CloseReason, OutboxLimits, Outgoing};
+use super::{Hub, HubError};
+use crate::connection::Connection;
+use crate::outbox::Outgoing;
 use crate::subscription::{Subscription, SubscriptionSpec};
-
-/// Live events that arrived while the connection was replaying; bounded like the outbox.
-#[derive(Debug, Default)]
-pub(super) struct Held {
-    events: Vec<Arc<EncodedEvent>>,
-    bytes: usize,
-    overflowed: bool,
-}
-
-impl Connection {
-    /// Holds a live event aside during a replay. Overflowing the bound closes the connection as
-    /// a slow consumer (it can resume again).
-    pub(super) fn hold(&self, event: &Arc<EncodedEvent>, limits: OutboxLimits) -> bool {
-        let mut held = self.held.lock();
-        let h = held.get_or_insert_default();
-        if h.overflowed {
-            return false;
-        }
-        let weight = event.json().len() + 32;
-        if h.events.len() >= limits.max_messages || h.bytes + weight > limits.max_bytes {
-            **h = Held {
-                overflowed: true,
-                ..Held::default()
-            };
-            drop(held);
-            self.outbox.close(CloseReason::SLOW_CONSUMER);
-            return false;
-        }
-        h.bytes += weight;
-        h.events.push(event.clone());
-        true
-    }
-}
 
 /// What `Hub::begin_replay` registered.
 #[derive(Debug)]
@@ -82,7 +49,7 @@ impl Hub {
         if !s.connections.contains_key(&conn.id) {
             return Err(HubError::NoConnection);
         }
-        if conn.replaying.load(Ordering::Relaxed) {
+        if conn.is_holding() {
             return Err(HubError::Replaying);
         }
         let mut owned = conn.subscriptions.lock();
@@ -105,8 +72,7 @@ impl Hub {
             s.index.insert(sub.clone());
             s.subscriptions.insert(sub.id, sub);
         }
-        *conn.held.lock() = None;
-        conn.replaying.store(true, Ordering::Relaxed);
+        conn.start_holding();
         Ok(ReplayStart {
             ids,
             head: self.head(),
@@ -127,9 +93,7 @@ impl Hub {
     /// `u64::MAX` drops what was held (an abandoned replay; the connection is being closed).
     pub fn end_replay(&self, conn: &Connection, replayed_to: u64) {
         let _s = self.state.write();
-        let held = conn.held.lock().take();
-        conn.replaying.store(false, Ordering::Relaxed);
-        for e in held.map(|h| h.events).unwrap_or_default() {
+        for e in conn.stop_holding() {
             if e.event.seq > replayed_to && !conn.send(Outgoing::Event(e)) {
                 break;
             }

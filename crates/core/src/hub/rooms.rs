@@ -2,7 +2,6 @@
 //! and cluster-wide presence.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use uuid::Uuid;
 
@@ -33,7 +32,7 @@ impl Hub {
         if !in_room && s.rooms.rooms_of(conn.id).len() >= self.max_subscriptions {
             return Err(HubError::TooManyRooms(self.max_subscriptions));
         }
-        if hold_live && conn.replaying.load(Ordering::Relaxed) {
+        if hold_live && conn.is_holding() {
             return Err(HubError::Replaying);
         }
         let mut joined = s.rooms.join(conn, room, member.clone());
@@ -48,8 +47,7 @@ impl Hub {
             to_room(&s.rooms, room, &msg, Some(conn.id));
         }
         if hold_live {
-            *conn.held.lock() = None;
-            conn.replaying.store(true, Ordering::Relaxed);
+            conn.start_holding();
         }
         Ok((joined, self.head()))
     }

@@ -10,7 +10,7 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::header::{self, HeaderName};
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
-use herald_core::hub::Connection;
+use herald_core::Connection;
 use herald_core::log::MAX_PUBLISH_ALL;
 use herald_core::protocol::{PublishArgs, ServerMessage, SubscribeArgs, code};
 use herald_core::store::{HistoryQuery, ReadAccess};

@@ -5,9 +5,9 @@ use std::collections::HashSet;
 use std::sync::LazyLock;
 
 use herald_core::NewEvent;
+use herald_core::access::personal_owner;
 use herald_core::event::{CHAT_MESSAGE, CHAT_PRIVATE};
 use herald_core::identity::is_unsafe_in_name;
-use herald_core::room::personal_owner;
 use serde_json::{Value, json};
 
 use crate::http::error::AppError;

@@ -8,7 +8,7 @@ pub mod ws;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use herald_core::hub::Connection;
+use herald_core::Connection;
 use herald_core::{Hub, Transport};
 
 use crate::app::App;

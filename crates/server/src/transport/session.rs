@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use herald_core::hub::Connection;
+use herald_core::Connection;
 use herald_core::protocol::{Command, Dialect, Envelope, ServerMessage, code};
 use herald_core::resume::{Recovery, Replay};
 use herald_core::{CloseReason, Outgoing, SubscriptionSpec};

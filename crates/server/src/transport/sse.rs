@@ -13,6 +13,7 @@ use chrono::{SecondsFormat, Utc};
 use herald_core::outbox::Drained;
 use herald_core::protocol::{ServerMessage, SubscribeArgs};
 use herald_core::resume::Replay;
+use herald_core::wire::EventFrames;
 use herald_core::{CloseReason, Filters, Identity, Outgoing, SubscriptionSpec, Transport};
 use serde_json::json;
 

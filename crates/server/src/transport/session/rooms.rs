@@ -1,9 +1,11 @@
 //! The session's rooms and chat commands (seeds 001 and 004): join (with the room's recent
 //! history), leave, chat messages, private messages, typing notices.
 
+use herald_core::access::PERSONAL_PREFIX;
 use herald_core::event::{CHAT_MESSAGE, CHAT_PRIVATE};
 use herald_core::protocol::{JoinArgs, PublishArgs, ServerMessage, code};
-use herald_core::room::{self, Member, validate_room};
+use herald_core::room::{Member, validate_room};
+use herald_core::wire::history_entry;
 use herald_core::{HistoryQuery, Outgoing};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -102,7 +104,7 @@ impl Session {
                     events.reverse();
                     let messages: Vec<Value> = events
                         .into_iter()
-                        .map(|e| e.history_entry(dialect))
+                        .map(|e| history_entry(&e, dialect))
                         .collect();
                     conn.send(Outgoing::Message(ServerMessage::flat(
                         "room_history",
@@ -177,7 +179,7 @@ impl Session {
         if let Err(e) = check_id("target", Some(&target)) {
             return self.fail(&e, id);
         }
-        let room = format!("{}{target}", room::PERSONAL_PREFIX);
+        let room = format!("{PERSONAL_PREFIX}{target}");
         self.commit(chat_args(CHAT_PRIVATE, text, room), None, None, id);
     }
 

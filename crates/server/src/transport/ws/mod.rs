@@ -11,9 +11,10 @@ use std::time::Duration;
 use axum::extract::{ConnectInfo, MatchedPath, State};
 use axum::response::Response;
 use futures_util::future::BoxFuture;
-use herald_core::hub::Connection;
+use herald_core::Connection;
 use herald_core::outbox::Drained;
 use herald_core::protocol::{Dialect, ServerMessage};
+use herald_core::wire::EventFrames;
 use herald_core::{CloseReason, Outgoing, Transport};
 use serde_json::json;
 
