@@ -38,4 +38,6 @@ rows = [
     ("HTTP batch ingest: p99 ack latency µs", "ingest-batch", lambda r: r["ack_latency_us"]["p99"], us),
 ]
 servers = sys.argv[3:] or ["herald", "herald-rooms", "node-ws", "bun"]
+# Only the scenarios that ran (SCENARIOS may pick a few).
+rows = [row for row in rows if any((row[1], server) in runs for server in servers)]
 print_table(f"scenario (median of {reps} [min–max])", servers, servers, rows, runs)

@@ -13,7 +13,8 @@ use uuid::Uuid;
 use crate::access::Access;
 use crate::event::EncodedEvent;
 use crate::identity::Identity;
-use crate::outbox::{CloseReason, Outbox, OutboxLimits, Outgoing};
+use crate::outbox::{Outbox, OutboxLimits, Outgoing};
+use crate::wire::CloseReason;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]

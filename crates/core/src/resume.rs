@@ -20,10 +20,11 @@ use uuid::Uuid;
 use crate::connection::Connection;
 use crate::event::{EncodedEvent, Event};
 use crate::hub::{Hub, HubError, ReplayStart};
-use crate::outbox::{CloseReason, OutboxLimits, Outgoing};
+use crate::outbox::{OutboxLimits, Outgoing};
 use crate::pattern::TypePattern;
 use crate::store::{EventStore, HistoryQuery, Order, ReadAccess, StoreError};
 use crate::subscription::SubscriptionSpec;
+use crate::wire::CloseReason;
 
 /// Events read from the store per query.
 pub const PAGE: usize = 500;

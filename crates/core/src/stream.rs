@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::connection::{Connection, Transport};
-use crate::outbox::{CloseReason, OutboxLimits, Outgoing};
+use crate::outbox::{OutboxLimits, Outgoing};
+use crate::wire::CloseReason;
 
 pub const DEFAULT_HISTORY: usize = 100;
 /// A snapshot is queued on the subscriber's bounded outbox in one go, so it must stay well

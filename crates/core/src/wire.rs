@@ -1,6 +1,7 @@
 //! The wire formats Herald writes: an event's frames on each transport (`EventFrames`, the
 //! seeds' flat chat messages among them, chosen by the WebSocket `Dialect`), and
-//! `ServerMessage`, the server's messages that are not events, each encoded once per transport.
+//! `ServerMessage`, the server's messages that are not events, each encoded once per transport,
+//! and `CloseReason`, the close codes.
 //! Of the domain it knows only the event; `protocol`, which parses client commands, re-exports
 //! `Dialect` and `ServerMessage`.
 
@@ -177,6 +178,68 @@ fn chat_author(e: &Event) -> Value {
         (_, Some(u)) => Value::String(u.clone()),
         _ => Value::Null,
     }
+}
+
+/// Why a connection is being closed; WebSocket close code and reason, and the SSE/log wording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+impl CloseReason {
+    pub const NORMAL: Self = Self {
+        code: 1000,
+        reason: "closed",
+    };
+    pub const SHUTDOWN: Self = Self {
+        code: 1001,
+        reason: "server shutting down",
+    };
+    pub const POLICY: Self = Self {
+        code: 1008,
+        reason: "policy violation",
+    };
+    /// A frame that breaks RFC 6455 (unmasked, bad opcode, bad control frame, ...).
+    pub const PROTOCOL_ERROR: Self = Self {
+        code: 1002,
+        reason: "protocol error",
+    };
+    pub const INVALID_UTF8: Self = Self {
+        code: 1007,
+        reason: "text is not valid UTF-8",
+    };
+    pub const TOO_BIG: Self = Self {
+        code: 1009,
+        reason: "message too big",
+    };
+    /// The store failed during a resume: closed rather than left with a gap.
+    pub const RESUME_STORE_FAILED: Self = Self {
+        code: 1011,
+        reason: "event store unavailable: resume from your last seq",
+    };
+    /// A resume that was dropped before it finished.
+    pub const RESUME_INTERRUPTED: Self = Self {
+        code: 1011,
+        reason: "resume interrupted: resume from your last seq",
+    };
+    pub const IDLE: Self = Self {
+        code: 4000,
+        reason: "idle timeout",
+    };
+    /// The token the connection authenticated with expired: authenticate again.
+    pub const TOKEN_EXPIRED: Self = Self {
+        code: 4001,
+        reason: "token expired: reconnect with a fresh token",
+    };
+    pub const SLOW_CONSUMER: Self = Self {
+        code: 4008,
+        reason: "outbound buffer overflow: resume from your last seq",
+    };
+    pub const RATE_LIMITED: Self = Self {
+        code: 4029,
+        reason: "too many messages",
+    };
 }
 
 /// A message from the server that is not an event: replies, errors, notifications. Encoded

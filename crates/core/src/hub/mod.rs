@@ -24,10 +24,11 @@ use uuid::Uuid;
 use crate::access::Access;
 use crate::connection::{Connection, Transport};
 use crate::identity::Identity;
-use crate::outbox::{CloseReason, Outbox, OutboxLimits, Outgoing, WokenWriters};
+use crate::outbox::{Outbox, OutboxLimits, Outgoing, WokenWriters};
 use crate::presence::ClusterPresence;
 use crate::room::{RoomDirectory, RoomStats};
 use crate::subscription::{Subscription, SubscriptionIndex, SubscriptionSpec};
+use crate::wire::CloseReason;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum HubError {

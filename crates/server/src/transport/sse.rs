@@ -63,7 +63,7 @@ pub struct Flavor {
     /// The record that opens the stream.
     pub hello: Hello,
     pub keep_alive: KeepAlive,
-    /// Events as `EncodedEvent::sse_plain_frame` rather than `sse_frame`.
+    /// Events as `EventFrames::sse_plain_frame` rather than `sse_frame`.
     pub plain: bool,
 }
 
