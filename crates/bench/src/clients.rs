@@ -30,7 +30,7 @@ const WINDOW_STALL: Duration = Duration::from_secs(2);
 
 /// What releases a closed-loop window slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Release {
+pub(crate) enum Release {
     /// A designated subscriber of the message's room received it.
     Delivery,
     /// The server acknowledged the publish (Herald: HTTP 201 or `event.published`).
@@ -38,13 +38,13 @@ pub enum Release {
 }
 
 /// A publisher's closed-loop window: K permits, one taken per message sent.
-pub struct Window {
+pub(crate) struct Window {
     sem: Semaphore,
     size: usize,
 }
 
 impl Window {
-    pub fn new(size: usize) -> Arc<Self> {
+    pub(crate) fn new(size: usize) -> Arc<Self> {
         Arc::new(Self {
             sem: Semaphore::new(size),
             size,
@@ -66,7 +66,7 @@ impl Window {
 }
 
 /// Everything the clients share.
-pub struct Ctx {
+pub(crate) struct Ctx {
     pub net: Net,
     /// Where publishers connect (`--publish-target`); `None`: the same server as `net`.
     pub publish_net: Option<Net>,
@@ -92,7 +92,7 @@ pub struct Ctx {
 
 impl Ctx {
     /// The server publishers connect to.
-    pub fn pub_net(&self) -> &Net {
+    pub(crate) fn pub_net(&self) -> &Net {
         self.publish_net.as_ref().unwrap_or(&self.net)
     }
 }
@@ -169,13 +169,17 @@ enum Sub {
 }
 
 /// Opens a subscriber of `room` (ready: subscribed or joined) and spawns its reader.
-pub async fn subscriber(ctx: Arc<Ctx>, room: usize, designated: bool) -> Option<JoinHandle<()>> {
+pub(crate) async fn subscriber(
+    ctx: Arc<Ctx>,
+    room: usize,
+    designated: bool,
+) -> Option<JoinHandle<()>> {
     let sub = with_retries(|| open_subscriber(&ctx, Some(room), ctx.ws_read_buffer)).await?;
     Some(tokio::spawn(read_sub(ctx, sub, designated)))
 }
 
 /// Opens an idle connection (subscribed to `room` when given) and spawns its reader.
-pub async fn idle(ctx: Arc<Ctx>, room: Option<usize>) -> Option<JoinHandle<()>> {
+pub(crate) async fn idle(ctx: Arc<Ctx>, room: Option<usize>) -> Option<JoinHandle<()>> {
     let sub = with_retries(|| open_subscriber(&ctx, room, ctx.ws_read_buffer)).await?;
     Some(tokio::spawn(read_sub(ctx, sub, false)))
 }
@@ -294,21 +298,21 @@ async fn read_sub(ctx: Arc<Ctx>, sub: Sub, designated: bool) {
 // Publishers
 
 /// One HTTP publish waiting for a worker.
-pub struct Job {
+pub(crate) struct Job {
     ts: u64,
     /// Events in `body`.
     events: usize,
     body: Bytes,
 }
 
-pub enum PubConn {
+pub(crate) enum PubConn {
     Ws(SplitSink<Ws, Message>),
     Http(mpsc::Sender<Job>),
 }
 
 /// Opens publisher `id`: a WebSocket (authenticated for Herald) with a reader that counts acks,
 /// or `http_workers` HTTP connections fed from one queue.
-pub async fn publisher(
+pub(crate) async fn publisher(
     ctx: &Arc<Ctx>,
     id: usize,
     via: PublishVia,
@@ -475,12 +479,12 @@ fn note_error(e: String) {
 }
 
 /// The last error a publisher saw, for the report.
-pub fn last_publish_error() -> Option<String> {
+pub(crate) fn last_publish_error() -> Option<String> {
     LAST_ERROR.lock().clone()
 }
 
 /// Where a publisher's send times come from.
-pub enum Feed {
+pub(crate) enum Feed {
     /// Closed loop: send whenever the window has room; the send time is the actual one.
     Closed(Arc<Window>),
     /// Open loop: scheduled send times from the ticker.
@@ -488,7 +492,7 @@ pub enum Feed {
 }
 
 /// Publishes until `stop`, round-robin over `rooms`.
-pub async fn run_publisher(
+pub(crate) async fn run_publisher(
     ctx: Arc<Ctx>,
     id: usize,
     rooms: Vec<usize>,
@@ -632,7 +636,7 @@ fn encode(ctx: &Ctx, out: &mut String, http: bool, room: usize, ts: u64, id: usi
 /// `start + k / rate` to publisher `k mod P`. An OS thread sleeps with microsecond precision
 /// (the async timer's resolution is a millisecond); when it wakes late, it hands out every
 /// message that is due, each stamped with its scheduled time.
-pub fn spawn_ticker(
+pub(crate) fn spawn_ticker(
     rate: f64,
     senders: Vec<mpsc::UnboundedSender<u64>>,
     stop: Arc<std::sync::atomic::AtomicBool>,

@@ -19,12 +19,12 @@ use crate::stats::{ERRORS, inc};
 /// Connections per source address when the count is chosen automatically: Herald's default
 /// `max_connections_per_ip` (the ephemeral port range alone would allow about 28 000 per
 /// address).
-pub const CONNECTIONS_PER_SOURCE: usize = 1_000;
+pub(crate) const CONNECTIONS_PER_SOURCE: usize = 1_000;
 
-pub type Ws = WebSocketStream<TcpStream>;
-pub type Http = SendRequest<Full<Bytes>>;
+pub(crate) type Ws = WebSocketStream<TcpStream>;
+pub(crate) type Http = SendRequest<Full<Bytes>>;
 
-pub struct Net {
+pub(crate) struct Net {
     pub target: SocketAddr,
     /// `host:port` as given, for URLs and the Host header.
     pub authority: String,
@@ -34,7 +34,7 @@ pub struct Net {
 
 impl Net {
     /// Resolves `target`; `source_addrs` is the flag (None = automatic for `planned` connections).
-    pub async fn new(
+    pub(crate) async fn new(
         target: &str,
         source_addrs: Option<usize>,
         planned: usize,
@@ -68,12 +68,12 @@ impl Net {
         })
     }
 
-    pub fn source_count(&self) -> usize {
+    pub(crate) fn source_count(&self) -> usize {
         self.sources.len()
     }
 
     /// A TCP connection to the target, bound to the next source address (round-robin).
-    pub async fn tcp(&self) -> std::io::Result<TcpStream> {
+    pub(crate) async fn tcp(&self) -> std::io::Result<TcpStream> {
         let socket = if self.target.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
@@ -101,7 +101,7 @@ impl Net {
     }
 
     /// A WebSocket client connection to `path`, with a read buffer of `read_buffer` bytes.
-    pub async fn ws(&self, path: &str, read_buffer: usize) -> anyhow::Result<Ws> {
+    pub(crate) async fn ws(&self, path: &str, read_buffer: usize) -> anyhow::Result<Ws> {
         let stream = self.tcp().await?;
         let url = format!("ws://{}{}", self.authority, path);
         // The read buffer is allocated eagerly (128 KiB by default): size it for the load. The
@@ -114,7 +114,7 @@ impl Net {
     }
 
     /// An HTTP/1.1 keep-alive connection; its driver runs on a task of its own.
-    pub async fn http(&self) -> anyhow::Result<Http> {
+    pub(crate) async fn http(&self) -> anyhow::Result<Http> {
         let stream = self.tcp().await?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
@@ -126,7 +126,7 @@ impl Net {
 
 /// Runs `open` up to three times, backing off between attempts (a server may refuse a burst of
 /// handshakes with 429 or 503); counts retries and final failures.
-pub async fn with_retries<T, F, Fut>(mut open: F) -> Option<T>
+pub(crate) async fn with_retries<T, F, Fut>(mut open: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
@@ -155,6 +155,6 @@ fn last_error(e: String) {
 }
 
 /// The last connection error, for the report.
-pub fn last_connect_error() -> Option<String> {
+pub(crate) fn last_connect_error() -> Option<String> {
     LAST_ERROR.lock().clone()
 }

@@ -17,14 +17,20 @@ use memchr::memmem;
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
 /// Microseconds since the process-local epoch (set on first use).
-pub fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
 }
 
 /// Appends the payload object, padded so it is `size` bytes long when that is possible.
 /// With `escaped`, the quotes are written as `\"` (for embedding as a JSON string); the
 /// padding still counts the unescaped length, which is the length of the string's content.
-pub fn write_payload(out: &mut String, ts: u64, publisher: usize, size: usize, escaped: bool) {
+pub(crate) fn write_payload(
+    out: &mut String,
+    ts: u64,
+    publisher: usize,
+    size: usize,
+    escaped: bool,
+) {
     let q = if escaped { "\\\"" } else { "\"" };
     let start = out.len();
     let _ = write!(out, "{{{q}ts{q}:{ts},{q}pub{q}:{publisher},{q}pad{q}:{q}");
@@ -41,7 +47,7 @@ pub fn write_payload(out: &mut String, ts: u64, publisher: usize, size: usize, e
 /// `{"type":"publish","data":{"type":T,"roomId":R,"data":{…}},"id":ts}` — Herald's WebSocket
 /// publish; the `id` is echoed on the `event.published` acknowledgement, which gives the ack
 /// latency without any bookkeeping. `event_type` and `room` are already JSON strings (quoted).
-pub fn herald_ws_publish(
+pub(crate) fn herald_ws_publish(
     out: &mut String,
     event_type: &str,
     room: &str,
@@ -55,7 +61,7 @@ pub fn herald_ws_publish(
 }
 
 /// `{"type":T,"roomId":R,"data":{…}}` — the body of `POST /api/realtime/publish`.
-pub fn herald_http_publish(
+pub(crate) fn herald_http_publish(
     out: &mut String,
     event_type: &str,
     room: &str,
@@ -69,7 +75,7 @@ pub fn herald_http_publish(
 }
 
 /// `{"type":"message","room":R,"content":"{\"ts\":…}"}` — the seed-004 room protocol.
-pub fn rooms_message(out: &mut String, room: &str, ts: u64, publisher: usize, size: usize) {
+pub(crate) fn rooms_message(out: &mut String, room: &str, ts: u64, publisher: usize, size: usize) {
     let _ = write!(out, "{{\"type\":\"message\",\"room\":{room},\"content\":\"");
     write_payload(out, ts, publisher, size, true);
     out.push_str("\"}");
@@ -77,7 +83,7 @@ pub fn rooms_message(out: &mut String, room: &str, ts: u64, publisher: usize, si
 
 /// The unsigned integer value of the first key `"<name>` found in `frame`, whether written
 /// `"name":123` or, inside a JSON string, `\"name\":123`.
-pub fn find_number(frame: &[u8], key: &memmem::Finder<'_>) -> Option<u64> {
+pub(crate) fn find_number(frame: &[u8], key: &memmem::Finder<'_>) -> Option<u64> {
     let mut from = 0;
     while let Some(i) = key.find(&frame[from..]) {
         let mut j = from + i + key.needle().len();
@@ -122,18 +128,18 @@ fn pub_finder() -> &'static memmem::Finder<'static> {
 }
 
 /// The send time stamped in a received message, if it is one of ours.
-pub fn decode_ts(frame: &[u8]) -> Option<u64> {
+pub(crate) fn decode_ts(frame: &[u8]) -> Option<u64> {
     find_number(frame, ts_finder())
 }
 
 /// The publisher index stamped in a received message.
-pub fn decode_publisher(frame: &[u8]) -> Option<usize> {
+pub(crate) fn decode_publisher(frame: &[u8]) -> Option<usize> {
     find_number(frame, pub_finder()).map(|p| p as usize)
 }
 
 /// The numeric `id` echoed at the end of a Herald reply (`…,"id":123}`); the event's own `id`
 /// inside `data` is a string and is not taken for it.
-pub fn decode_reply_id(frame: &[u8]) -> Option<u64> {
+pub(crate) fn decode_reply_id(frame: &[u8]) -> Option<u64> {
     let i = memmem::rfind(frame, b"\"id\":")?;
     parse_digits(&frame[i + 5..])
 }

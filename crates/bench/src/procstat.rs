@@ -1,7 +1,7 @@
 //! Process cost from `/proc`: CPU time (utime + stime) and resident memory.
 
 #[derive(Debug, Clone, Copy)]
-pub struct ProcSample {
+pub(crate) struct ProcSample {
     /// utime + stime, in clock ticks.
     pub cpu_ticks: u64,
     pub rss_kb: u64,
@@ -10,7 +10,7 @@ pub struct ProcSample {
 
 impl ProcSample {
     /// Several processes as one: CPU ticks, RSS and peak RSS added up (`None` for none).
-    pub fn sum(samples: &[ProcSample]) -> Option<ProcSample> {
+    pub(crate) fn sum(samples: &[ProcSample]) -> Option<ProcSample> {
         samples.iter().copied().reduce(|a, b| ProcSample {
             cpu_ticks: a.cpu_ticks + b.cpu_ticks,
             rss_kb: a.rss_kb + b.rss_kb,
@@ -20,7 +20,7 @@ impl ProcSample {
 }
 
 /// Samples `/proc/<pid>` (`None` for the bench process itself).
-pub fn sample(pid: Option<u32>) -> std::io::Result<ProcSample> {
+pub(crate) fn sample(pid: Option<u32>) -> std::io::Result<ProcSample> {
     let dir = match pid {
         Some(p) => format!("/proc/{p}"),
         None => "/proc/self".to_owned(),
@@ -42,7 +42,7 @@ pub fn sample(pid: Option<u32>) -> std::io::Result<ProcSample> {
 
 /// utime + stime (fields 14 and 15) from `/proc/<pid>/stat`; the command name (field 2) may
 /// hold spaces and parentheses, so fields are counted after its last `)`.
-pub fn parse_stat_cpu(stat: &str) -> Option<u64> {
+pub(crate) fn parse_stat_cpu(stat: &str) -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace(); // field 3 (state) onwards
     let utime: u64 = fields.nth(11)?.parse().ok()?;
@@ -51,7 +51,7 @@ pub fn parse_stat_cpu(stat: &str) -> Option<u64> {
 }
 
 /// A `kB` line of `/proc/<pid>/status`, e.g. `VmRSS: 12345 kB` (a tab after the colon).
-pub fn parse_status_kb(status: &str, key: &str) -> Option<u64> {
+pub(crate) fn parse_status_kb(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix(key))
@@ -59,19 +59,19 @@ pub fn parse_status_kb(status: &str, key: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-pub fn clock_ticks_per_sec() -> f64 {
+pub(crate) fn clock_ticks_per_sec() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 { t as f64 } else { 100.0 }
 }
 
 /// CPU used between two samples, in seconds.
-pub fn cpu_secs(a: &ProcSample, b: &ProcSample) -> f64 {
+pub(crate) fn cpu_secs(a: &ProcSample, b: &ProcSample) -> f64 {
     b.cpu_ticks.saturating_sub(a.cpu_ticks) as f64 / clock_ticks_per_sec()
 }
 
 /// Raises the soft open-file limit to the hard limit; returns the new soft limit.
-pub fn raise_nofile_limit() -> u64 {
+pub(crate) fn raise_nofile_limit() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

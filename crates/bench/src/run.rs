@@ -19,7 +19,7 @@ use crate::stats::{self, ErrorCounts, LatencySummary};
 /// Sockets the bench keeps for itself (stdio, epoll, the runtime) below the open-file limit.
 const FD_RESERVE: u64 = 64;
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report = execute(&args).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -8,21 +8,21 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-pub const WARMUP: u8 = 0;
-pub const MEASURE: u8 = 1;
-pub const DONE: u8 = 2;
+pub(crate) const WARMUP: u8 = 0;
+pub(crate) const MEASURE: u8 = 1;
+pub(crate) const DONE: u8 = 2;
 
 static PHASE: AtomicU8 = AtomicU8::new(WARMUP);
 
-pub fn set_phase(p: u8) {
+pub(crate) fn set_phase(p: u8) {
     PHASE.store(p, Ordering::SeqCst);
 }
 
-pub fn phase() -> u8 {
+pub(crate) fn phase() -> u8 {
     PHASE.load(Ordering::Relaxed)
 }
 
-pub fn measuring() -> bool {
+pub(crate) fn measuring() -> bool {
     phase() == MEASURE
 }
 
@@ -34,7 +34,7 @@ fn histogram() -> Histogram<u64> {
 }
 
 /// What one thread counted during the measuring window.
-pub struct Counts {
+pub(crate) struct Counts {
     /// Publish-to-receipt latency of delivered messages (µs).
     pub delivery: Histogram<u64>,
     /// Publish-to-acknowledgement latency (µs): HTTP 201 or WebSocket `event.published`.
@@ -83,18 +83,18 @@ thread_local! {
 }
 
 /// Runs `f` on this thread's counters (an uncontended lock: only `collect` takes it elsewhere).
-pub fn with_local<R>(f: impl FnOnce(&mut Counts) -> R) -> R {
+pub(crate) fn with_local<R>(f: impl FnOnce(&mut Counts) -> R) -> R {
     LOCAL.with(|c| f(&mut c.lock()))
 }
 
-pub fn record_delivery(latency_us: u64) {
+pub(crate) fn record_delivery(latency_us: u64) {
     with_local(|c| {
         c.delivered += 1;
         c.delivery.saturating_record(latency_us);
     });
 }
 
-pub fn record_ack(latency_us: Option<u64>) {
+pub(crate) fn record_ack(latency_us: Option<u64>) {
     with_local(|c| {
         c.acked += 1;
         if let Some(l) = latency_us {
@@ -103,12 +103,12 @@ pub fn record_ack(latency_us: Option<u64>) {
     });
 }
 
-pub fn count_published(n: u64) {
+pub(crate) fn count_published(n: u64) {
     with_local(|c| c.published += n);
 }
 
 /// The sum over every thread.
-pub fn collect() -> Counts {
+pub(crate) fn collect() -> Counts {
     let mut total = Counts::new();
     for c in REGISTRY.lock().iter() {
         total.add(&c.lock());
@@ -117,7 +117,7 @@ pub fn collect() -> Counts {
 }
 
 /// Clears every thread's counters.
-pub fn reset() {
+pub(crate) fn reset() {
     for c in REGISTRY.lock().iter() {
         c.lock().reset();
     }
@@ -125,7 +125,7 @@ pub fn reset() {
 
 /// Errors, counted over the whole run (they are rare, so shared atomics are fine).
 #[derive(Default)]
-pub struct Errors {
+pub(crate) struct Errors {
     /// Connections that could not be opened (after retries).
     pub connect: AtomicU64,
     /// Connection attempts that were retried.
@@ -142,7 +142,7 @@ pub struct Errors {
     pub window_reset: AtomicU64,
 }
 
-pub static ERRORS: Errors = Errors {
+pub(crate) static ERRORS: Errors = Errors {
     connect: AtomicU64::new(0),
     connect_retries: AtomicU64::new(0),
     disconnect: AtomicU64::new(0),
@@ -152,7 +152,7 @@ pub static ERRORS: Errors = Errors {
     window_reset: AtomicU64::new(0),
 };
 
-pub fn inc(counter: &AtomicU64) {
+pub(crate) fn inc(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 

@@ -25,16 +25,20 @@ pub const QUEUE: usize = 4096;
 /// A message read from a subscribed channel.
 #[derive(Debug)]
 pub struct Received {
+    /// The channel it was published on.
     pub channel: String,
     /// The pattern it matched, for pattern subscriptions.
     pub pattern: Option<String>,
+    /// The message as published.
     pub payload: Vec<u8>,
 }
 
 /// What to subscribe to.
 #[derive(Debug, Clone, Default)]
 pub struct Subscriptions {
+    /// Channels by exact name (`SUBSCRIBE`).
     pub channels: Vec<String>,
+    /// Glob patterns such as `room:*` (`PSUBSCRIBE`).
     pub patterns: Vec<String>,
 }
 

@@ -32,6 +32,7 @@ pub struct RedisClusterIds {
 }
 
 impl RedisClusterIds {
+    /// Connects to the Redis the cluster's log uses.
     pub async fn connect(config: &RedisConfig) -> Result<Self, PublishError> {
         let (_, commands) = connect(config).await?;
         let p = &config.prefix;

@@ -24,6 +24,8 @@
 //! writer may still commit it. A Redis that lost its data is re-seeded from the store's
 //! `last_seq`, so `seq` never goes back.
 
+#![warn(missing_docs)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -115,6 +117,7 @@ const MAX_RETRY: Duration = Duration::from_secs(5);
 /// Where the log lives in Redis.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
+    /// `redis://host:port/db`.
     pub url: String,
     /// Prefix of every key, so that several clusters can share one Redis.
     pub prefix: String,
@@ -150,6 +153,8 @@ struct Shared {
     closing: AtomicBool,
 }
 
+/// The log shared through Redis: every node publishes through one Lua script that assigns the
+/// global `seq`; one node at a time (the writer) commits to the event store.
 pub struct RedisLog {
     shared: Arc<Shared>,
     tasks: Mutex<Vec<JoinHandle<()>>>,

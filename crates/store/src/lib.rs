@@ -1,5 +1,7 @@
 //! Implementations of Herald's `EventStore` seam: SQLite embedded, PostgreSQL scaled out.
 
+#![warn(missing_docs)]
+
 mod history;
 pub mod ownership;
 pub mod postgres;

@@ -45,6 +45,7 @@ pub enum OpenError {
     /// Another node owns the store: the message names it and says what to change.
     #[error("{0}")]
     Refused(String),
+    /// The store could not be read or written while checking.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -91,7 +92,9 @@ pub enum Claim {
     Standalone,
     /// A node of the cluster whose shared log lives under `prefix`.
     Cluster {
+        /// The cluster's Redis key prefix (`redis_prefix`).
         prefix: String,
+        /// Reads the cluster's id and its live nodes.
         ids: Arc<dyn ClusterIds>,
     },
 }

@@ -90,6 +90,7 @@ const POOL_SIZE: usize = 16;
 /// reports itself unavailable (a publish then fails with 503 instead of hanging).
 const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The PostgreSQL event store: every node of a cluster shares it; commits are batched.
 pub struct PgStore {
     pool: Pool,
     /// With `open`: this node's hold on the database (`ownership`).

@@ -72,6 +72,7 @@ enum Write {
     DeleteBefore(i64, oneshot::Sender<Result<u64, StoreError>>),
 }
 
+/// The embedded event store: one SQLite file in WAL mode, one writer thread, a few readers.
 pub struct SqliteStore {
     path: PathBuf,
     /// The database file, locked while the store is open (`ownership`).

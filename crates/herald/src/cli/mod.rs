@@ -4,8 +4,8 @@
 mod publish;
 mod subscribe;
 
-pub use publish::{PublishArgs, publish};
-pub use subscribe::{SubscribeArgs, subscribe};
+pub(crate) use publish::{PublishArgs, publish};
+pub(crate) use subscribe::{SubscribeArgs, subscribe};
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -14,7 +14,7 @@ use serde_json::Value;
 
 /// Where the server is and who is calling; shared by the client commands.
 #[derive(Args)]
-pub struct ServerArgs {
+pub(crate) struct ServerArgs {
     /// The server's base URL (plain http; a ws:// URL is derived from it).
     #[arg(long, env = "HERALD_URL", default_value = "http://localhost:3000")]
     url: Url,

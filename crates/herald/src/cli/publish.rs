@@ -22,7 +22,7 @@ herald publish --from events.jsonl --api-key \"$KEY\"\n\n\
 Prints the acknowledgement once the event is durable: {\"success\":true,\"id\":…,\"seq\":…,\"type\":…,\"timestamp\":…};\n\
 with --from, one line per event, in the file's order."
 )]
-pub struct PublishArgs {
+pub(crate) struct PublishArgs {
     /// The event type, e.g. `chat.message`.
     #[arg(value_name = "TYPE", required_unless_present = "from")]
     kind: Option<String>,
@@ -49,7 +49,7 @@ fn parse_json(s: &str) -> Result<Value, String> {
     serde_json::from_str(s).map_err(|e| format!("not JSON: {e}"))
 }
 
-pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
+pub(crate) async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     let credential = args
         .server
         .credential()

@@ -26,7 +26,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 Prints each event on its own line: {\"id\":…,\"seq\":…,\"type\":…,\"data\":…,\"userId\":…,\"roomId\":…,\"timestamp\":…}.\n\
 Connection notices go to stderr. Ctrl-C ends it."
 )]
-pub struct SubscribeArgs {
+pub(crate) struct SubscribeArgs {
     /// Event types to receive: comma-separated patterns (`chat.message`, `chat.*`, `*`).
     #[arg(long, value_delimiter = ',', default_value = "*")]
     types: Vec<String>,
@@ -54,7 +54,7 @@ enum Ended {
 }
 
 /// Runs until `stop` resolves (Ctrl-C, SIGTERM) or stdout is closed.
-pub async fn subscribe(
+pub(crate) async fn subscribe(
     args: SubscribeArgs,
     stop: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {

@@ -15,11 +15,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub const SECRET: &str = "integration-test-secret-of-32-bytes-or-more";
-pub const API_KEY: &str = "test-api-key";
-pub const WAIT: Duration = Duration::from_secs(5);
+pub(crate) const SECRET: &str = "integration-test-secret-of-32-bytes-or-more";
+pub(crate) const API_KEY: &str = "test-api-key";
+pub(crate) const WAIT: Duration = Duration::from_secs(5);
 
-pub struct Server {
+pub(crate) struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
     pub dir: PathBuf,
@@ -32,17 +32,17 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::start_with(&[])
     }
 
     /// A server where every room is public (`--public-room '*'`), so anonymous clients
     /// receive room events: for suites about delivery rather than access (tests/access.rs).
-    pub fn start_open() -> Self {
+    pub(crate) fn start_open() -> Self {
         Self::start_with(&["--public-room", "*"])
     }
 
-    pub fn start_with(args: &[&str]) -> Self {
+    pub(crate) fn start_with(args: &[&str]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_owned();
         let mut s = Self::spawn(&dir, args);
@@ -51,13 +51,13 @@ impl Server {
     }
 
     /// Starts on an existing data directory (for restarts).
-    pub fn spawn(dir: &Path, args: &[&str]) -> Self {
+    pub(crate) fn spawn(dir: &Path, args: &[&str]) -> Self {
         Self::spawn_env(dir, args, &[])
     }
 
     /// Like `start_with`, with extra environment variables (e.g. `HERALD_*` keys that have no
     /// flag); they are applied after the harness defaults, so they may override them.
-    pub fn start_env(args: &[&str], envs: &[(&str, &str)]) -> Self {
+    pub(crate) fn start_env(args: &[&str], envs: &[(&str, &str)]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_owned();
         let mut s = Self::spawn_env(&dir, args, envs);
@@ -66,12 +66,12 @@ impl Server {
     }
 
     /// Like `spawn`, with extra environment variables.
-    pub fn spawn_env(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
+    pub(crate) fn spawn_env(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
         Self::launch(dir, args, envs, false).unwrap_or_else(|e| panic!("herald did not start: {e}"))
     }
 
     /// Like `start_with`, for a start that may be refused: then its stderr.
-    pub fn try_start_with(args: &[&str]) -> Result<Self, String> {
+    pub(crate) fn try_start_with(args: &[&str]) -> Result<Self, String> {
         let tmp = tempfile::tempdir().unwrap();
         let mut s = Self::try_spawn(tmp.path(), args)?;
         s._tmp = Some(tmp);
@@ -79,7 +79,7 @@ impl Server {
     }
 
     /// Like `spawn`, for a start that may be refused: then its stderr.
-    pub fn try_spawn(dir: &Path, args: &[&str]) -> Result<Self, String> {
+    pub(crate) fn try_spawn(dir: &Path, args: &[&str]) -> Result<Self, String> {
         Self::launch(dir, args, &[], true)
     }
 
@@ -150,12 +150,12 @@ impl Server {
     }
 
     /// What the server wrote to stderr so far (started with `try_spawn`/`try_start_with`).
-    pub fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
 
     /// Waits (at most `within`) for the server to exit by itself.
-    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+    pub(crate) fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let c = self.child.as_mut().unwrap();
         let deadline = std::time::Instant::now() + within;
         loop {
@@ -171,27 +171,27 @@ impl Server {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
-    pub fn ws_url(&self, path: &str) -> String {
+    pub(crate) fn ws_url(&self, path: &str) -> String {
         format!("ws://{}{}", self.addr, path)
     }
 
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.as_ref().unwrap().id() as i32
     }
 
     /// `kill -9`: no chance to flush anything.
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         let mut c = self.child.take().unwrap();
         c.kill().unwrap();
         c.wait().unwrap();
     }
 
     /// SIGTERM, then waits (at most `within`) for the exit status.
-    pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+    pub(crate) fn terminate(&mut self, within: Duration) -> ExitStatus {
         let mut c = self.child.take().unwrap();
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(c.id() as i32),
@@ -212,7 +212,7 @@ impl Server {
     }
 
     /// Starts a new server process on the same database (the old one must be stopped).
-    pub fn restart(&mut self) -> Self {
+    pub(crate) fn restart(&mut self) -> Self {
         assert!(self.child.is_none(), "stop the server first");
         let args: Vec<&str> = self.extra.iter().map(String::as_str).collect();
         let envs: Vec<(&str, &str)> = self
@@ -243,7 +243,7 @@ struct Claims<'a> {
     rooms: Option<&'a [&'a str]>,
 }
 
-pub fn token_with(user: &str, role: Option<&str>, ttl_secs: i64, secret: &str) -> String {
+pub(crate) fn token_with(user: &str, role: Option<&str>, ttl_secs: i64, secret: &str) -> String {
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -263,7 +263,7 @@ pub fn token_with(user: &str, role: Option<&str>, ttl_secs: i64, secret: &str) -
 }
 
 /// A user token whose `rooms` claim limits the rooms it may join.
-pub fn token_for_rooms(user: &str, rooms: &[&str]) -> String {
+pub(crate) fn token_for_rooms(user: &str, rooms: &[&str]) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &Claims {
@@ -277,17 +277,17 @@ pub fn token_for_rooms(user: &str, rooms: &[&str]) -> String {
     .unwrap()
 }
 
-pub fn token(user: &str) -> String {
+pub(crate) fn token(user: &str) -> String {
     token_with(user, None, 3600, SECRET)
 }
 
-pub fn admin_token() -> String {
+pub(crate) fn admin_token() -> String {
     token_with("admin", Some("admin"), 3600, SECRET)
 }
 
 /// `n` nodes sharing a fresh PostgreSQL schema and a fresh Redis prefix on `redis`, each
 /// started with `args` too.
-pub async fn cluster_with(n: usize, redis: &str, args: &[&str]) -> Vec<Server> {
+pub(crate) async fn cluster_with(n: usize, redis: &str, args: &[&str]) -> Vec<Server> {
     let postgres = herald_store::testing::scratch_postgres().await;
     let prefix = herald_redis::testing::scratch_prefix();
     let mut all = vec![
@@ -303,13 +303,13 @@ pub async fn cluster_with(n: usize, redis: &str, args: &[&str]) -> Vec<Server> {
 }
 
 /// `n` nodes where every room is public (see `Server::start_open`).
-pub async fn cluster(n: usize, redis: &str) -> Vec<Server> {
+pub(crate) async fn cluster(n: usize, redis: &str) -> Vec<Server> {
     cluster_with(n, redis, &["--public-room", "*"]).await
 }
 
 /// A port that was free a moment ago, for a server that must come back on the same address
 /// after a restart (`Server::start_with(&["--port", &port])`).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -317,7 +317,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-pub fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -325,7 +325,12 @@ pub fn http() -> reqwest::Client {
 }
 
 /// POSTs JSON with a bearer token; returns status and JSON body.
-pub async fn post(server: &Server, path: &str, bearer: Option<&str>, body: &Value) -> (u16, Value) {
+pub(crate) async fn post(
+    server: &Server,
+    path: &str,
+    bearer: Option<&str>,
+    body: &Value,
+) -> (u16, Value) {
     let mut req = http().post(server.url(path)).json(body);
     if let Some(t) = bearer {
         req = req.bearer_auth(t);
@@ -335,7 +340,7 @@ pub async fn post(server: &Server, path: &str, bearer: Option<&str>, body: &Valu
     (status, res.json().await.unwrap_or(Value::Null))
 }
 
-pub async fn get(server: &Server, path: &str, bearer: Option<&str>) -> (u16, Value) {
+pub(crate) async fn get(server: &Server, path: &str, bearer: Option<&str>) -> (u16, Value) {
     let mut req = http().get(server.url(path));
     if let Some(t) = bearer {
         req = req.bearer_auth(t);
@@ -346,13 +351,13 @@ pub async fn get(server: &Server, path: &str, bearer: Option<&str>) -> (u16, Val
 }
 
 /// Publishes over HTTP and asserts the 201; returns the acknowledged `event` object.
-pub async fn publish(server: &Server, bearer: &str, body: Value) -> Value {
+pub(crate) async fn publish(server: &Server, bearer: &str, body: Value) -> Value {
     let (status, res) = post(server, "/api/realtime/publish", Some(bearer), &body).await;
     assert_eq!(status, 201, "publish failed: {res}");
     res["event"].clone()
 }
 
-pub struct Ws {
+pub(crate) struct Ws {
     pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub connection_id: String,
 }
@@ -372,7 +377,7 @@ impl Ws {
     }
 
     /// Connects to `path` (`/ws` or `/`) and reads `connection.established`.
-    pub async fn connect(server: &Server, path: &str) -> Ws {
+    pub(crate) async fn connect(server: &Server, path: &str) -> Ws {
         let (mut ws, hello) = Ws::open(server, path).await;
         assert_eq!(hello["type"], "connection.established", "{hello}");
         ws.connection_id = hello["data"]["connectionId"].as_str().unwrap().to_owned();
@@ -381,7 +386,7 @@ impl Ws {
 
     /// Connects to a room dialect's path (`/ws/chat` greets with `welcome`, `/ws/rooms` with
     /// `connected`), authenticated as `user` when given.
-    pub async fn dialect(server: &Server, path: &str, user: Option<&str>) -> Ws {
+    pub(crate) async fn dialect(server: &Server, path: &str, user: Option<&str>) -> Ws {
         let (mut ws, hello) = Ws::open(server, path).await;
         assert!(
             hello["type"] == "welcome" || hello["type"] == "connected",
@@ -397,7 +402,7 @@ impl Ws {
     }
 
     /// Connects and authenticates as `user`.
-    pub async fn user(server: &Server, user: &str) -> Ws {
+    pub(crate) async fn user(server: &Server, user: &str) -> Ws {
         let mut ws = Ws::connect(server, "/ws").await;
         ws.send(json!({"type": "authenticate", "data": {"token": token(user)}}))
             .await;
@@ -406,19 +411,19 @@ impl Ws {
         ws
     }
 
-    pub async fn send(&mut self, v: Value) {
+    pub(crate) async fn send(&mut self, v: Value) {
         self.stream
             .send(Message::text(v.to_string()))
             .await
             .unwrap();
     }
 
-    pub async fn send_raw(&mut self, m: Message) {
+    pub(crate) async fn send_raw(&mut self, m: Message) {
         self.stream.send(m).await.unwrap();
     }
 
     /// The next JSON text message (pings are skipped); panics after `WAIT`.
-    pub async fn recv(&mut self) -> Value {
+    pub(crate) async fn recv(&mut self) -> Value {
         loop {
             let m = tokio::time::timeout(WAIT, self.stream.next())
                 .await
@@ -434,7 +439,7 @@ impl Ws {
     }
 
     /// Skips messages until one of `kind` arrives.
-    pub async fn recv_type(&mut self, kind: &str) -> Value {
+    pub(crate) async fn recv_type(&mut self, kind: &str) -> Value {
         loop {
             let v = self.recv().await;
             if v["type"] == kind {
@@ -444,7 +449,7 @@ impl Ws {
     }
 
     /// Sends a subscribe command and returns the subscription id.
-    pub async fn subscribe(&mut self, types: &[&str], filters: Value) -> String {
+    pub(crate) async fn subscribe(&mut self, types: &[&str], filters: Value) -> String {
         self.send(json!({"type": "subscribe", "data": {"eventTypes": types, "filters": filters}}))
             .await;
         let r = self.recv_type("subscription.created").await;
@@ -452,7 +457,7 @@ impl Ws {
     }
 
     /// Asserts nothing but pings arrives for `wait`.
-    pub async fn expect_silence(&mut self, wait: Duration) {
+    pub(crate) async fn expect_silence(&mut self, wait: Duration) {
         loop {
             match tokio::time::timeout(wait, self.stream.next()).await {
                 Err(_) => return,
@@ -463,7 +468,7 @@ impl Ws {
     }
 
     /// Reads until the server closes; returns the close frame (None if the TCP stream ended).
-    pub async fn closed(&mut self) -> Option<CloseFrame> {
+    pub(crate) async fn closed(&mut self) -> Option<CloseFrame> {
         loop {
             match tokio::time::timeout(WAIT, self.stream.next())
                 .await
@@ -478,7 +483,7 @@ impl Ws {
 }
 
 /// A minimal Server-Sent Events reader over a streaming HTTP response.
-pub struct Sse {
+pub(crate) struct Sse {
     body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
     buf: String,
     pub status: u16,
@@ -486,20 +491,20 @@ pub struct Sse {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct SseEvent {
+pub(crate) struct SseEvent {
     pub id: Option<String>,
     pub event: String,
     pub data: String,
 }
 
 impl SseEvent {
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.data).unwrap()
     }
 }
 
 impl Sse {
-    pub async fn open(server: &Server, path_and_query: &str, bearer: Option<&str>) -> Sse {
+    pub(crate) async fn open(server: &Server, path_and_query: &str, bearer: Option<&str>) -> Sse {
         let mut req = reqwest::Client::new()
             .get(server.url(path_and_query))
             .header("accept", "text/event-stream");
@@ -510,7 +515,7 @@ impl Sse {
     }
 
     /// Wraps a response already requested (for custom headers, `?token=`, ...).
-    pub fn from_response(res: reqwest::Response) -> Sse {
+    pub(crate) fn from_response(res: reqwest::Response) -> Sse {
         Sse {
             status: res.status().as_u16(),
             headers: res.headers().clone(),
@@ -520,7 +525,7 @@ impl Sse {
     }
 
     /// The next event (comments skipped); None when the stream ends.
-    pub async fn next(&mut self) -> Option<SseEvent> {
+    pub(crate) async fn next(&mut self) -> Option<SseEvent> {
         loop {
             if let Some(end) = self.buf.find("\n\n") {
                 let record: String = self.buf.drain(..end + 2).collect();
@@ -555,7 +560,7 @@ impl Sse {
         }
     }
 
-    pub async fn next_event(&mut self, name: &str) -> SseEvent {
+    pub(crate) async fn next_event(&mut self, name: &str) -> SseEvent {
         loop {
             let e = self
                 .next()
@@ -570,7 +575,7 @@ impl Sse {
 
 /// The value of the series `series` (name and labels, e.g. `x_total{result="ok"}`) in
 /// `/metrics`; None until it is first recorded.
-pub async fn metric(server: &Server, series: &str) -> Option<f64> {
+pub(crate) async fn metric(server: &Server, series: &str) -> Option<f64> {
     let text = http()
         .get(server.url("/metrics"))
         .send()
@@ -586,7 +591,7 @@ pub async fn metric(server: &Server, series: &str) -> Option<f64> {
 }
 
 /// Every stored event (up to 1 000), oldest first, as an operator reads history.
-pub async fn stored_events(server: &Server) -> Vec<Value> {
+pub(crate) async fn stored_events(server: &Server) -> Vec<Value> {
     let (status, body) = get(
         server,
         "/api/realtime/events?limit=1000",
@@ -601,7 +606,7 @@ pub async fn stored_events(server: &Server) -> Vec<Value> {
 
 /// Polls `GET path` (as admin) every 20 ms until `pred` holds; returns that answer, or panics
 /// with the last one after `WAIT`.
-pub async fn get_until(server: &Server, path: &str, pred: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn get_until(server: &Server, path: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let (status, body) = get(server, path, Some(&admin_token())).await;
@@ -616,13 +621,13 @@ pub async fn get_until(server: &Server, path: &str, pred: impl Fn(&Value) -> boo
     }
 }
 
-pub async fn stats_until(server: &Server, pred: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn stats_until(server: &Server, pred: impl Fn(&Value) -> bool) -> Value {
     get_until(server, "/api/realtime/stats", pred).await
 }
 
 /// Publishes `count` `load.test` events padded with `pad` bytes, from 16 concurrent requests;
 /// returns their seqs, sorted.
-pub async fn flood(server: &Server, count: usize, pad: usize) -> Vec<u64> {
+pub(crate) async fn flood(server: &Server, count: usize, pad: usize) -> Vec<u64> {
     use futures_util::StreamExt as _;
     let client = reqwest::Client::new();
     let url = server.url("/api/realtime/publish");

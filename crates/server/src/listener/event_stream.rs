@@ -36,7 +36,7 @@ const STREAM_PATHS: [&str; 2] = ["/api/realtime/stream", "/events"];
 const STREAM_PREFIXES: [&str; 1] = ["/events/user/"];
 
 /// What a new connection's first bytes are.
-pub enum Head {
+pub(super) enum Head {
     /// A request for an event stream, served here.
     Stream(Box<Request<Body>>),
     /// Anything else, hyper's to serve: the bytes read so far, a whole request head unless
@@ -48,7 +48,7 @@ pub enum Head {
 
 /// Reads the connection's first request head, which must come whole by `deadline`: a complete
 /// `GET` for an event stream, without a body or an upgrade, is this path's.
-pub async fn read_head(io: &mut TimedStream, deadline: Instant) -> Head {
+pub(super) async fn read_head(io: &mut TimedStream, deadline: Instant) -> Head {
     // Nothing is allocated for a client that has not sent anything yet.
     match tokio::time::timeout_at(deadline, io.tcp().readable()).await {
         Ok(Ok(())) => {}
@@ -122,7 +122,7 @@ fn is_event_stream(head: &httparse::Request) -> bool {
 
 /// Routes the request, and writes the response: an event stream chunk by chunk for as long as
 /// it lasts, anything else (an error) whole.
-pub async fn serve(
+pub(super) async fn serve(
     mut io: TimedStream,
     peer: SocketAddr,
     request: Box<Request<Body>>,

@@ -37,7 +37,7 @@ use tower::ServiceExt;
 use super::TimedStream;
 
 /// What every HTTP connection shares.
-pub struct Http {
+pub(super) struct Http {
     /// The routes, as the event streams answered by the listener have them too.
     pub router: Router,
     pub header_read_timeout: Duration,
@@ -48,7 +48,11 @@ pub struct Http {
 }
 
 impl Http {
-    pub fn new(router: Router, header_read_timeout: Duration, idle_timeout: Duration) -> Self {
+    pub(super) fn new(
+        router: Router,
+        header_read_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
         LazyLock::force(&EPOCH);
         Self {
             router,
@@ -58,20 +62,20 @@ impl Http {
         }
     }
 
-    pub fn stopping(&self) -> bool {
+    pub(super) fn stopping(&self) -> bool {
         *self.stop.borrow()
     }
 
     /// Asks every connection to finish its request in flight and close; resolves once they
     /// all have.
-    pub async fn shut_down(&self) {
+    pub(super) async fn shut_down(&self) {
         self.stop.send_replace(true);
         self.stop.closed().await;
     }
 }
 
 /// Serves an HTTP connection whose first bytes, `read`, were already read from `io`.
-pub async fn serve(io: TimedStream, read: Vec<u8>, peer: SocketAddr, http: Arc<Http>) {
+pub(super) async fn serve(io: TimedStream, read: Vec<u8>, peer: SocketAddr, http: Arc<Http>) {
     let first_byte = Arc::new(AtomicU64::new(NONE));
     let io = HttpIo {
         io,

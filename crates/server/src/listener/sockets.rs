@@ -22,10 +22,10 @@ use tokio::net::TcpStream;
 /// client would see the reset instead of the answer.
 const LINGER: Duration = Duration::from_secs(1);
 /// Refused sockets lingering at once, beyond `max_sockets`; more are closed at once.
-pub const MAX_LINGERING: usize = 64;
+pub(super) const MAX_LINGERING: usize = 64;
 
 /// What every accepted socket shares: the bounds, the counts, and the write timeout.
-pub struct Sockets {
+pub(super) struct Sockets {
     /// A write to a socket that makes no progress for this long fails (`TimedStream`).
     pub write_timeout: Duration,
     max: usize,
@@ -40,7 +40,7 @@ pub struct Sockets {
 
 /// Why a socket was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(super) enum Refusal {
     /// `max_sockets` are open.
     Full,
     /// `max_connections_per_ip` are open from the client's address.
@@ -55,7 +55,7 @@ pub struct Slot {
 
 impl Sockets {
     /// `max` sockets in all (at least 1) and `per_ip` per client address (0: no bound).
-    pub fn new(max: usize, per_ip: u32, write_timeout: Duration) -> Arc<Self> {
+    pub(super) fn new(max: usize, per_ip: u32, write_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             write_timeout,
             max: max.max(1),
@@ -68,7 +68,7 @@ impl Sockets {
     }
 
     /// A slot for a socket from `ip`, or why there is none.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
+    pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
         // An IPv4 client of a dual-stack listener (`::ffff:a.b.c.d`) counts as its IPv4 address.
         let ip = ip.to_canonical();
         if self.open.fetch_add(1, Ordering::AcqRel) >= self.max {
@@ -100,7 +100,7 @@ impl Sockets {
 
     /// Answers a refused socket (429 for its address's bound, 503 for the server's) without
     /// reading its request, and closes it.
-    pub fn refuse(self: &Arc<Self>, tcp: TcpStream, refusal: Refusal) {
+    pub(super) fn refuse(self: &Arc<Self>, tcp: TcpStream, refusal: Refusal) {
         let (reason, status, error) = match refusal {
             Refusal::Full => (
                 "max_sockets",

@@ -13,7 +13,7 @@ use serde_json::json;
 
 /// A place where a store keeps its data (a file, a database schema); `open` can be called
 /// again to reopen the same data, as a restarted server would.
-pub trait Backend {
+pub(crate) trait Backend {
     fn open(&self) -> impl Future<Output = Box<dyn EventStore>>;
 }
 
@@ -70,7 +70,7 @@ fn seqs(events: &[herald_core::Event]) -> Vec<u64> {
     events.iter().map(|e| e.seq).collect()
 }
 
-pub async fn history_queries_filter_and_order_newest_first(backend: impl Backend) {
+pub(crate) async fn history_queries_filter_and_order_newest_first(backend: impl Backend) {
     let store = backend.open().await;
     let none = Duration::zero();
     store
@@ -187,7 +187,7 @@ pub async fn history_queries_filter_and_order_newest_first(backend: impl Backend
     );
 }
 
-pub async fn personal_rooms_and_user_events_are_private(backend: impl Backend) {
+pub(crate) async fn personal_rooms_and_user_events_are_private(backend: impl Backend) {
     let store = backend.open().await;
     let none = Duration::zero();
     store
@@ -225,7 +225,7 @@ pub async fn personal_rooms_and_user_events_are_private(backend: impl Backend) {
 
 /// What a history query returns to a reader is exactly what `Access::may_read` lets it see,
 /// for every kind of reader and room (the store filters in the query, so pages stay full).
-pub async fn the_read_scope_is_the_access_decision(backend: impl Backend) {
+pub(crate) async fn the_read_scope_is_the_access_decision(backend: impl Backend) {
     let store = backend.open().await;
     let none = Duration::zero();
     let rooms = [
@@ -282,7 +282,7 @@ pub async fn the_read_scope_is_the_access_decision(backend: impl Backend) {
     }
 }
 
-pub async fn retention_deletes_old_events_but_seq_is_never_reused(backend: impl Backend) {
+pub(crate) async fn retention_deletes_old_events_but_seq_is_never_reused(backend: impl Backend) {
     let store = backend.open().await;
     assert_eq!(store.last_seq().await.unwrap(), 0);
     store
@@ -313,7 +313,7 @@ pub async fn retention_deletes_old_events_but_seq_is_never_reused(backend: impl 
     assert_eq!(reopened.last_seq().await.unwrap(), 2);
 }
 
-pub async fn a_failed_batch_commits_nothing(backend: impl Backend) {
+pub(crate) async fn a_failed_batch_commits_nothing(backend: impl Backend) {
     let store = backend.open().await;
     store
         .append(vec![ev(1, "a", None, None, Duration::zero())])
@@ -334,7 +334,7 @@ pub async fn a_failed_batch_commits_nothing(backend: impl Backend) {
     assert_eq!(store.last_seq().await.unwrap(), 1);
 }
 
-pub async fn ascending_pages_between_two_seqs_and_the_oldest_seq(backend: impl Backend) {
+pub(crate) async fn ascending_pages_between_two_seqs_and_the_oldest_seq(backend: impl Backend) {
     let store = backend.open().await;
     assert_eq!(store.oldest_seq().await.unwrap(), None);
     let old = Duration::hours(2);
@@ -382,7 +382,9 @@ pub async fn ascending_pages_between_two_seqs_and_the_oldest_seq(backend: impl B
     assert_eq!(store.oldest_seq().await.unwrap(), Some(4));
 }
 
-pub async fn time_bounds_split_a_millisecond_shared_by_several_events(backend: impl Backend) {
+pub(crate) async fn time_bounds_split_a_millisecond_shared_by_several_events(
+    backend: impl Backend,
+) {
     let store = backend.open().await;
     // 60 events stamped in runs of four per millisecond (as one commit stamps its batch), with
     // `seq`s that skip every seventh: each bound must land on the exact first event.

@@ -17,7 +17,7 @@ use crate::http::error::AppError;
 use crate::http::replies::hub_error;
 
 /// Messages in `room_history`, sent on join.
-pub const ROOM_HISTORY: usize = 50;
+pub(super) const ROOM_HISTORY: usize = 50;
 
 /// Rooms and chat (seeds 001 and 004).
 impl Session {
