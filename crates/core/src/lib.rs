@@ -4,6 +4,7 @@
 //! Nothing in here knows about HTTP or any web framework.
 
 pub mod access;
+pub mod document;
 pub mod event;
 pub mod fanout;
 pub mod hub;
