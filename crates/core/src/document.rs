@@ -104,8 +104,9 @@ pub enum ChangeError {
 pub struct Document {
     content: Vec<u16>,
     version: u64,
-    /// The changes that made versions `version - recent.len() + 1 ..= version`, as applied.
-    recent: VecDeque<Change>,
+    /// The changes that made versions `version - recent.len() + 1 ..= version`, as applied,
+    /// with their authors.
+    recent: VecDeque<(Change, String)>,
     window: usize,
     max_len: usize,
 }
@@ -113,18 +114,35 @@ pub struct Document {
 impl Document {
     /// An empty document at version 0.
     pub fn new(window: usize, max_len: usize) -> Self {
-        Self::restore("", 0, window, max_len)
+        Self::restore("", 0, Vec::new(), window, max_len)
     }
 
-    /// A document as a snapshot left it; changes older than the snapshot are not kept.
-    pub fn restore(content: &str, version: u64, window: usize, max_len: usize) -> Self {
+    /// A document as a snapshot left it, with the recent changes it kept (oldest first), so
+    /// that changes made on older versions transform as they did before the snapshot.
+    pub fn restore(
+        content: &str,
+        version: u64,
+        recent: Vec<(Change, String)>,
+        window: usize,
+        max_len: usize,
+    ) -> Self {
+        let window = window.max(1);
+        let mut recent = VecDeque::from(recent);
+        while recent.len() > window || recent.len() as u64 > version {
+            recent.pop_front();
+        }
         Self {
             content: content.encode_utf16().collect(),
             version,
-            recent: VecDeque::new(),
-            window: window.max(1),
+            recent,
+            window,
             max_len,
         }
+    }
+
+    /// The recent changes with their authors, oldest first (what a snapshot keeps).
+    pub fn recent(&self) -> impl Iterator<Item = &(Change, String)> {
+        self.recent.iter()
     }
 
     pub fn version(&self) -> u64 {
@@ -150,8 +168,9 @@ impl Document {
         self.version - self.recent.len() as u64
     }
 
-    /// The changes applied after `version`, in order, or `None` when they are no longer kept.
-    pub fn changes_since(&self, version: u64) -> Option<impl Iterator<Item = &Change>> {
+    /// The changes applied after `version`, in order, with their authors, or `None` when they
+    /// are no longer kept.
+    pub fn changes_since(&self, version: u64) -> Option<impl Iterator<Item = &(Change, String)>> {
         if version > self.version || version < self.oldest_base() {
             return None;
         }
@@ -177,12 +196,17 @@ impl Document {
     }
 
     /// Transforms `change` (made on version `base`) against every change applied since,
-    /// applies it, and returns it as applied; the version is then `version()`. Nothing changes
-    /// when it is refused.
-    pub fn apply(&mut self, change: &Change, base: u64) -> Result<Change, ChangeError> {
+    /// applies it as `author`'s, and returns it as applied; the version is then `version()`.
+    /// Nothing changes when it is refused.
+    pub fn apply(
+        &mut self,
+        change: &Change,
+        base: u64,
+        author: &str,
+    ) -> Result<Change, ChangeError> {
         self.check_base(base)?;
         let mut change = change.clone();
-        for applied in self.changes_since(base).into_iter().flatten() {
+        for (applied, _) in self.changes_since(base).into_iter().flatten() {
             change = transform(&change, applied, false);
         }
         let end = change.end();
@@ -207,7 +231,7 @@ impl Document {
         self.content
             .splice(change.position..end, change.text.encode_utf16());
         self.version += 1;
-        self.recent.push_back(change.clone());
+        self.recent.push_back((change.clone(), author.to_owned()));
         if self.recent.len() > self.window {
             self.recent.pop_front();
         }
@@ -247,9 +271,9 @@ mod tests {
     #[test]
     fn concurrent_inserts_at_one_place_keep_the_log_order() {
         let mut d = doc();
-        d.apply(&Change::new(0, 0, "abc"), 0).unwrap();
-        d.apply(&Change::new(1, 0, "X"), 1).unwrap();
-        let applied = d.apply(&Change::new(1, 0, "Y"), 1).unwrap();
+        d.apply(&Change::new(0, 0, "abc"), 0, "u").unwrap();
+        d.apply(&Change::new(1, 0, "X"), 1, "u").unwrap();
+        let applied = d.apply(&Change::new(1, 0, "Y"), 1, "u").unwrap();
         assert_eq!(applied, Change::new(2, 0, "Y"));
         assert_eq!(d.content(), "aXYbc");
         assert_eq!(d.version(), 3);
@@ -258,18 +282,18 @@ mod tests {
     #[test]
     fn a_delete_overlapping_an_applied_delete_removes_only_the_rest() {
         let mut d = doc();
-        d.apply(&Change::new(0, 0, "0123456789"), 0).unwrap();
-        d.apply(&Change::new(2, 4, ""), 1).unwrap();
-        d.apply(&Change::new(4, 4, ""), 1).unwrap();
+        d.apply(&Change::new(0, 0, "0123456789"), 0, "u").unwrap();
+        d.apply(&Change::new(2, 4, ""), 1, "u").unwrap();
+        d.apply(&Change::new(4, 4, ""), 1, "u").unwrap();
         assert_eq!(d.content(), "0189");
     }
 
     #[test]
     fn an_insert_inside_a_concurrently_deleted_range_goes_with_it() {
         let mut d = doc();
-        d.apply(&Change::new(0, 0, "hello world"), 0).unwrap();
-        d.apply(&Change::new(2, 6, ""), 1).unwrap();
-        let applied = d.apply(&Change::new(4, 0, "ZZ"), 1).unwrap();
+        d.apply(&Change::new(0, 0, "hello world"), 0, "u").unwrap();
+        d.apply(&Change::new(2, 6, ""), 1, "u").unwrap();
+        let applied = d.apply(&Change::new(4, 0, "ZZ"), 1, "u").unwrap();
         assert!(applied.is_noop());
         assert_eq!(d.content(), "herld");
     }
@@ -277,13 +301,13 @@ mod tests {
     #[test]
     fn positions_count_utf16_code_units() {
         let mut d = doc();
-        d.apply(&Change::new(0, 0, "a😀b"), 0).unwrap();
+        d.apply(&Change::new(0, 0, "a😀b"), 0, "u").unwrap();
         assert_eq!(d.len(), 4);
         assert_eq!(
-            d.apply(&Change::new(2, 0, "x"), 1),
+            d.apply(&Change::new(2, 0, "x"), 1, "u"),
             Err(ChangeError::SplitsCharacter(2))
         );
-        d.apply(&Change::new(1, 2, "é"), 1).unwrap();
+        d.apply(&Change::new(1, 2, "é"), 1, "u").unwrap();
         assert_eq!(d.content(), "aéb");
     }
 
@@ -291,30 +315,42 @@ mod tests {
     fn refusals_leave_the_document_alone() {
         let mut d = Document::new(2, 8);
         for i in 0..4 {
-            d.apply(&Change::new(0, 0, "a"), i).unwrap();
+            d.apply(&Change::new(0, 0, "a"), i, "u").unwrap();
         }
         assert_eq!(
-            d.apply(&Change::new(0, 0, "b"), 1),
+            d.apply(&Change::new(0, 0, "b"), 1, "u"),
             Err(ChangeError::TooOld { base: 1, oldest: 2 })
         );
         assert_eq!(
-            d.apply(&Change::new(0, 0, "b"), 9),
+            d.apply(&Change::new(0, 0, "b"), 9, "u"),
             Err(ChangeError::Ahead {
                 base: 9,
                 version: 4
             })
         );
         assert_eq!(
-            d.apply(&Change::new(3, 2, ""), 4),
+            d.apply(&Change::new(3, 2, ""), 4, "u"),
             Err(ChangeError::OutOfRange { end: 5, len: 4 })
         );
         assert_eq!(
-            d.apply(&Change::new(0, 0, "bbbbb"), 4),
+            d.apply(&Change::new(0, 0, "bbbbb"), 4, "u"),
             Err(ChangeError::TooLarge { len: 9, max: 8 })
         );
         assert_eq!((d.content().as_str(), d.version()), ("aaaa", 4));
         assert_eq!(d.changes_since(3).unwrap().count(), 1);
         assert!(d.changes_since(1).is_none());
+    }
+
+    #[test]
+    fn a_restored_document_transforms_late_changes_as_the_live_one() {
+        let mut live = doc();
+        live.apply(&Change::new(0, 0, "abcdef"), 0, "u").unwrap();
+        live.apply(&Change::new(1, 2, "XY"), 1, "u").unwrap();
+        let recent: Vec<_> = live.recent().cloned().collect();
+        let mut restored = Document::restore(&live.content(), live.version(), recent, 100, 1 << 20);
+        let late = Change::new(2, 1, "Z");
+        assert_eq!(live.apply(&late, 1, "v"), restored.apply(&late, 1, "v"));
+        assert_eq!(live.content(), restored.content());
     }
 
     /// An edit a client makes on the text it sees: position and deleted length as fractions
@@ -439,7 +475,7 @@ mod tests {
             let mut editors: Vec<Client> = (0..clients).map(|_| Client::default()).collect();
             let mut in_flight: Vec<VecDeque<(Change, u64)>> = vec![VecDeque::new(); clients];
             let serve = |server: &mut Document, editors: &mut Vec<Client>, from: usize, (change, base): (Change, u64)| {
-                let applied = server.apply(&change, base).expect("an editor's change applies");
+                let applied = server.apply(&change, base, "u").expect("an editor's change applies");
                 for e in editors.iter_mut() {
                     e.inbox.push_back((server.version(), applied.clone(), from));
                 }

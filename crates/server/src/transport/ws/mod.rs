@@ -133,6 +133,7 @@ async fn run(app: Arc<App>, registration: Registration, mut socket: Box<Socket>,
         }
     };
     app.streams.unsubscribe_connection(registration.conn.id);
+    session.leave_documents();
     drop(registration);
     if let Some(unsent) = overflowed {
         // Off the server's books first: a client that fell behind must not hold its slot
