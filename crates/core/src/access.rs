@@ -29,11 +29,13 @@ pub const RESERVED_TYPES: &[&str] = &[
     "user.logout",
     "user.notification",
     "document.*",
+    "yjs.*",
 ];
 
-/// The types of a document's events (`document.change`, `document.snapshot`): reserved, so
-/// raw publishes cannot write them; the document commands write them with `may_write_document`.
-pub const DOCUMENT_TYPES: &str = "document.";
+/// The families of documents' events (`document.change`, `document.snapshot`, `yjs.update`,
+/// `yjs.snapshot`): reserved, so raw publishes cannot write them; the document commands and
+/// the y-websocket endpoint write them with `may_write_document`.
+pub const DOCUMENT_TYPES: [&str; 2] = ["document.", "yjs."];
 
 /// Events of these types belong to their `userId`.
 pub const PRIVATE_TYPES: &str = "user.";
@@ -194,7 +196,8 @@ impl Access {
         who: Option<&Identity>,
         event: &NewEvent,
     ) -> Result<(), AccessDenied> {
-        self.write_refusal(who, event, event.kind.starts_with(DOCUMENT_TYPES))
+        let document = DOCUMENT_TYPES.iter().any(|t| event.kind.starts_with(t));
+        self.write_refusal(who, event, document)
     }
 
     fn write_refusal(

@@ -730,6 +730,10 @@ fn every_route_and_command_is_in_the_matrix() {
             "/api/documents/{id}/changes",
             "the document's room read rule: documents.rs",
         ),
+        (
+            "/yjs/{name}",
+            "the Yjs document's room join and write rules: yjs.rs",
+        ),
     ];
     let router = include_str!("../../server/src/api/mod.rs");
     let routes = quoted_after(router, ".route(");

@@ -39,6 +39,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/ws", get(ws::events))
         .route("/ws/chat", get(ws::events))
         .route("/ws/rooms", get(ws::events))
+        .route("/yjs/{name}", get(ws::yjs))
         .route("/api/rooms/{room}/presence", get(rooms::presence))
         .route("/api/documents/{id}", get(documents::state))
         .route("/api/documents/{id}/changes", get(documents::changes))

@@ -55,6 +55,7 @@ pub struct Bounds {
 pub struct SnapshotDue {
     pub room: String,
     pub author: Identity,
+    pub kind: &'static str,
     pub data: Value,
 }
 
@@ -204,6 +205,7 @@ impl Open {
                 Some(SnapshotDue {
                     room: event.room_id.clone().unwrap_or_default(),
                     author: writer.conn.identity()?,
+                    kind: SNAPSHOT,
                     data: snapshot_data(doc, event.seq),
                 })
             }
@@ -311,24 +313,52 @@ async fn read(
     id: &str,
     bounds: Bounds,
 ) -> Result<(Document, u64), StoreError> {
-    let room = format!("{ROOM_PREFIX}{id}");
-    let snapshot = store
+    replay(
+        store,
+        &format!("{ROOM_PREFIX}{id}"),
+        [SNAPSHOT, CHANGE],
+        |snapshot| {
+            snapshot
+                .and_then(|s| restore(&s, bounds))
+                .unwrap_or_else(|| (Document::new(bounds.window, bounds.max_len), 0))
+        },
+        |doc, event| {
+            if let Some(edit) = Edit::of(event) {
+                let author = event.user_id.as_deref().unwrap_or_default();
+                // A refused change was refused live too: it changes nothing.
+                let _ = doc.apply(&edit.change, edit.base, author);
+            }
+        },
+    )
+    .await
+}
+
+/// Reads a room's newest event of type `snapshot` and builds a state from it with `start`
+/// (which also returns the `seq` the snapshot holds everything up to), then folds every event
+/// of type `kind` after that into it with `each`, oldest first, in pages; returns the state
+/// and the `seq` of the last event read.
+pub async fn replay<T>(
+    store: &dyn EventStore,
+    room: &str,
+    [snapshot, kind]: [&str; 2],
+    start: impl FnOnce(Option<Event>) -> (T, u64),
+    mut each: impl FnMut(&mut T, &Event),
+) -> Result<(T, u64), StoreError> {
+    let newest = store
         .query(HistoryQuery {
-            types: vec![SNAPSHOT.to_owned()],
-            room_id: Some(room.clone()),
+            types: vec![snapshot.to_owned()],
+            room_id: Some(room.to_owned()),
             limit: 1,
             ..Default::default()
         })
         .await?
         .pop();
-    let (mut doc, mut after) = snapshot
-        .and_then(|s| restore(&s, bounds))
-        .unwrap_or_else(|| (Document::new(bounds.window, bounds.max_len), 0));
+    let (mut state, mut after) = start(newest);
     loop {
         let page = store
             .query(HistoryQuery {
-                types: vec![CHANGE.to_owned()],
-                room_id: Some(room.clone()),
+                types: vec![kind.to_owned()],
+                room_id: Some(room.to_owned()),
                 after_seq: Some(after),
                 order: Order::OldestFirst,
                 limit: PAGE,
@@ -336,28 +366,22 @@ async fn read(
             })
             .await?;
         for event in &page {
-            if let Some(edit) = Edit::of(event) {
-                let author = event.user_id.as_deref().unwrap_or_default();
-                // A refused change was refused live too: it changes nothing.
-                let _ = doc.apply(&edit.change, edit.base, author);
-            }
+            each(&mut state, event);
             after = event.seq;
         }
         if page.len() < PAGE {
-            return Ok((doc, after));
+            return Ok((state, after));
         }
     }
 }
 
 impl Documents {
-    pub fn new(bounds: Bounds) -> (Self, mpsc::UnboundedReceiver<SnapshotDue>) {
-        let (snapshots, due) = mpsc::unbounded_channel();
-        let docs = Self {
+    pub fn new(bounds: Bounds, snapshots: mpsc::UnboundedSender<SnapshotDue>) -> Self {
+        Self {
             open: Mutex::default(),
             bounds,
             snapshots,
-        };
-        (docs, due)
+        }
     }
 
     /// Folds a committed batch's document changes into the documents open here (called by the

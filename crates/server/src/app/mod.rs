@@ -8,6 +8,7 @@ pub mod documents;
 pub mod limits;
 pub mod mailboxes;
 pub mod node;
+pub mod yjs;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -38,6 +39,7 @@ use self::documents::Documents;
 use self::limits::{PerAddress, PublishBudgets, client_key};
 use self::mailboxes::Mailboxes;
 use self::node::ThisNode;
+use self::yjs::YDocs;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::http::check_id;
@@ -75,6 +77,8 @@ pub struct App {
     pub streams: Streams,
     /// The collaborative documents open on this node.
     pub documents: Arc<Documents>,
+    /// The Yjs documents open on this node (the y-websocket endpoint).
+    pub yjs: Arc<YDocs>,
 }
 
 /// The log's fan-out: the hub's, counted in the metrics, with the committed head published
@@ -83,12 +87,14 @@ struct Committed {
     hub: Arc<Hub>,
     head: Arc<watch::Sender<u64>>,
     documents: Arc<Documents>,
+    yjs: Arc<YDocs>,
 }
 
 impl Fanout for Committed {
     fn deliver(&self, batch: &[Arc<EncodedEvent>]) -> usize {
         let delivered = self.hub.deliver(batch);
         self.documents.fold(batch);
+        self.yjs.fold(batch);
         metrics::counter!("herald_events_published_total").increment(batch.len() as u64);
         metrics::counter!("herald_events_delivered_total").increment(delivered as u64);
         if let Some(last) = batch.last() {
@@ -129,16 +135,21 @@ impl App {
         let last_seq = store.last_seq().await?;
         hub.advance_head(last_seq);
         let head = Arc::new(watch::Sender::new(last_seq));
-        let (documents, snapshots) = Documents::new(documents::Bounds {
-            window: config.document_window,
-            max_len: config.document_max_length,
-            snapshot_every: config.document_snapshot_every,
-        });
-        let documents = Arc::new(documents);
+        let (due, snapshots) = tokio::sync::mpsc::unbounded_channel();
+        let documents = Arc::new(Documents::new(
+            documents::Bounds {
+                window: config.document_window,
+                max_len: config.document_max_length,
+                snapshot_every: config.document_snapshot_every,
+            },
+            due.clone(),
+        ));
+        let yjs = Arc::new(YDocs::new(config.document_snapshot_every, due));
         let fanout: Arc<dyn Fanout> = Arc::new(Committed {
             hub: hub.clone(),
             head: head.clone(),
             documents: documents.clone(),
+            yjs: yjs.clone(),
         });
         let process = Arc::new(Mutex::new(ProcessMonitor::new()));
         let node = Arc::new(ThisNode {
@@ -197,6 +208,7 @@ impl App {
             stopping: watch::Sender::new(false),
             streams,
             documents,
+            yjs,
         });
         tokio::spawn(publish_snapshots(Arc::downgrade(&app), snapshots));
         Ok(app)
@@ -394,7 +406,7 @@ async fn publish_snapshots(
             ..Publisher::of(&snapshot.author)
         };
         let args = PublishArgs {
-            kind: documents::SNAPSHOT.into(),
+            kind: snapshot.kind.into(),
             data: snapshot.data,
             room_id: Some(snapshot.room),
             user_id: None,
@@ -431,7 +443,14 @@ pub fn is_reserved_path(path: &str) -> bool {
         "/updates",
         "/echo",
     ];
-    const TREES: [&str; 5] = ["/api", "/dashboard", "/events", "/examples", "/rooms"];
+    const TREES: [&str; 6] = [
+        "/api",
+        "/dashboard",
+        "/events",
+        "/examples",
+        "/rooms",
+        "/yjs",
+    ];
     EXACT.contains(&path) || path.starts_with("/ws/") || TREES.iter().any(|t| path.starts_with(t))
 }
 

@@ -18,6 +18,7 @@ use crate::http::replies::{Published, created_body, hub_error, parse_spec, strea
 
 mod documents;
 mod rooms;
+mod yjs;
 
 pub struct Session {
     app: Arc<App>,
@@ -30,6 +31,8 @@ pub struct Session {
     limits: Option<Box<Limits>>,
     /// The documents this connection joined.
     documents: Vec<String>,
+    /// The Yjs document of a y-websocket connection.
+    yjs: Option<String>,
 }
 
 struct Limits {
@@ -66,6 +69,7 @@ impl Session {
             refused: 0,
             limits: None,
             documents: Vec::new(),
+            yjs: None,
         }
     }
 

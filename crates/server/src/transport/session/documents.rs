@@ -65,10 +65,13 @@ impl Session {
         }
     }
 
-    /// Leaves every document joined (the connection closed).
+    /// Leaves every document joined, and the Yjs document (the connection closed).
     pub fn leave_documents(&mut self) {
         for id in self.documents.drain(..) {
             self.app.documents.leave(self.conn.id, &id);
+        }
+        if let Some(name) = self.yjs.take() {
+            self.app.yjs.leave(self.conn.id, &name);
         }
     }
 
