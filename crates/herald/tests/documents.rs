@@ -85,16 +85,13 @@ async fn document(server: &Server, doc: &str) -> Value {
     body
 }
 
-/// Three editors send changes at once, each on the version it has seen; every one of them
-/// ends with the server's content, and a late joiner gets it as a snapshot.
-#[tokio::test]
-async fn concurrent_editors_converge_on_the_servers_content() {
-    let server = Server::start();
+/// Editors (the `i`th on `nodes[i % n]`) send changes in rounds, all at once, each on the
+/// version it has seen; returns them with the version reached.
+async fn edit_concurrently(nodes: &[Server], doc: &str, rounds: usize) -> (Vec<Replica>, u64) {
     let mut editors = Vec::new();
-    for user in ["ann", "bob", "cid"] {
-        editors.push(Replica::join(&server, user, "notes").await);
+    for (i, user) in ["ann", "bob", "cid"].into_iter().enumerate() {
+        editors.push(Replica::join(&nodes[i % nodes.len()], user, doc).await);
     }
-    let rounds = 15;
     for round in 0..rounds {
         // Every editor sends before reading anything: the changes are concurrent.
         for (i, e) in editors.iter_mut().enumerate() {
@@ -108,8 +105,7 @@ async fn concurrent_editors_converge_on_the_servers_content() {
                 _ => ((chars.len() - at).min(1), format!("[{round}]")),
             };
             let length = units(at + del) - units(at);
-            e.change("notes", units(at), length, &text, round as u64)
-                .await;
+            e.change(doc, units(at), length, &text, round as u64).await;
         }
         let target = ((round + 1) * editors.len()) as u64;
         for e in editors.iter_mut() {
@@ -120,24 +116,59 @@ async fn concurrent_editors_converge_on_the_servers_content() {
             );
         }
     }
-    let state = document(&server, "notes").await;
     let version = (rounds * editors.len()) as u64;
+    (editors, version)
+}
+
+/// Three editors send changes at once, each on the version it has seen; every one of them
+/// ends with the server's content, and a late joiner gets it as a snapshot.
+#[tokio::test]
+async fn concurrent_editors_converge_on_the_servers_content() {
+    let nodes = [Server::start()];
+    let (editors, version) = edit_concurrently(&nodes, "notes", 15).await;
+    let server = &nodes[0];
+    let state = document(server, "notes").await;
     assert_eq!(state["version"], version, "{state}");
     for e in &editors {
         assert_eq!(e.version, version);
         assert_eq!(e.content(), state["content"], "an editor diverged");
     }
     assert!(!state["content"].as_str().unwrap().is_empty());
-    let late = Replica::join(&server, "dee", "notes").await;
+    let late = Replica::join(server, "dee", "notes").await;
     assert_eq!((late.content(), late.version), (e_content(&state), version));
     let (status, changes) = get(
-        &server,
+        server,
         "/api/documents/notes/changes?limit=1000",
         Some(&token("reader")),
     )
     .await;
     assert_eq!(status, 200, "{changes}");
     assert_eq!(changes["changes"].as_array().unwrap().len() as u64, version);
+}
+
+/// Three nodes through Redis, one editor on each: the changes are transformed in the log's
+/// single order, and every node computes the same content and version.
+#[tokio::test]
+async fn editors_on_several_nodes_converge() {
+    let nodes = cluster_with(3, &herald_redis::testing::redis_url(), &[]).await;
+    let (editors, version) = edit_concurrently(&nodes, "shared", 10).await;
+    for node in &nodes {
+        let state = document(node, "shared").await;
+        assert_eq!(state["version"], version, "{state}");
+        for e in &editors {
+            assert_eq!(
+                e.content(),
+                state["content"],
+                "a node or an editor diverged"
+            );
+        }
+    }
+    // A late joiner on any node gets the same snapshot.
+    let late = Replica::join(&nodes[1], "dee", "shared").await;
+    assert_eq!(
+        (late.content(), late.version),
+        (editors[0].content(), version)
+    );
 }
 
 fn e_content(state: &Value) -> String {

@@ -62,6 +62,26 @@ async fn yjs_clients_converge_share_awareness_and_survive_kill_9() {
     assert_eq!(read["text"], text.as_str(), "the document after kill -9");
 }
 
+/// Three nodes through Redis: clients on different nodes converge, and a late joiner on a third
+/// gets the full state.
+#[tokio::test]
+async fn yjs_clients_on_several_nodes_converge() {
+    let nodes = cluster_with(3, &herald_redis::testing::redis_url(), &[]).await;
+    let bases: Vec<String> = nodes
+        .iter()
+        .map(|n| n.ws_url("").trim_end_matches('/').to_owned())
+        .collect();
+    let done = node(vec![
+        "converge".into(),
+        bases.join(","),
+        "shared".into(),
+        token("alice"),
+        token("bob"),
+    ])
+    .await;
+    assert_eq!(done["text"].as_str().unwrap().len(), "hello world!".len());
+}
+
 /// The endpoint follows the room's rules: no token for a private document, or a token without
 /// the room, is refused before the upgrade; a bad token too.
 #[tokio::test]
