@@ -27,7 +27,14 @@ pub const RESERVED_TYPES: &[&str] = &[
     "user.login",
     "user.logout",
     "user.notification",
+    "document.*",
+    "yjs.*",
 ];
+
+/// The families of documents' events (`document.change`, `document.snapshot`, `yjs.update`,
+/// `yjs.snapshot`): reserved, so raw publishes cannot write them; the document commands and
+/// the y-websocket endpoint write them with `may_write_document`.
+pub const DOCUMENT_TYPES: [&str; 2] = ["document.", "yjs."];
 
 /// Events of these types belong to their `userId`.
 pub const PRIVATE_TYPES: &str = "user.";
@@ -187,6 +194,26 @@ impl Access {
     /// Whether `who` (`None`: an anonymous client) may publish `event` as it stands, its
     /// `userId` already set.
     pub fn may_write(&self, who: Option<&Identity>, event: &NewEvent) -> Result<(), AccessDenied> {
+        self.write_refusal(who, event, false)
+    }
+
+    /// `may_write` for a document's event written by the document commands on behalf of a
+    /// participant: the same rules, except that its reserved type is allowed.
+    pub fn may_write_document(
+        &self,
+        who: Option<&Identity>,
+        event: &NewEvent,
+    ) -> Result<(), AccessDenied> {
+        let document = DOCUMENT_TYPES.iter().any(|t| event.kind.starts_with(t));
+        self.write_refusal(who, event, document)
+    }
+
+    fn write_refusal(
+        &self,
+        who: Option<&Identity>,
+        event: &NewEvent,
+        reserved_allowed: bool,
+    ) -> Result<(), AccessDenied> {
         let Some(i) = who else {
             return match event.room_id.as_deref() {
                 Some(room) if event.kind == CHAT_MESSAGE && event.user_id.is_none() => {
@@ -201,7 +228,7 @@ impl Access {
         if event.user_id.as_deref().is_some_and(|u| u != i.user_id) && !i.is_privileged() {
             return Err(AccessDenied("you may only publish as yourself".into()));
         }
-        if is_reserved(&event.kind) && !i.is_privileged() {
+        if is_reserved(&event.kind) && !i.is_privileged() && !reserved_allowed {
             return Err(AccessDenied(format!(
                 "{} is reserved for operators (admin token or API key)",
                 event.kind

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod connection;
+pub mod document;
 pub mod event;
 pub mod fanout;
 pub mod hub;

@@ -72,6 +72,57 @@ pub enum Command {
     StreamUnsubscribe {
         stream: String,
     },
+    /// Join a collaborative document; with `version`, catch up from there.
+    DocumentJoin {
+        document: String,
+        version: Option<u64>,
+    },
+    DocumentLeave {
+        document: String,
+    },
+    /// A text change made on `base_version`: delete `length` UTF-16 code units at `position`,
+    /// insert `text` there.
+    DocumentChange {
+        document: String,
+        base_version: u64,
+        position: usize,
+        length: usize,
+        text: String,
+    },
+    /// The participant's cursor (volatile): any small JSON value, e.g. `{position, selectionEnd}`.
+    DocumentCursor {
+        document: String,
+        cursor: Value,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DocumentArgs {
+    #[serde(alias = "id")]
+    document_id: String,
+    #[serde(default)]
+    version: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ChangeArgs {
+    document_id: String,
+    base_version: u64,
+    position: usize,
+    #[serde(default)]
+    length: usize,
+    #[serde(default)]
+    text: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CursorArgs {
+    document_id: String,
+    #[serde(alias = "position")]
+    cursor: Value,
 }
 
 #[derive(Deserialize)]
@@ -243,6 +294,26 @@ impl Envelope {
             "private_message" => args_as::<PrivateArgs>(args).map(|a| Command::PrivateMessage {
                 target: a.target,
                 text: a.text,
+            }),
+            "document.join" => args_as::<DocumentArgs>(args).map(|a| Command::DocumentJoin {
+                document: a.document_id,
+                version: a.version,
+            }),
+            "document.leave" => args_as::<DocumentArgs>(args).map(|a| Command::DocumentLeave {
+                document: a.document_id,
+            }),
+            "document.change" | "text_change" => {
+                args_as::<ChangeArgs>(args).map(|a| Command::DocumentChange {
+                    document: a.document_id,
+                    base_version: a.base_version,
+                    position: a.position,
+                    length: a.length,
+                    text: a.text,
+                })
+            }
+            "cursor_move" => args_as::<CursorArgs>(args).map(|a| Command::DocumentCursor {
+                document: a.document_id,
+                cursor: a.cursor,
             }),
             other => {
                 return Err(fail(

@@ -223,6 +223,11 @@ impl CloseReason {
         code: 1011,
         reason: "resume interrupted: resume from your last seq",
     };
+    /// The store failed while a document was opened.
+    pub const STORE_UNAVAILABLE: Self = Self {
+        code: 1011,
+        reason: "event store unavailable: reconnect",
+    };
     pub const IDLE: Self = Self {
         code: 4000,
         reason: "idle timeout",

@@ -722,6 +722,18 @@ fn every_route_and_command_is_in_the_matrix() {
         ),
         ("/api/streams/{name}", "streams: streams.rs"),
         ("/echo", "conformance echo, off by default"),
+        (
+            "/api/documents/{id}",
+            "the document's room read rule: documents.rs",
+        ),
+        (
+            "/api/documents/{id}/changes",
+            "the document's room read rule: documents.rs",
+        ),
+        (
+            "/yjs/{name}",
+            "the Yjs document's room join and write rules: yjs.rs",
+        ),
     ];
     let router = include_str!("../../server/src/api/mod.rs");
     let routes = quoted_after(router, ".route(");
@@ -766,6 +778,17 @@ fn every_route_and_command_is_in_the_matrix() {
             "stream.unsubscribe",
             "the connection's own stream subscriptions",
         ),
+        (
+            "document.join",
+            "the document's room join rule: documents.rs",
+        ),
+        ("document.leave", "the connection's own documents only"),
+        (
+            "document.change",
+            "participants only, the room's write rule: documents.rs",
+        ),
+        ("text_change", "as document.change"),
+        ("cursor_move", "participants only: documents.rs"),
     ];
     let protocol = include_str!("../../core/src/protocol.rs");
     let parse = &protocol[protocol

@@ -76,6 +76,18 @@ pub struct Config {
     /// Resumes replaying history at once on this node (WebSocket `since`, SSE
     /// `Last-Event-ID`); more are refused with 429 / `RATE_LIMITED` until one ends.
     pub max_concurrent_replays: usize,
+    /// A collaborative document's longest content, in UTF-16 code units; a change that would
+    /// make it longer is refused.
+    pub document_max_length: usize,
+    /// Changes each open document keeps: a change made on an older version is refused (the
+    /// client rejoins for a fresh snapshot), and a client reconnecting from an older one gets
+    /// a snapshot. The same on every node of a cluster.
+    pub document_window: usize,
+    /// A document snapshot is written every this many versions, so opening a document reads
+    /// the snapshot and the changes after it.
+    pub document_snapshot_every: u64,
+    /// Documents one connection may have joined at once.
+    pub max_documents_per_connection: usize,
     /// Bounds of each connection's outbound queue; overflowing closes it (code 4008).
     pub outbox_max_messages: usize,
     pub outbox_max_bytes: usize,
@@ -209,6 +221,10 @@ impl Default for Config {
             max_message_bytes: 64 * 1024,
             max_subscriptions_per_connection: 100,
             max_concurrent_replays: 64,
+            document_max_length: 1 << 20,
+            document_window: 200,
+            document_snapshot_every: 100,
+            max_documents_per_connection: 16,
             outbox_max_messages: 4096,
             outbox_max_bytes: 4 << 20,
             write_timeout_secs: 10,

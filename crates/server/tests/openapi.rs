@@ -18,6 +18,8 @@ fn every_http_route_is_described() {
             "/api/dashboard/alerts",
             "/api/dashboard/live-data",
             "/api/dashboard/notify",
+            "/api/documents/{id}",
+            "/api/documents/{id}/changes",
             "/api/messages",
             "/api/realtime/events",
             "/api/realtime/poll",

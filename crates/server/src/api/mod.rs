@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod dashboard;
+pub mod documents;
 pub mod openapi;
 pub mod poll;
 pub mod realtime;
@@ -38,7 +39,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/ws", get(ws::events))
         .route("/ws/chat", get(ws::events))
         .route("/ws/rooms", get(ws::events))
+        .route("/yjs/{name}", get(ws::yjs))
         .route("/api/rooms/{room}/presence", get(rooms::presence))
+        .route("/api/documents/{id}", get(documents::state))
+        .route("/api/documents/{id}/changes", get(documents::changes))
         .route("/api/cluster/nodes", get(cluster::nodes))
         .route("/health", get(system::health))
         .route("/metrics", get(system::metrics))

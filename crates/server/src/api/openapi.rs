@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{cluster, dashboard, poll, realtime, rooms, seeds, streams, system};
+use super::{cluster, dashboard, documents, poll, realtime, rooms, seeds, streams, system};
 use crate::transport::sse;
 
 #[derive(OpenApi)]
@@ -22,10 +22,11 @@ use crate::transport::sse;
         seeds::events::updates,
         seeds::mailbox::poll, seeds::mailbox::send,
         rooms::presence,
+        documents::state, documents::changes,
         streams::list, streams::create, streams::subscribe, streams::publish, streams::delete,
     ),
     modifiers(&BearerAuth, &PublishOnPoll, &BodyLimit),
-    tags((name = "realtime"), (name = "dashboard"), (name = "system"), (name = "seed-compatible"), (name = "rooms"), (name = "streams"))
+    tags((name = "realtime"), (name = "dashboard"), (name = "system"), (name = "seed-compatible"), (name = "rooms"), (name = "documents"), (name = "streams"))
 )]
 pub struct ApiDoc;
 

@@ -1,11 +1,14 @@
 //! The running server's shared state and the operations every transport and route uses;
 //! with what it owns: chat's sanitising (`chat`), the publish budgets (`limits`), the polling
-//! mailboxes (`mailboxes`) and this node's status (`node`).
+//! mailboxes (`mailboxes`), collaborative documents (`documents`) and this node's status
+//! (`node`).
 
 pub mod chat;
+pub mod documents;
 pub mod limits;
 pub mod mailboxes;
 pub mod node;
+pub mod yjs;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -32,9 +35,11 @@ use serde_json::Value;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use self::documents::Documents;
 use self::limits::{PerAddress, PublishBudgets, client_key};
 use self::mailboxes::Mailboxes;
 use self::node::ThisNode;
+use self::yjs::YDocs;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::http::check_id;
@@ -70,18 +75,26 @@ pub struct App {
     /// Streams (seed 002's stream routes): in memory, declared in the configuration or created
     /// through the API.
     pub streams: Streams,
+    /// The collaborative documents open on this node.
+    pub documents: Arc<Documents>,
+    /// The Yjs documents open on this node (the y-websocket endpoint).
+    pub yjs: Arc<YDocs>,
 }
 
 /// The log's fan-out: the hub's, counted in the metrics, with the committed head published
-/// for long-polls.
+/// for long-polls and the documents' changes folded in.
 struct Committed {
     hub: Arc<Hub>,
     head: Arc<watch::Sender<u64>>,
+    documents: Arc<Documents>,
+    yjs: Arc<YDocs>,
 }
 
 impl Fanout for Committed {
     fn deliver(&self, batch: &[Arc<EncodedEvent>]) -> usize {
         let delivered = self.hub.deliver(batch);
+        self.documents.fold(batch);
+        self.yjs.fold(batch);
         metrics::counter!("herald_events_published_total").increment(batch.len() as u64);
         metrics::counter!("herald_events_delivered_total").increment(delivered as u64);
         if let Some(last) = batch.last() {
@@ -122,9 +135,21 @@ impl App {
         let last_seq = store.last_seq().await?;
         hub.advance_head(last_seq);
         let head = Arc::new(watch::Sender::new(last_seq));
+        let (due, snapshots) = tokio::sync::mpsc::unbounded_channel();
+        let documents = Arc::new(Documents::new(
+            documents::Bounds {
+                window: config.document_window,
+                max_len: config.document_max_length,
+                snapshot_every: config.document_snapshot_every,
+            },
+            due.clone(),
+        ));
+        let yjs = Arc::new(YDocs::new(config.document_snapshot_every, due));
         let fanout: Arc<dyn Fanout> = Arc::new(Committed {
             hub: hub.clone(),
             head: head.clone(),
+            documents: documents.clone(),
+            yjs: yjs.clone(),
         });
         let process = Arc::new(Mutex::new(ProcessMonitor::new()));
         let node = Arc::new(ThisNode {
@@ -158,7 +183,7 @@ impl App {
             })?;
         }
         let rate = nonzero(config.connection_rate_per_ip);
-        Ok(Arc::new(Self {
+        let app = Arc::new(Self {
             auth: Auth::new(secret, &config.api_keys),
             connect_limiter: RateLimiter::keyed(
                 Quota::per_second(rate).allow_burst(rate.saturating_mul(nonzero(2))),
@@ -182,7 +207,11 @@ impl App {
             head,
             stopping: watch::Sender::new(false),
             streams,
-        }))
+            documents,
+            yjs,
+        });
+        tokio::spawn(publish_snapshots(Arc::downgrade(&app), snapshots));
+        Ok(app)
     }
 
     /// Per-IP connection-rate limit for new WebSocket and SSE connections.
@@ -318,10 +347,14 @@ impl App {
             room_id: args.room_id,
             metadata: args.metadata.map(Value::Object),
         };
-        self.access()
-            .may_write(from.identity, &event)
-            .map_err(denied)
-            .map_err(refused)?;
+        let access = self.access();
+        if from.document {
+            access.may_write_document(from.identity, &event)
+        } else {
+            access.may_write(from.identity, &event)
+        }
+        .map_err(denied)
+        .map_err(refused)?;
         chat::sign(&mut event, from.author()).map_err(refused)?;
         Ok(event)
     }
@@ -338,6 +371,8 @@ pub struct Publisher<'a> {
     /// The connection that sent the event, when it must not get it back (seed 004's
     /// `message`).
     pub skip: Option<Uuid>,
+    /// A document command: its `document.*` events are allowed (`Access::may_write_document`).
+    pub document: bool,
 }
 
 impl<'a> Publisher<'a> {
@@ -346,6 +381,7 @@ impl<'a> Publisher<'a> {
             identity: Some(identity),
             profile: None,
             skip: None,
+            document: false,
         }
     }
 
@@ -354,6 +390,30 @@ impl<'a> Publisher<'a> {
             (Some(profile), _) => profile.clone(),
             (None, Some(i)) => i.user_id.clone().into(),
             (None, None) => "anonymous".into(),
+        }
+    }
+}
+
+/// Publishes the documents' snapshots as they fall due, as their authors.
+async fn publish_snapshots(
+    app: std::sync::Weak<App>,
+    mut due: tokio::sync::mpsc::UnboundedReceiver<documents::SnapshotDue>,
+) {
+    while let Some(snapshot) = due.recv().await {
+        let Some(app) = app.upgrade() else { return };
+        let from = Publisher {
+            document: true,
+            ..Publisher::of(&snapshot.author)
+        };
+        let args = PublishArgs {
+            kind: snapshot.kind.into(),
+            data: snapshot.data,
+            room_id: Some(snapshot.room),
+            user_id: None,
+            metadata: None,
+        };
+        if let Err(e) = app.publish_as(from, args).await {
+            tracing::warn!(error = %e.message, "document snapshot not written");
         }
     }
 }
@@ -383,7 +443,14 @@ pub fn is_reserved_path(path: &str) -> bool {
         "/updates",
         "/echo",
     ];
-    const TREES: [&str; 5] = ["/api", "/dashboard", "/events", "/examples", "/rooms"];
+    const TREES: [&str; 6] = [
+        "/api",
+        "/dashboard",
+        "/events",
+        "/examples",
+        "/rooms",
+        "/yjs",
+    ];
     EXACT.contains(&path) || path.starts_with("/ws/") || TREES.iter().any(|t| path.starts_with(t))
 }
 

@@ -16,7 +16,9 @@ use crate::app::App;
 use crate::http::error::AppError;
 use crate::http::replies::{Published, created_body, hub_error, parse_spec, stream_error};
 
+mod documents;
 mod rooms;
+mod yjs;
 
 pub struct Session {
     app: Arc<App>,
@@ -27,11 +29,16 @@ pub struct Session {
     /// Created by the first command that needs it: most connections never send one, and the
     /// session lives in the connection's task for as long as it is open.
     limits: Option<Box<Limits>>,
+    /// The documents this connection joined.
+    documents: Vec<String>,
+    /// The Yjs document of a y-websocket connection.
+    yjs: Option<String>,
 }
 
 struct Limits {
     publish: DefaultDirectRateLimiter,
     typing: DefaultDirectRateLimiter,
+    cursor: DefaultDirectRateLimiter,
     /// Resumes and room joins (which queue history first) on one connection replay one at a
     /// time.
     resuming: Arc<tokio::sync::Mutex<()>>,
@@ -40,6 +47,9 @@ struct Limits {
 /// Typing notices per second per connection (burst the same): enough for a UI that sends one
 /// per keystroke burst, not enough to flood a room.
 const TYPING_RATE: u32 = 5;
+/// Cursor moves per second per connection (burst the same): smooth enough for a remote
+/// cursor, bounded for the document's other participants.
+const CURSOR_RATE: u32 = 20;
 /// Refusals in a row after which a flooding client is disconnected (close 4029).
 const MAX_REFUSED: u32 = 100;
 
@@ -58,6 +68,8 @@ impl Session {
             dialect,
             refused: 0,
             limits: None,
+            documents: Vec::new(),
+            yjs: None,
         }
     }
 
@@ -72,6 +84,9 @@ impl Session {
                         .allow_burst(rate.saturating_mul(NonZeroU32::new(2).expect("2"))),
                 ),
                 typing: RateLimiter::direct(Quota::per_second(typing)),
+                cursor: RateLimiter::direct(Quota::per_second(
+                    NonZeroU32::new(CURSOR_RATE).expect("nonzero"),
+                )),
                 resuming: Arc::default(),
             })
         })
@@ -228,6 +243,26 @@ impl Session {
                     return flow;
                 }
                 self.private_message(target, &text, id);
+            }
+            Command::DocumentJoin { document, version } => {
+                self.document_join(document, version, id);
+            }
+            Command::DocumentLeave { document } => self.document_leave(document, id),
+            Command::DocumentChange {
+                document,
+                base_version,
+                position,
+                length,
+                text,
+            } => {
+                if let Some(flow) = self.over_publish_rate(&id) {
+                    return flow;
+                }
+                let change = herald_core::document::Change::new(position, length, text);
+                self.document_change(document, base_version, change, id);
+            }
+            Command::DocumentCursor { document, cursor } => {
+                self.document_cursor(document, cursor, id);
             }
         }
         Flow::Continue

@@ -199,6 +199,7 @@ impl Session {
                 identity: identity.as_ref(),
                 profile: profile.as_ref(),
                 skip,
+                document: false,
             };
             let reply = match app.publish_as(from, args).await {
                 Ok(e) => id.is_some().then(|| published(&e.event, id)),

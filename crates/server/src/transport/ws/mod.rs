@@ -8,12 +8,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, MatchedPath, State};
+use std::collections::HashMap;
+
+use axum::extract::{ConnectInfo, MatchedPath, Path, Query, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::future::BoxFuture;
+use herald_core::Identity;
 use herald_core::Connection;
 use herald_core::outbox::Drained;
 use herald_core::protocol::{Dialect, ServerMessage};
+use herald_core::room::validate_room;
 use herald_core::wire::EventFrames;
 use herald_core::{CloseReason, Outgoing, Transport};
 use serde_json::json;
@@ -24,6 +29,7 @@ use super::Registration;
 use super::session::{Flow, Session};
 use crate::app::App;
 use crate::http::error::AppError;
+use crate::http::identity::optional_identity;
 
 /// Small socket buffers: most messages are a few hundred bytes, and idle connections should
 /// cost little memory. Larger messages still work; the buffers grow as needed. tungstenite
@@ -39,6 +45,14 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 enum Mode {
     Events(Dialect),
     Echo,
+    /// The y-websocket protocol: binary frames for one Yjs document.
+    Yjs,
+}
+
+/// The Yjs document a y-websocket connection opens, and who opens it.
+struct YjsOpen {
+    name: String,
+    identity: Option<Identity>,
 }
 
 /// The event and room protocol. The path picks the dialect: `/ws/chat` seed 001's,
@@ -54,7 +68,31 @@ pub async fn events(
         "/ws/rooms" => Dialect::Rooms,
         _ => Dialect::Herald,
     };
-    accept(app, peer, upgrade, Mode::Events(dialect))
+    accept(app, peer, upgrade, Mode::Events(dialect), None)
+}
+
+/// The y-websocket protocol for the Yjs document `name` (`/yjs/{name}?token=…`): a document is
+/// the room `yjs:{name}`, opened with the room's join rule; anonymous clients of a public one
+/// may read but not write.
+pub async fn yjs(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    upgrade: Handshake,
+) -> Result<Response, AppError> {
+    let identity = optional_identity(&app.auth, &headers, params.get("token").map(String::as_str))?;
+    let room = format!("{}{name}", crate::app::yjs::ROOM_PREFIX);
+    validate_room(&room).map_err(|e| AppError::bad_request(format!("document name: {e}")))?;
+    app.check_room_access(identity.as_ref(), &room)?;
+    accept(
+        app,
+        peer,
+        upgrade,
+        Mode::Yjs,
+        Some(YjsOpen { name, identity }),
+    )
 }
 
 pub async fn echo(
@@ -62,7 +100,7 @@ pub async fn echo(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     upgrade: Handshake,
 ) -> Result<Response, AppError> {
-    accept(app, peer, upgrade, Mode::Echo)
+    accept(app, peer, upgrade, Mode::Echo, None)
 }
 
 fn accept(
@@ -70,6 +108,7 @@ fn accept(
     peer: SocketAddr,
     upgrade: Handshake,
     mode: Mode,
+    yjs: Option<YjsOpen>,
 ) -> Result<Response, AppError> {
     let registration = Registration::open(&app, peer.ip(), Transport::WebSocket)?;
     let max = app.config.max_message_bytes;
@@ -77,7 +116,9 @@ fn accept(
         .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
-    Ok(upgrade.accept(config, move |socket| run(app, registration, socket, mode)))
+    Ok(upgrade.accept(config, move |socket| {
+        run(app, registration, socket, mode, yjs)
+    }))
 }
 
 /// An outgoing item's frame: opcode and payload.
@@ -99,14 +140,34 @@ fn frame_of(item: &Outgoing, dialect: Dialect) -> (u8, &[u8]) {
 
 /// The socket is not split: reading and writing take turns in this one task, so the halves'
 /// shared lock and buffered item would be pure cost.
-async fn run(app: Arc<App>, registration: Registration, mut socket: Box<Socket>, mode: Mode) {
+async fn run(
+    app: Arc<App>,
+    registration: Registration,
+    mut socket: Box<Socket>,
+    mode: Mode,
+    yjs: Option<YjsOpen>,
+) {
     // Locals kept across the loop's awaits are part of every idle connection's task: the
     // connection is reached through `registration` and the write timeout read when needed.
     let dialect = match mode {
         Mode::Events(d) => d,
-        Mode::Echo => Dialect::Herald,
+        Mode::Echo | Mode::Yjs => Dialect::Herald,
     };
     let mut session = Session::new(app.clone(), registration.conn.clone(), dialect);
+    if let Some(open) = yjs {
+        // Before reading: the client's first frames need the document loaded.
+        if let Err(e) = session.yjs_open(open.name, open.identity).await {
+            tracing::warn!(connection = %registration.conn.id, error = %e, "Yjs document not opened");
+            send_close(
+                &mut socket,
+                CloseReason::STORE_UNAVAILABLE,
+                &[],
+                CLOSE_TIMEOUT,
+            )
+            .await;
+            return;
+        }
+    }
     if let Mode::Events(dialect) = mode {
         let conn = &registration.conn;
         conn.send(Outgoing::Message(greeting(dialect, conn.id)));
@@ -134,6 +195,7 @@ async fn run(app: Arc<App>, registration: Registration, mut socket: Box<Socket>,
         }
     };
     app.streams.unsubscribe_connection(registration.conn.id);
+    session.leave_documents();
     drop(registration);
     if let Some(unsent) = overflowed {
         // Off the server's books first: a client that fell behind must not hold its slot
@@ -180,6 +242,14 @@ async fn on_frame(
             }
         }
         (Message::Binary(_), Mode::Events(_)) => session.handle_binary(),
+        (Message::Binary(b), Mode::Yjs) => {
+            if session.handle_yjs(&b) == Flow::Flooding {
+                conn.outbox.close(CloseReason::RATE_LIMITED);
+            }
+        }
+        (Message::Text(_), Mode::Yjs) => {
+            conn.outbox.close(CloseReason::PROTOCOL_ERROR);
+        }
         (Message::Text(t), Mode::Echo) => {
             conn.send(Outgoing::Raw {
                 payload: t.into(),

@@ -1,0 +1,384 @@
+//! Collaborative documents over real WebSockets: concurrent editors converge on the server's
+//! content, changes survive `kill -9`, reconnecting clients catch up, and hostile clients are
+//! refused.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// A participant's copy, built only from what the server sends.
+struct Replica {
+    ws: Ws,
+    text: Vec<u16>,
+    version: u64,
+}
+
+impl Replica {
+    async fn join(server: &Server, user: &str, doc: &str) -> Replica {
+        let mut ws = Ws::user(server, user).await;
+        ws.send(json!({"type": "document.join", "data": {"documentId": doc}}))
+            .await;
+        let joined = ws.recv_type("document.joined").await;
+        let d = &joined["data"];
+        assert_eq!(d["documentId"], doc, "{joined}");
+        Replica {
+            ws,
+            text: d["content"].as_str().unwrap().encode_utf16().collect(),
+            version: d["version"].as_u64().unwrap(),
+        }
+    }
+
+    fn apply(&mut self, msg: &Value) {
+        let d = &msg["data"];
+        let v = d["version"].as_u64().unwrap();
+        assert_eq!(
+            v,
+            self.version + 1,
+            "changes arrive in version order: {msg}"
+        );
+        let c = &d["change"];
+        let at = c["position"].as_u64().unwrap() as usize;
+        let len = c["length"].as_u64().unwrap() as usize;
+        let text: Vec<u16> = c["text"].as_str().unwrap().encode_utf16().collect();
+        self.text.splice(at..at + len, text);
+        self.version = v;
+    }
+
+    /// Reads until `version` is reached, applying every change; returns the other messages.
+    async fn catch_up(&mut self, version: u64) -> Vec<Value> {
+        let mut others = Vec::new();
+        while self.version < version {
+            let m = self.ws.recv().await;
+            if m["type"] == "text_change_applied" {
+                self.apply(&m);
+            } else {
+                others.push(m);
+            }
+        }
+        others
+    }
+
+    fn content(&self) -> String {
+        String::from_utf16(&self.text).unwrap()
+    }
+
+    async fn change(&mut self, doc: &str, position: usize, length: usize, text: &str, id: u64) {
+        self.ws
+            .send(json!({"type": "document.change", "id": id, "data": {
+                "documentId": doc, "baseVersion": self.version,
+                "position": position, "length": length, "text": text}}))
+            .await;
+    }
+}
+
+async fn document(server: &Server, doc: &str) -> Value {
+    let (status, body) = get(
+        server,
+        &format!("/api/documents/{doc}"),
+        Some(&token("reader")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Editors (the `i`th on `nodes[i % n]`) send changes in rounds, all at once, each on the
+/// version it has seen; returns them with the version reached.
+async fn edit_concurrently(nodes: &[Server], doc: &str, rounds: usize) -> (Vec<Replica>, u64) {
+    let mut editors = Vec::new();
+    for (i, user) in ["ann", "bob", "cid"].into_iter().enumerate() {
+        editors.push(Replica::join(&nodes[i % nodes.len()], user, doc).await);
+    }
+    for round in 0..rounds {
+        // Every editor sends before reading anything: the changes are concurrent.
+        for (i, e) in editors.iter_mut().enumerate() {
+            // Positions and lengths in code units, on character boundaries.
+            let chars: Vec<char> = e.content().chars().collect();
+            let units = |n: usize| chars[..n].iter().map(|c| c.len_utf16()).sum::<usize>();
+            let at = (round * 7 + i * 3) % (chars.len() + 1);
+            let (del, text) = match (round + i) % 3 {
+                0 => (0, format!("{i}é😀")),
+                1 => ((chars.len() - at).min(2), String::new()),
+                _ => ((chars.len() - at).min(1), format!("[{round}]")),
+            };
+            let length = units(at + del) - units(at);
+            e.change(doc, units(at), length, &text, round as u64).await;
+        }
+        let target = ((round + 1) * editors.len()) as u64;
+        for e in editors.iter_mut() {
+            let others = e.catch_up(target).await;
+            assert!(
+                others.iter().all(|m| m["type"] == "participant_joined"),
+                "{others:?}"
+            );
+        }
+    }
+    let version = (rounds * editors.len()) as u64;
+    (editors, version)
+}
+
+/// Three editors send changes at once, each on the version it has seen; every one of them
+/// ends with the server's content, and a late joiner gets it as a snapshot.
+#[tokio::test]
+async fn concurrent_editors_converge_on_the_servers_content() {
+    let nodes = [Server::start()];
+    let (editors, version) = edit_concurrently(&nodes, "notes", 15).await;
+    let server = &nodes[0];
+    let state = document(server, "notes").await;
+    assert_eq!(state["version"], version, "{state}");
+    for e in &editors {
+        assert_eq!(e.version, version);
+        assert_eq!(e.content(), state["content"], "an editor diverged");
+    }
+    assert!(!state["content"].as_str().unwrap().is_empty());
+    let late = Replica::join(server, "dee", "notes").await;
+    assert_eq!((late.content(), late.version), (e_content(&state), version));
+    let (status, changes) = get(
+        server,
+        "/api/documents/notes/changes?limit=1000",
+        Some(&token("reader")),
+    )
+    .await;
+    assert_eq!(status, 200, "{changes}");
+    assert_eq!(changes["changes"].as_array().unwrap().len() as u64, version);
+}
+
+/// Three nodes through Redis, one editor on each: the changes are transformed in the log's
+/// single order, and every node computes the same content and version.
+#[tokio::test]
+async fn editors_on_several_nodes_converge() {
+    let nodes = cluster_with(3, &herald_redis::testing::redis_url(), &[]).await;
+    let (editors, version) = edit_concurrently(&nodes, "shared", 10).await;
+    for node in &nodes {
+        let state = document(node, "shared").await;
+        assert_eq!(state["version"], version, "{state}");
+        for e in &editors {
+            assert_eq!(
+                e.content(),
+                state["content"],
+                "a node or an editor diverged"
+            );
+        }
+    }
+    // A late joiner on any node gets the same snapshot.
+    let late = Replica::join(&nodes[1], "dee", "shared").await;
+    assert_eq!(
+        (late.content(), late.version),
+        (editors[0].content(), version)
+    );
+}
+
+fn e_content(state: &Value) -> String {
+    state["content"].as_str().unwrap().to_owned()
+}
+
+/// The author's acknowledgement echoes its command's `id` and carries the version; the other
+/// participants see the change, cursors and who joins and leaves.
+#[tokio::test]
+async fn acknowledgements_cursors_and_participants() {
+    let server = Server::start();
+    let mut ann = Replica::join(&server, "ann", "d").await;
+    let mut bob = Replica::join(&server, "bob", "d").await;
+    let joined = ann.ws.recv_type("participant_joined").await;
+    assert_eq!(joined["data"]["user"], "bob");
+    assert_eq!(joined["data"]["participants"].as_array().unwrap().len(), 2);
+
+    ann.change("d", 0, 0, "hello", 41).await;
+    let ack = ann.ws.recv_type("text_change_applied").await;
+    assert_eq!(ack["id"], 41, "{ack}");
+    assert_eq!(ack["data"]["version"], 1);
+    assert_eq!(ack["data"]["author"], "ann");
+    let seen = bob.ws.recv_type("text_change_applied").await;
+    assert_eq!(seen["id"], Value::Null, "only the author's copy is its ack");
+    assert_eq!(
+        seen["data"]["change"],
+        json!({"position": 0, "length": 0, "text": "hello"})
+    );
+
+    bob.ws
+        .send(
+            json!({"type": "cursor_move", "data": {"documentId": "d", "cursor": {"position": 3}}}),
+        )
+        .await;
+    let cursor = ann.ws.recv_type("cursor_move").await;
+    assert_eq!(cursor["data"]["user"], "bob");
+    assert_eq!(cursor["data"]["cursor"], json!({"position": 3}));
+
+    drop(bob);
+    let left = ann.ws.recv_type("participant_left").await;
+    assert_eq!(left["data"]["user"], "bob");
+    assert_eq!(left["data"]["participants"].as_array().unwrap().len(), 1);
+}
+
+/// Every acknowledged change survives `kill -9`; a client that reconnects with its version gets
+/// the changes it missed, one that is too far behind a snapshot. Snapshots are written, and a
+/// restart reads them back.
+#[tokio::test]
+async fn documents_survive_kill_9_and_clients_catch_up() {
+    let mut server = Server::start_env(&[], &[("HERALD_DOCUMENT_SNAPSHOT_EVERY", "4")]);
+    let mut ann = Replica::join(&server, "ann", "story").await;
+    for i in 0..10u64 {
+        let at = ann.text.len();
+        ann.change("story", at, 0, &format!("{i},"), i).await;
+        ann.catch_up(i + 1).await;
+    }
+    let stored = stored_events(&server).await;
+    let snapshots = stored
+        .iter()
+        .filter(|e| e["type"] == "document.snapshot")
+        .count();
+    assert_eq!(snapshots, 2, "versions 4 and 8");
+    server.kill9();
+    let server = server.restart();
+    let state = document(&server, "story").await;
+    assert_eq!(state["version"], 10);
+    assert_eq!(state["content"], "0,1,2,3,4,5,6,7,8,9,");
+
+    // Reconnecting from version 7: the three changes after it, in order.
+    let mut ws = Ws::user(&server, "ann").await;
+    ws.send(json!({"type": "document.join", "data": {"documentId": "story", "version": 7}}))
+        .await;
+    let joined = ws.recv_type("document.joined").await;
+    assert_eq!(joined["data"]["caughtUp"], true, "{joined}");
+    for v in 8..=10 {
+        let m = ws.recv().await;
+        assert_eq!(m["type"], "text_change_applied", "{m}");
+        assert_eq!(m["data"]["version"], v);
+        assert_eq!(m["data"]["change"]["text"], format!("{},", v - 1));
+    }
+    // Editing goes on from the restored version.
+    let mut r = Replica::join(&server, "bob", "story").await;
+    r.change("story", 0, 2, "", 1).await;
+    r.catch_up(11).await;
+    assert_eq!(
+        document(&server, "story").await["content"],
+        "1,2,3,4,5,6,7,8,9,"
+    );
+}
+
+/// Hostile clients: no access, not a participant, raw publishes of document events, bogus
+/// versions, oversized text, cursor floods.
+#[tokio::test]
+async fn hostile_editors_are_refused() {
+    let server = Server::start_env(&[], &[("HERALD_DOCUMENT_MAX_LENGTH", "100")]);
+    // A token limited to team-* rooms: document:secret is not one of them.
+    let mut outsider = Ws::connect(&server, "/ws").await;
+    outsider
+        .send(
+            json!({"type": "authenticate", "data": {"token": token_for_rooms("eve", &["team-*"])}}),
+        )
+        .await;
+    outsider.recv_type("authenticated").await;
+    outsider
+        .send(json!({"type": "document.join", "id": 1, "data": {"documentId": "secret"}}))
+        .await;
+    let e = outsider.recv_type("error").await;
+    assert_eq!(e["data"]["code"], "ACCESS_DENIED", "{e}");
+    let (status, _) = get(
+        &server,
+        "/api/documents/secret",
+        Some(&token_for_rooms("eve", &["team-*"])),
+    )
+    .await;
+    assert_eq!(status, 403);
+    // Anonymous clients may not join a private document.
+    let mut anon = Ws::connect(&server, "/ws").await;
+    anon.send(json!({"type": "document.join", "data": {"documentId": "secret"}}))
+        .await;
+    assert_eq!(
+        anon.recv_type("error").await["data"]["code"],
+        "ACCESS_DENIED"
+    );
+
+    // A change without joining.
+    let mut mallory = Ws::user(&server, "mallory").await;
+    mallory
+        .send(json!({"type": "document.change", "id": 2, "data": {
+            "documentId": "secret", "baseVersion": 0, "position": 0, "text": "x"}}))
+        .await;
+    assert_eq!(
+        mallory.recv_type("error").await["data"]["code"],
+        "NOT_IN_ROOM"
+    );
+    // A raw publish of a document event, bypassing the transformation.
+    mallory
+        .send(json!({"type": "publish", "id": 3, "data": {"type": "document.change",
+            "roomId": "document:secret", "data": {"baseVersion": 0, "position": 0, "length": 0, "text": "x"}}}))
+        .await;
+    let e = mallory.recv_type("error").await;
+    assert_eq!(e["data"]["code"], "ACCESS_DENIED", "{e}");
+
+    let mut ann = Replica::join(&server, "ann", "secret").await;
+    let mut watcher = Replica::join(&server, "bob", "secret").await;
+    // A version the document has not reached.
+    ann.ws
+        .send(json!({"type": "document.change", "id": 4, "data": {
+            "documentId": "secret", "baseVersion": 99, "position": 0, "text": "x"}}))
+        .await;
+    let e = ann.ws.recv_type("error").await;
+    assert_eq!(
+        (e["id"].clone(), e["data"]["code"].clone()),
+        (json!(4), json!("CONFLICT")),
+        "{e}"
+    );
+    // Beyond the end.
+    ann.change("secret", 5, 1, "x", 5).await;
+    let e = ann.ws.recv_type("error").await;
+    assert_eq!(e["data"]["code"], "VALIDATION_ERROR", "{e}");
+    assert!(
+        e["data"]["error"].as_str().unwrap().contains("beyond"),
+        "{e}"
+    );
+    // Longer than the document may be, at once and little by little.
+    ann.change("secret", 0, 0, &"x".repeat(101), 6).await;
+    let e = ann.ws.recv_type("error").await;
+    assert!(
+        e["data"]["error"].as_str().unwrap().contains("at most 100"),
+        "{e}"
+    );
+    ann.change("secret", 0, 0, &"x".repeat(60), 7).await;
+    ann.catch_up(1).await;
+    ann.change("secret", 0, 0, &"y".repeat(60), 8).await;
+    let e = ann.ws.recv_type("error").await;
+    assert!(
+        e["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("limit is 100"),
+        "{e}"
+    );
+    // A cursor flood: refused beyond the rate, the others see only what was let through.
+    for i in 0..60 {
+        ann.ws
+            .send(json!({"type": "cursor_move", "data": {"documentId": "secret", "cursor": i}}))
+            .await;
+    }
+    let mut limited = 0;
+    ann.ws.send(json!({"type": "ping", "id": "end"})).await;
+    loop {
+        let m = ann.ws.recv().await;
+        if m["type"] == "pong" {
+            break;
+        }
+        if m["data"]["code"] == "RATE_LIMITED" {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 30, "cursor moves are rate-limited: {limited}");
+    let mut seen = 0;
+    watcher.catch_up(1).await;
+    while tokio::time::timeout(
+        Duration::from_millis(300),
+        watcher.ws.recv_type("cursor_move"),
+    )
+    .await
+    .is_ok()
+    {
+        seen += 1;
+    }
+    assert_eq!(seen, 60 - limited, "only admitted moves reach the others");
+    assert_eq!(document(&server, "secret").await["content"], "x".repeat(60));
+}

@@ -1,0 +1,111 @@
+//! Yjs clients (`yjs` + `y-websocket` from npm, unchanged) under Node against the real
+//! server's y-websocket endpoint: concurrent edits converge, awareness reaches the other client
+//! and is cleared when it leaves, a late joiner gets the full state, and the document survives
+//! `kill -9`. The script is `tests/seed-clients/yjs-scenario.js`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+async fn node(args: Vec<String>) -> Value {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/seed-clients");
+    assert!(
+        dir.join("node_modules/y-websocket").exists(),
+        "run `npm ci --prefix tests/seed-clients` (./scripts/test.sh does)"
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg("yjs-scenario.js")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+#[tokio::test]
+async fn yjs_clients_converge_share_awareness_and_survive_kill_9() {
+    let mut server = Server::start_env(&[], &[("HERALD_DOCUMENT_SNAPSHOT_EVERY", "2")]);
+    let base = server.ws_url("").trim_end_matches('/').to_owned();
+    let edited = node(vec![
+        "edit".into(),
+        base,
+        "pad".into(),
+        token("alice"),
+        token("bob"),
+    ])
+    .await;
+    let text = edited["text"].as_str().unwrap().to_owned();
+    assert_eq!(text.len(), "hello world!".len(), "{text}");
+    // Updates are durable events; compaction wrote snapshots of the whole state.
+    let stored = stored_events(&server).await;
+    assert!(stored.iter().any(|e| e["type"] == "yjs.update"));
+    assert!(stored.iter().any(|e| e["type"] == "yjs.snapshot"));
+
+    server.kill9();
+    let server = server.restart();
+    let base = server.ws_url("").trim_end_matches('/').to_owned();
+    let read = node(vec!["read".into(), base, "pad".into(), token("carol")]).await;
+    assert_eq!(read["text"], text.as_str(), "the document after kill -9");
+}
+
+/// Three nodes through Redis: clients on different nodes converge, and a late joiner on a third
+/// gets the full state.
+#[tokio::test]
+async fn yjs_clients_on_several_nodes_converge() {
+    let nodes = cluster_with(3, &herald_redis::testing::redis_url(), &[]).await;
+    let bases: Vec<String> = nodes
+        .iter()
+        .map(|n| n.ws_url("").trim_end_matches('/').to_owned())
+        .collect();
+    let done = node(vec![
+        "converge".into(),
+        bases.join(","),
+        "shared".into(),
+        token("alice"),
+        token("bob"),
+    ])
+    .await;
+    assert_eq!(done["text"].as_str().unwrap().len(), "hello world!".len());
+}
+
+/// The endpoint follows the room's rules: no token for a private document, or a token without
+/// the room, is refused before the upgrade; a bad token too.
+#[tokio::test]
+async fn yjs_access_follows_the_room_rules() {
+    let server = Server::start();
+    let server_url = |p: &str| server.ws_url(p);
+    for (path, status) in [
+        ("/yjs/secret".to_owned(), 403),
+        (
+            format!("/yjs/secret?token={}", token_for_rooms("eve", &["team-*"])),
+            403,
+        ),
+        ("/yjs/secret?token=forged".to_owned(), 401),
+    ] {
+        let got = match tokio_tungstenite::connect_async(server_url(&path)).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => res.status().as_u16(),
+            other => panic!("{path}: expected a refusal, got {:?}", other.map(|_| ())),
+        };
+        assert_eq!(got, status, "{path}");
+    }
+    let ok = tokio_tungstenite::connect_async(server_url(&format!(
+        "/yjs/team-pad?token={}",
+        token_for_rooms("eve", &["yjs:team-*"])
+    )))
+    .await;
+    assert!(ok.is_ok(), "a token with the room opens it");
+}

@@ -1,0 +1,609 @@
+//! Collaborative documents: each one a room (`document:{id}`) whose `document.change` events
+//! are the edits in the log's order. Every node folds the committed changes in `seq` order into
+//! its open documents (`Documents::fold`, called by the log's fan-out), transforming each
+//! against the changes applied since its `baseVersion` — a function of the log's order only,
+//! so every node computes the same content and version — and sends `text_change_applied` to
+//! its own participants. Every `document_snapshot_every` versions the author's node publishes
+//! a `document.snapshot` (content, version, the recent changes), so opening a document reads
+//! the newest snapshot and the changes after it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use herald_core::document::{Change, ChangeError, Document};
+use herald_core::event::EncodedEvent;
+use herald_core::Connection;
+use herald_core::protocol::{ServerMessage, code};
+use herald_core::room::validate_room;
+use herald_core::store::{HistoryQuery, Order};
+use herald_core::{Event, EventStore, Identity, Outgoing, StoreError};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::sync::{OnceCell, mpsc};
+use uuid::Uuid;
+
+use crate::http::error::AppError;
+
+pub const ROOM_PREFIX: &str = "document:";
+pub const CHANGE: &str = "document.change";
+pub const SNAPSHOT: &str = "document.snapshot";
+/// Changes read from the store per query when a document is opened.
+const PAGE: usize = 500;
+
+/// The room of document `id`, if `id` is a valid name.
+pub fn room_of(id: &str) -> Result<String, AppError> {
+    let room = format!("{ROOM_PREFIX}{id}");
+    if id.is_empty() {
+        return Err(AppError::bad_request("documentId must not be empty"));
+    }
+    validate_room(&room).map_err(|e| AppError::bad_request(format!("documentId: {e}")))?;
+    Ok(room)
+}
+
+/// The bounds of every document on this node (the same on every node of a cluster: they
+/// take part in deciding what a change does).
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Changes kept for transforming late `baseVersion`s and for catching up.
+    pub window: usize,
+    /// The longest content, in UTF-16 code units.
+    pub max_len: usize,
+    pub snapshot_every: u64,
+}
+
+/// A snapshot the author's node is to publish.
+pub struct SnapshotDue {
+    pub room: String,
+    pub author: Identity,
+    pub kind: &'static str,
+    pub data: Value,
+}
+
+/// The documents open on this node (those with a participant here).
+pub struct Documents {
+    open: Mutex<HashMap<String, Arc<Entry>>>,
+    bounds: Bounds,
+    snapshots: mpsc::UnboundedSender<SnapshotDue>,
+}
+
+struct Entry {
+    id: String,
+    state: Mutex<Open>,
+    loaded: OnceCell<()>,
+}
+
+struct Open {
+    /// `None` until loaded; meanwhile committed changes wait in `pending`.
+    doc: Option<Document>,
+    pending: Vec<Arc<EncodedEvent>>,
+    /// The last change folded in.
+    last_seq: u64,
+    participants: Vec<Participant>,
+}
+
+struct Participant {
+    conn: Arc<Connection>,
+    user: String,
+    cursor: Value,
+    /// Has its snapshot: changes folded before that are in it, not sent.
+    ready: bool,
+}
+
+/// What a `document.change` event carries.
+struct Edit {
+    change: Change,
+    base: u64,
+    connection: Option<Uuid>,
+    reference: Option<Value>,
+}
+
+impl Edit {
+    fn of(event: &Event) -> Option<Self> {
+        let d = &event.data;
+        let n = |k: &str| d.get(k).and_then(Value::as_u64);
+        Some(Self {
+            change: Change::new(
+                usize::try_from(n("position")?).ok()?,
+                usize::try_from(n("length")?).ok()?,
+                d.get("text")?.as_str()?,
+            ),
+            base: n("baseVersion")?,
+            connection: d
+                .get("connection")
+                .and_then(Value::as_str)
+                .and_then(|c| Uuid::parse_str(c).ok()),
+            reference: d.get("ref").cloned(),
+        })
+    }
+}
+
+/// The data of the `document.change` event a participant's change is published as.
+pub fn change_data(
+    base: u64,
+    change: &Change,
+    connection: Uuid,
+    reference: Option<Value>,
+) -> Value {
+    json!({
+        "baseVersion": base,
+        "position": change.position,
+        "length": change.length,
+        "text": change.text,
+        "connection": connection.to_string(),
+        "ref": reference,
+    })
+}
+
+fn change_json(c: &Change) -> Value {
+    json!({"position": c.position, "length": c.length, "text": c.text})
+}
+
+/// A document as `GET /api/documents/{id}` and a joining participant see it.
+pub struct View {
+    pub content: String,
+    pub version: u64,
+    pub participants: Vec<Value>,
+}
+
+impl Open {
+    fn participants(&self) -> Vec<Value> {
+        self.participants
+            .iter()
+            .map(|p| json!({"user": p.user, "cursor": p.cursor}))
+            .collect()
+    }
+
+    fn send_others(&self, except: Uuid, msg: &Arc<ServerMessage>) {
+        for p in self
+            .participants
+            .iter()
+            .filter(|p| p.ready && p.conn.id != except)
+        {
+            p.conn.send(Outgoing::Message(msg.clone()));
+        }
+    }
+
+    /// Folds one committed change in; tells its author (if a participant here) what became of
+    /// it, and the others what was applied.
+    fn fold(&mut self, id: &str, event: &Event, bounds: Bounds) -> Option<SnapshotDue> {
+        if event.seq <= self.last_seq {
+            return None;
+        }
+        self.last_seq = event.seq;
+        let doc = self.doc.as_mut()?;
+        let edit = Edit::of(event)?;
+        let author = event.user_id.clone().unwrap_or_default();
+        let result = doc.apply(&edit.change, edit.base, &author);
+        let by = |p: &Participant| Some(p.conn.id) == edit.connection;
+        match result {
+            Ok(applied) => {
+                let data = json!({
+                    "documentId": id,
+                    "change": change_json(&applied),
+                    "version": doc.version(),
+                    "author": author,
+                    "seq": event.seq,
+                });
+                let shared = ServerMessage::new("text_change_applied", Some(data.clone()));
+                for p in self.participants.iter().filter(|p| p.ready) {
+                    let msg = if by(p) {
+                        ServerMessage::reply(
+                            "text_change_applied",
+                            Some(data.clone()),
+                            edit.reference.clone(),
+                        )
+                    } else {
+                        shared.clone()
+                    };
+                    p.conn.send(Outgoing::Message(msg));
+                }
+                if doc.version() % bounds.snapshot_every.max(1) != 0 {
+                    return None;
+                }
+                // The author's node writes it: one snapshot per due version in the cluster.
+                let writer = self.participants.iter().find(|p| by(p))?;
+                Some(SnapshotDue {
+                    room: event.room_id.clone().unwrap_or_default(),
+                    author: writer.conn.identity()?,
+                    kind: SNAPSHOT,
+                    data: snapshot_data(doc, event.seq),
+                })
+            }
+            Err(e) => {
+                if let Some(p) = self.participants.iter().find(|p| by(p)) {
+                    p.conn
+                        .send(Outgoing::Message(refusal(&e).to_ws(edit.reference)));
+                }
+                None
+            }
+        }
+    }
+}
+
+fn snapshot_data(doc: &Document, through_seq: u64) -> Value {
+    let recent: Vec<Value> = doc
+        .recent()
+        .map(|(c, author)| json!({"change": change_json(c), "author": author}))
+        .collect();
+    json!({
+        "content": doc.content(),
+        "version": doc.version(),
+        "throughSeq": through_seq,
+        "recent": recent,
+    })
+}
+
+/// A document as a `document.snapshot` event left it, and the last change it holds.
+fn restore(event: &Event, bounds: Bounds) -> Option<(Document, u64)> {
+    let d = &event.data;
+    let recent = d
+        .get("recent")?
+        .as_array()?
+        .iter()
+        .map(|r| {
+            let c = r.get("change")?;
+            let n = |k: &str| c.get(k).and_then(Value::as_u64).map(|v| v as usize);
+            Some((
+                Change::new(n("position")?, n("length")?, c.get("text")?.as_str()?),
+                r.get("author")?.as_str()?.to_owned(),
+            ))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let doc = Document::restore(
+        d.get("content")?.as_str()?,
+        d.get("version")?.as_u64()?,
+        recent,
+        bounds.window,
+        bounds.max_len,
+    );
+    Some((doc, d.get("throughSeq")?.as_u64()?))
+}
+
+/// Why a change was refused, as a client reads it.
+pub fn refusal(e: &ChangeError) -> AppError {
+    let code = match e {
+        ChangeError::TooOld { .. } | ChangeError::Ahead { .. } => code::CONFLICT,
+        _ => code::VALIDATION_ERROR,
+    };
+    let status = match e {
+        ChangeError::TooOld { .. } | ChangeError::Ahead { .. } => axum::http::StatusCode::CONFLICT,
+        _ => axum::http::StatusCode::BAD_REQUEST,
+    };
+    AppError::new(status, code, e.to_string())
+}
+
+impl Entry {
+    fn new(id: &str) -> Arc<Self> {
+        Arc::new(Self {
+            id: id.to_owned(),
+            state: Mutex::new(Open {
+                doc: None,
+                pending: Vec::new(),
+                last_seq: 0,
+                participants: Vec::new(),
+            }),
+            loaded: OnceCell::new(),
+        })
+    }
+
+    /// Reads the newest snapshot and the changes after it, then folds in what was committed
+    /// meanwhile.
+    async fn load(&self, store: &dyn EventStore, bounds: Bounds) -> Result<(), StoreError> {
+        self.loaded
+            .get_or_try_init(|| async {
+                let (doc, after) = read(store, &self.id, bounds).await?;
+                let mut open = self.state.lock();
+                open.doc = Some(doc);
+                open.last_seq = after;
+                for event in std::mem::take(&mut open.pending) {
+                    // Nobody is ready yet: nothing is sent, no snapshot is due.
+                    open.fold(&self.id, &event.event, bounds);
+                }
+                Ok::<(), StoreError>(())
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+/// A document from the store: the newest snapshot and the changes after it, and the `seq` of
+/// the last change read.
+async fn read(
+    store: &dyn EventStore,
+    id: &str,
+    bounds: Bounds,
+) -> Result<(Document, u64), StoreError> {
+    replay(
+        store,
+        &format!("{ROOM_PREFIX}{id}"),
+        [SNAPSHOT, CHANGE],
+        |snapshot| {
+            snapshot
+                .and_then(|s| restore(&s, bounds))
+                .unwrap_or_else(|| (Document::new(bounds.window, bounds.max_len), 0))
+        },
+        |doc, event| {
+            if let Some(edit) = Edit::of(event) {
+                let author = event.user_id.as_deref().unwrap_or_default();
+                // A refused change was refused live too: it changes nothing.
+                let _ = doc.apply(&edit.change, edit.base, author);
+            }
+        },
+    )
+    .await
+}
+
+/// Reads a room's newest event of type `snapshot` and builds a state from it with `start`
+/// (which also returns the `seq` the snapshot holds everything up to), then folds every event
+/// of type `kind` after that into it with `each`, oldest first, in pages; returns the state
+/// and the `seq` of the last event read.
+pub async fn replay<T>(
+    store: &dyn EventStore,
+    room: &str,
+    [snapshot, kind]: [&str; 2],
+    start: impl FnOnce(Option<Event>) -> (T, u64),
+    mut each: impl FnMut(&mut T, &Event),
+) -> Result<(T, u64), StoreError> {
+    let newest = store
+        .query(HistoryQuery {
+            types: vec![snapshot.to_owned()],
+            room_id: Some(room.to_owned()),
+            limit: 1,
+            ..Default::default()
+        })
+        .await?
+        .pop();
+    let (mut state, mut after) = start(newest);
+    loop {
+        let page = store
+            .query(HistoryQuery {
+                types: vec![kind.to_owned()],
+                room_id: Some(room.to_owned()),
+                after_seq: Some(after),
+                order: Order::OldestFirst,
+                limit: PAGE,
+                ..Default::default()
+            })
+            .await?;
+        for event in &page {
+            each(&mut state, event);
+            after = event.seq;
+        }
+        if page.len() < PAGE {
+            return Ok((state, after));
+        }
+    }
+}
+
+impl Documents {
+    pub fn new(bounds: Bounds, snapshots: mpsc::UnboundedSender<SnapshotDue>) -> Self {
+        Self {
+            open: Mutex::default(),
+            bounds,
+            snapshots,
+        }
+    }
+
+    /// Folds a committed batch's document changes into the documents open here (called by the
+    /// log's fan-out, in `seq` order).
+    pub fn fold(&self, batch: &[Arc<EncodedEvent>]) {
+        for encoded in batch {
+            let event = &encoded.event;
+            if event.kind != CHANGE {
+                continue;
+            }
+            let Some(id) = event
+                .room_id
+                .as_deref()
+                .and_then(|r| r.strip_prefix(ROOM_PREFIX))
+            else {
+                continue;
+            };
+            let Some(entry) = self.open.lock().get(id).cloned() else {
+                continue;
+            };
+            let mut open = entry.state.lock();
+            if open.doc.is_none() {
+                open.pending.push(encoded.clone());
+                continue;
+            }
+            if let Some(due) = open.fold(id, event, self.bounds) {
+                let _ = self.snapshots.send(due);
+            }
+        }
+    }
+
+    /// Adds `conn` as a participant of document `id` (loading it if needed) and queues what it
+    /// needs to start: `document.joined` with the content, or — when it gives the `version` it
+    /// has and the changes since are kept — with `caughtUp` and those changes as
+    /// `text_change_applied`. The others get `participant_joined`.
+    pub async fn join(
+        &self,
+        store: &dyn EventStore,
+        conn: &Arc<Connection>,
+        user: String,
+        id: &str,
+        version: Option<u64>,
+        reply_to: Option<Value>,
+    ) -> Result<(), AppError> {
+        let entry = {
+            let mut open = self.open.lock();
+            let entry = open
+                .entry(id.to_owned())
+                .or_insert_with(|| Entry::new(id))
+                .clone();
+            let mut state = entry.state.lock();
+            if !state.participants.iter().any(|p| p.conn.id == conn.id) {
+                state.participants.push(Participant {
+                    conn: conn.clone(),
+                    user: user.clone(),
+                    cursor: Value::Null,
+                    ready: false,
+                });
+            }
+            drop(state);
+            entry
+        };
+        if let Err(e) = entry.load(store, self.bounds).await {
+            self.leave(conn.id, id);
+            return Err(e.into());
+        }
+        let mut state = entry.state.lock();
+        let Open {
+            doc, participants, ..
+        } = &mut *state;
+        let doc = doc.as_ref().expect("loaded");
+        let Some(me) = participants.iter_mut().find(|p| p.conn.id == conn.id) else {
+            return Err(AppError::unavailable("left the document while joining"));
+        };
+        me.ready = true;
+        let missed = version.and_then(|v| doc.changes_since(v).map(|c| (v, c)));
+        let list: Vec<Value> = participants
+            .iter()
+            .map(|p| json!({"user": p.user, "cursor": p.cursor}))
+            .collect();
+        let mut joined = json!({
+            "documentId": id,
+            "version": doc.version(),
+            "participants": list,
+        });
+        match missed {
+            Some((from, changes)) => {
+                joined["caughtUp"] = true.into();
+                joined["from"] = from.into();
+                conn.send(Outgoing::Message(ServerMessage::reply(
+                    "document.joined",
+                    Some(joined),
+                    reply_to,
+                )));
+                for (n, (change, author)) in (from + 1..).zip(changes) {
+                    conn.send(Outgoing::Message(ServerMessage::new(
+                        "text_change_applied",
+                        Some(json!({
+                            "documentId": id,
+                            "change": change_json(change),
+                            "version": n,
+                            "author": author,
+                        })),
+                    )));
+                }
+            }
+            None => {
+                joined["content"] = doc.content().into();
+                conn.send(Outgoing::Message(ServerMessage::reply(
+                    "document.joined",
+                    Some(joined),
+                    reply_to,
+                )));
+            }
+        }
+        let notice = ServerMessage::new(
+            "participant_joined",
+            Some(json!({"documentId": id, "user": user, "participants": list})),
+        );
+        for p in participants.iter().filter(|p| p.conn.id != conn.id) {
+            p.conn.send(Outgoing::Message(notice.clone()));
+        }
+        Ok(())
+    }
+
+    /// Removes `conn` from document `id`; the others get `participant_left`. A document with no
+    /// participant left here is closed. Whether it was a participant.
+    pub fn leave(&self, conn: Uuid, id: &str) -> bool {
+        let mut open = self.open.lock();
+        let Some(entry) = open.get(id).cloned() else {
+            return false;
+        };
+        let mut state = entry.state.lock();
+        let Some(i) = state.participants.iter().position(|p| p.conn.id == conn) else {
+            return false;
+        };
+        let gone = state.participants.swap_remove(i);
+        if state.participants.is_empty() {
+            drop(state);
+            open.remove(id);
+            return true;
+        }
+        let notice = ServerMessage::new(
+            "participant_left",
+            Some(json!({
+                "documentId": id,
+                "user": gone.user,
+                "participants": state.participants(),
+            })),
+        );
+        state.send_others(conn, &notice);
+        true
+    }
+
+    /// Records `conn`'s cursor and shows it to the other participants (`cursor_move`).
+    pub fn move_cursor(&self, conn: Uuid, id: &str, cursor: Value) -> Result<(), AppError> {
+        let entry = self.entry(id)?;
+        let mut state = entry.state.lock();
+        let me = state
+            .participants
+            .iter_mut()
+            .find(|p| p.conn.id == conn)
+            .ok_or_else(not_joined)?;
+        me.cursor = cursor.clone();
+        let user = me.user.clone();
+        let notice = ServerMessage::new(
+            "cursor_move",
+            Some(json!({"documentId": id, "user": user, "cursor": cursor})),
+        );
+        state.send_others(conn, &notice);
+        Ok(())
+    }
+
+    /// Whether a change by `conn` made on `base` may be published: `conn` is a participant and
+    /// `base` is still within the changes kept.
+    pub fn check_change(&self, conn: Uuid, id: &str, base: u64) -> Result<(), AppError> {
+        let entry = self.entry(id)?;
+        let state = entry.state.lock();
+        if !state
+            .participants
+            .iter()
+            .any(|p| p.conn.id == conn && p.ready)
+        {
+            return Err(not_joined());
+        }
+        let doc = state.doc.as_ref().ok_or_else(not_joined)?;
+        doc.check_base(base).map_err(|e| refusal(&e))
+    }
+
+    /// The document as this node holds it, or as the store has it when nobody has it open.
+    pub async fn view(&self, store: &dyn EventStore, id: &str) -> Result<View, AppError> {
+        if let Ok(entry) = self.entry(id) {
+            let state = entry.state.lock();
+            if let Some(doc) = &state.doc {
+                return Ok(View {
+                    content: doc.content(),
+                    version: doc.version(),
+                    participants: state.participants(),
+                });
+            }
+        }
+        let (doc, _) = read(store, id, self.bounds).await?;
+        Ok(View {
+            content: doc.content(),
+            version: doc.version(),
+            participants: Vec::new(),
+        })
+    }
+
+    fn entry(&self, id: &str) -> Result<Arc<Entry>, AppError> {
+        self.open.lock().get(id).cloned().ok_or_else(not_joined)
+    }
+
+    pub fn bounds(&self) -> Bounds {
+        self.bounds
+    }
+}
+
+fn not_joined() -> AppError {
+    AppError::new(
+        axum::http::StatusCode::BAD_REQUEST,
+        code::NOT_IN_ROOM,
+        "not a participant of this document: send document.join first",
+    )
+}

@@ -1,0 +1,359 @@
+//! Yjs documents, served over the y-websocket protocol (`transport::session::yjs`): each one
+//! a room (`yjs:{name}`) whose `yjs.update` events are its clients' updates. Every node folds
+//! the committed updates into its in-memory `yrs::Doc` (`YDocs::fold`, called by the log's
+//! fan-out) and relays them to its own clients; Yjs updates commute, so every node ends with
+//! the same state. Every `document_snapshot_every` updates the author's node publishes a
+//! `yjs.snapshot` (the whole state as one update), so opening a document reads the newest
+//! snapshot and the updates after it. Awareness (cursors, names) is volatile and per node:
+//! relayed to the document's other clients here, cleared when a client leaves.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use herald_core::event::EncodedEvent;
+use herald_core::Connection;
+use herald_core::{Event, EventStore, Outgoing, StoreError};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::sync::{OnceCell, mpsc};
+use uuid::Uuid;
+use yrs::sync::awareness::AwarenessUpdateEntry;
+use yrs::sync::{AwarenessUpdate, Message, SyncMessage};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
+
+use super::documents::{SnapshotDue, replay};
+
+pub const ROOM_PREFIX: &str = "yjs:";
+pub const UPDATE: &str = "yjs.update";
+pub const SNAPSHOT: &str = "yjs.snapshot";
+
+/// The Yjs documents open on this node (those with a client here).
+pub struct YDocs {
+    open: Mutex<HashMap<String, Arc<Entry>>>,
+    snapshot_every: u64,
+    snapshots: mpsc::UnboundedSender<SnapshotDue>,
+}
+
+struct Entry {
+    name: String,
+    state: Mutex<Open>,
+    loaded: OnceCell<()>,
+}
+
+#[derive(Default)]
+struct Open {
+    /// `None` until loaded; meanwhile committed updates wait in `pending`.
+    doc: Option<Doc>,
+    pending: Vec<Arc<EncodedEvent>>,
+    last_seq: u64,
+    /// Updates since the newest snapshot: the same count on every node.
+    since_snapshot: u64,
+    clients: Vec<Client>,
+}
+
+struct Client {
+    conn: Arc<Connection>,
+    ready: bool,
+    /// The awareness states this connection announced, by Yjs client id: cleared for the
+    /// others when it leaves.
+    awareness: HashMap<u64, AwarenessUpdateEntry>,
+}
+
+/// A binary y-websocket frame.
+fn frame(message: &Message) -> Outgoing {
+    Outgoing::Raw {
+        payload: message.encode_v1().into(),
+        text: false,
+    }
+}
+
+fn update_of(event: &Event) -> Option<(Vec<u8>, Option<Uuid>)> {
+    let bytes = BASE64.decode(event.data.get("update")?.as_str()?).ok()?;
+    let connection = event
+        .data
+        .get("connection")
+        .and_then(Value::as_str)
+        .and_then(|c| Uuid::parse_str(c).ok());
+    Some((bytes, connection))
+}
+
+fn apply(doc: &Doc, update: &[u8]) {
+    if let Ok(u) = Update::decode_v1(update) {
+        // An update the client sent was checked before it was published.
+        let _ = doc.transact_mut().apply_update(u);
+    }
+}
+
+/// The data of the `yjs.update` event a client's update is published as.
+pub fn update_data(update: &[u8], connection: Uuid) -> Value {
+    json!({"update": BASE64.encode(update), "connection": connection.to_string()})
+}
+
+/// Whether `bytes` is a Yjs update that changes something.
+pub fn is_update(bytes: &[u8]) -> Result<bool, String> {
+    Update::decode_v1(bytes)
+        .map(|u| !u.is_empty())
+        .map_err(|e| format!("not a Yjs update: {e}"))
+}
+
+impl Open {
+    fn fold(&mut self, event: &Event, snapshot_every: u64) -> Option<SnapshotDue> {
+        if event.seq <= self.last_seq {
+            return None;
+        }
+        self.last_seq = event.seq;
+        let doc = self.doc.as_ref()?;
+        if event.kind == SNAPSHOT {
+            self.since_snapshot = 0;
+            return None;
+        }
+        let (update, author) = update_of(event)?;
+        apply(doc, &update);
+        self.since_snapshot += 1;
+        let relayed = frame(&Message::Sync(SyncMessage::Update(update)));
+        for c in self
+            .clients
+            .iter()
+            .filter(|c| c.ready && Some(c.conn.id) != author)
+        {
+            c.conn.send(relayed.clone());
+        }
+        if self.since_snapshot < snapshot_every.max(1) {
+            return None;
+        }
+        // The author's node writes it: one snapshot per due update in the cluster.
+        let writer = self.clients.iter().find(|c| Some(c.conn.id) == author)?;
+        let state = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        Some(SnapshotDue {
+            room: event.room_id.clone().unwrap_or_default(),
+            author: writer.conn.identity()?,
+            data: json!({"update": BASE64.encode(state), "throughSeq": event.seq}),
+            kind: SNAPSHOT,
+        })
+    }
+
+    /// The awareness states of every client but `except`.
+    fn awareness(&self, except: Uuid) -> AwarenessUpdate {
+        let clients = self
+            .clients
+            .iter()
+            .filter(|c| c.conn.id != except)
+            .flat_map(|c| c.awareness.iter())
+            .map(|(id, e)| (ClientID::new(*id), e.clone()))
+            .collect();
+        AwarenessUpdate { clients }
+    }
+}
+
+impl YDocs {
+    pub fn new(snapshot_every: u64, snapshots: mpsc::UnboundedSender<SnapshotDue>) -> Self {
+        Self {
+            open: Mutex::default(),
+            snapshot_every,
+            snapshots,
+        }
+    }
+
+    /// Folds a committed batch's Yjs updates into the documents open here.
+    pub fn fold(&self, batch: &[Arc<EncodedEvent>]) {
+        for encoded in batch {
+            let event = &encoded.event;
+            if event.kind != UPDATE && event.kind != SNAPSHOT {
+                continue;
+            }
+            let Some(name) = event
+                .room_id
+                .as_deref()
+                .and_then(|r| r.strip_prefix(ROOM_PREFIX))
+            else {
+                continue;
+            };
+            let Some(entry) = self.open.lock().get(name).cloned() else {
+                continue;
+            };
+            let mut open = entry.state.lock();
+            if open.doc.is_none() {
+                open.pending.push(encoded.clone());
+                continue;
+            }
+            if let Some(due) = open.fold(event, self.snapshot_every) {
+                let _ = self.snapshots.send(due);
+            }
+        }
+    }
+
+    /// Opens document `name` for `conn` and queues the server's sync step 1 and the other
+    /// clients' awareness states.
+    pub async fn join(
+        &self,
+        store: &dyn EventStore,
+        conn: &Arc<Connection>,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        let entry = {
+            let mut open = self.open.lock();
+            let entry = open
+                .entry(name.to_owned())
+                .or_insert_with(|| {
+                    Arc::new(Entry {
+                        name: name.to_owned(),
+                        state: Mutex::default(),
+                        loaded: OnceCell::new(),
+                    })
+                })
+                .clone();
+            entry.state.lock().clients.push(Client {
+                conn: conn.clone(),
+                ready: false,
+                awareness: HashMap::new(),
+            });
+            entry
+        };
+        if let Err(e) = entry.load(store, self.snapshot_every).await {
+            self.leave(conn.id, name);
+            return Err(e);
+        }
+        let mut state = entry.state.lock();
+        let sv = state
+            .doc
+            .as_ref()
+            .expect("loaded")
+            .transact()
+            .state_vector();
+        let others = state.awareness(conn.id);
+        if let Some(me) = state.clients.iter_mut().find(|c| c.conn.id == conn.id) {
+            me.ready = true;
+            conn.send(frame(&Message::Sync(SyncMessage::SyncStep1(sv))));
+            if !others.clients.is_empty() {
+                conn.send(frame(&Message::Awareness(others)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a client's sync step 1 with what it lacks (sync step 2).
+    pub fn sync_step_2(&self, name: &str, sv: &StateVector) -> Option<Outgoing> {
+        let entry = self.open.lock().get(name).cloned()?;
+        let state = entry.state.lock();
+        let diff = state.doc.as_ref()?.transact().encode_diff_v1(sv);
+        Some(frame(&Message::Sync(SyncMessage::SyncStep2(diff))))
+    }
+
+    /// Records `conn`'s awareness update and relays it to the document's other clients here.
+    pub fn awareness(&self, conn: Uuid, name: &str, update: AwarenessUpdate) {
+        let Some(entry) = self.open.lock().get(name).cloned() else {
+            return;
+        };
+        let state = &mut *entry.state.lock();
+        let Some(me) = state.clients.iter_mut().find(|c| c.conn.id == conn) else {
+            return;
+        };
+        for (id, e) in &update.clients {
+            if &*e.json == "null" {
+                me.awareness.remove(&id.get());
+            } else {
+                me.awareness.insert(id.get(), e.clone());
+            }
+        }
+        let relayed = frame(&Message::Awareness(update));
+        for c in state
+            .clients
+            .iter()
+            .filter(|c| c.ready && c.conn.id != conn)
+        {
+            c.conn.send(relayed.clone());
+        }
+    }
+
+    /// Every other client's awareness state (the answer to an awareness query).
+    pub fn awareness_of_others(&self, conn: Uuid, name: &str) -> Option<Outgoing> {
+        let entry = self.open.lock().get(name).cloned()?;
+        let state = entry.state.lock();
+        Some(frame(&Message::Awareness(state.awareness(conn))))
+    }
+
+    /// Removes `conn`; its awareness states are cleared for the others (a `null` state, as
+    /// y-websocket's server does). A document with no client left here is closed.
+    pub fn leave(&self, conn: Uuid, name: &str) {
+        let mut open = self.open.lock();
+        let Some(entry) = open.get(name).cloned() else {
+            return;
+        };
+        let mut state = entry.state.lock();
+        let Some(i) = state.clients.iter().position(|c| c.conn.id == conn) else {
+            return;
+        };
+        let gone = state.clients.swap_remove(i);
+        if state.clients.is_empty() {
+            drop(state);
+            open.remove(name);
+            return;
+        }
+        if gone.awareness.is_empty() {
+            return;
+        }
+        let cleared = AwarenessUpdate {
+            clients: gone
+                .awareness
+                .into_iter()
+                .map(|(id, e)| {
+                    let entry = AwarenessUpdateEntry {
+                        clock: e.clock + 1,
+                        json: "null".into(),
+                    };
+                    (ClientID::new(id), entry)
+                })
+                .collect(),
+        };
+        let relayed = frame(&Message::Awareness(cleared));
+        for c in state.clients.iter().filter(|c| c.ready) {
+            c.conn.send(relayed.clone());
+        }
+    }
+}
+
+impl Entry {
+    async fn load(&self, store: &dyn EventStore, snapshot_every: u64) -> Result<(), StoreError> {
+        self.loaded
+            .get_or_try_init(|| async {
+                let ((doc, since_snapshot), after) = replay(
+                    store,
+                    &format!("{ROOM_PREFIX}{}", self.name),
+                    [SNAPSHOT, UPDATE],
+                    |snapshot| {
+                        let doc = Doc::new();
+                        let after = snapshot.and_then(|s| {
+                            let (update, _) = update_of(&s)?;
+                            apply(&doc, &update);
+                            s.data.get("throughSeq")?.as_u64()
+                        });
+                        ((doc, 0u64), after.unwrap_or(0))
+                    },
+                    |(doc, n), event| {
+                        if let Some((update, _)) = update_of(event) {
+                            apply(doc, &update);
+                            *n += 1;
+                        }
+                    },
+                )
+                .await?;
+                let mut open = self.state.lock();
+                open.doc = Some(doc);
+                open.last_seq = after;
+                open.since_snapshot = since_snapshot;
+                for event in std::mem::take(&mut open.pending) {
+                    // Nobody is ready yet: nothing is relayed.
+                    let _ = open.fold(&event.event, snapshot_every);
+                }
+                Ok::<(), StoreError>(())
+            })
+            .await
+            .map(|_| ())
+    }
+}
