@@ -10,9 +10,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use herald_core::Connection;
 use herald_core::document::{Change, ChangeError, Document};
 use herald_core::event::EncodedEvent;
-use herald_core::Connection;
 use herald_core::protocol::{ServerMessage, code};
 use herald_core::room::validate_room;
 use herald_core::store::{HistoryQuery, Order};

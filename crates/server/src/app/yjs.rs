@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use herald_core::event::EncodedEvent;
 use herald_core::Connection;
+use herald_core::event::EncodedEvent;
 use herald_core::{Event, EventStore, Outgoing, StoreError};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
