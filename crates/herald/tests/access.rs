@@ -722,6 +722,11 @@ fn every_route_and_command_is_in_the_matrix() {
         ),
         ("/api/streams/{name}", "streams: streams.rs"),
         ("/echo", "conformance echo, off by default"),
+        ("/engine.io/", "Engine.IO conformance echo, off by default"),
+        (
+            "/socket.io/",
+            "Socket.IO conformance namespaces, off by default",
+        ),
     ];
     let router = include_str!("../../server/src/api/mod.rs");
     let routes = quoted_after(router, ".route(");

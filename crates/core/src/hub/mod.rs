@@ -38,6 +38,9 @@ pub enum Transport {
     /// A held `GET /api/realtime/poll`: registered for the request's lifetime, so it counts
     /// against `max_connections` and its matches arrive through fan-out like any other.
     LongPoll,
+    /// An Engine.IO session carrying Socket.IO, over long-polling or WebSocket.
+    #[serde(rename = "socketio")]
+    SocketIo,
 }
 
 #[derive(Debug)]
@@ -140,6 +143,9 @@ pub struct ByTransport {
     /// Held long-polls. Defaulted when absent (a node of an earlier version reporting).
     #[serde(default)]
     pub longpoll: usize,
+    /// Socket.IO sessions. Defaulted when absent (a node of an earlier version reporting).
+    #[serde(default)]
+    pub socketio: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -449,6 +455,7 @@ impl Hub {
                 Transport::WebSocket => by_type.websocket += 1,
                 Transport::Sse => by_type.sse += 1,
                 Transport::LongPoll => by_type.longpoll += 1,
+                Transport::SocketIo => by_type.socketio += 1,
             }
             subs += c.subscription_count();
         }

@@ -17,8 +17,8 @@ use herald_core::protocol::{Dialect, ServerMessage};
 use herald_core::{CloseReason, Outgoing, Transport};
 use serde_json::json;
 
-pub use self::socket::Handshake;
-use self::socket::{BINARY, Error, Message, PING, Socket, TEXT, frame};
+pub use self::socket::{BINARY, Handshake, Message, Socket, TEXT, frame};
+use self::socket::{Error, PING};
 use super::Registration;
 use super::session::{Flow, Session};
 use crate::app::App;
