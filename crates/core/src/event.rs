@@ -159,7 +159,11 @@ pub struct EncodedEvent {
     sse_plain_frame: OnceLock<Bytes>,
     chat_frame: OnceLock<Bytes>,
     rooms_frame: OnceLock<Bytes>,
+    edge_frames: [OnceLock<Bytes>; EDGE_FRAMES],
 }
+
+/// Encodings a protocol adapter at the edge (Socket.IO) may keep beside the built-in ones.
+pub const EDGE_FRAMES: usize = 2;
 
 impl EncodedEvent {
     pub fn new(event: Event) -> Arc<Self> {
@@ -177,6 +181,7 @@ impl EncodedEvent {
             sse_plain_frame: OnceLock::new(),
             chat_frame: OnceLock::new(),
             rooms_frame: OnceLock::new(),
+            edge_frames: Default::default(),
         })
     }
 
@@ -189,6 +194,13 @@ impl EncodedEvent {
             Dialect::Rooms if chat => self.rooms_frame.get_or_init(|| self.flat_frame(dialect)),
             _ => self.ws_frame(),
         }
+    }
+
+    /// A frame in the wire format of a protocol adapter, built by `build` at most once and
+    /// shared by every recipient like the built-in ones; `slot` (below `EDGE_FRAMES`) tells
+    /// the adapter's encodings apart.
+    pub fn edge_frame(&self, slot: usize, build: impl FnOnce(&Event) -> Bytes) -> &Bytes {
+        self.edge_frames[slot].get_or_init(|| build(&self.event))
     }
 
     fn flat_frame(&self, dialect: Dialect) -> Bytes {

@@ -725,7 +725,7 @@ fn every_route_and_command_is_in_the_matrix() {
         ("/engine.io/", "Engine.IO conformance echo, off by default"),
         (
             "/socket.io/",
-            "Socket.IO conformance namespaces, off by default",
+            "Socket.IO: each event is a session command, decided as on /ws: socketio.rs",
         ),
     ];
     let router = include_str!("../../server/src/api/mod.rs");

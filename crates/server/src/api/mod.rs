@@ -91,6 +91,11 @@ pub fn router(app: Arc<App>) -> Router {
                 "/socket.io/",
                 any(socketio::handle).with_state(socketio::Endpoint::socket_io_conformance(&app)),
             );
+    } else {
+        router = router.route(
+            "/socket.io/",
+            any(socketio::handle).with_state(socketio::Endpoint::socket_io(&app)),
+        );
     }
     router
         .fallback(streams::by_path)

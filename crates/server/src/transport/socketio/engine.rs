@@ -24,6 +24,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use super::Protocol;
+use super::herald::Routes;
 use super::packet::{BadPacket, EnginePacket, decode_engine};
 use crate::transport::Registration;
 use crate::transport::ws::{Message, Socket, frame};
@@ -60,6 +61,8 @@ pub struct Session {
     /// Wakes the heartbeat when the client answers a ping.
     ponged: Notify,
     pub protocol: tokio::sync::Mutex<Protocol>,
+    /// The connected namespaces, by which the writer renders the hub's events and messages.
+    pub routes: Routes,
 }
 
 impl Session {
@@ -133,6 +136,7 @@ impl Sessions {
             probed: Notify::new(),
             ponged: Notify::new(),
             protocol: tokio::sync::Mutex::new(protocol),
+            routes: Routes::default(),
         });
         let t = self.timing;
         let upgrades: &[&str] = if websocket { &[] } else { &["websocket"] };
@@ -188,7 +192,7 @@ impl Sessions {
                 drained = session.conn.outbox.next_batch() => drained,
                 () = session.probed.notified() => return text("6"),
             };
-            let payload = payload_of(&batch);
+            let payload = payload_of(&session.routes, &batch);
             if let Drained::Close(_) = drained {
                 self.close(session, CloseReason::NORMAL);
                 return text(if payload.is_empty() { "6" } else { &payload });
@@ -228,7 +232,9 @@ impl Sessions {
     async fn on_text(&self, session: &Arc<Session>, packet: &str) -> Result<(), BadPacket> {
         session.conn.touch();
         match decode_engine(packet)? {
-            EnginePacket::Message(data) => session.protocol.lock().await.on_text(session, data)?,
+            EnginePacket::Message(data) => {
+                session.protocol.lock().await.on_text(session, data).await?;
+            }
             EnginePacket::Pong => {
                 session.state.lock().pong_due = None;
                 session.ponged.notify_waiters();
@@ -259,7 +265,7 @@ impl Sessions {
         let reason = loop {
             tokio::select! {
                 (batch, drained) = session.conn.outbox.next_batch(), if upgraded => {
-                    let frames = frames_of(&batch);
+                    let frames = frames_of(&session.routes, &batch);
                     drop(batch);
                     let sent = tokio::time::timeout(
                         self.timing.write_timeout,
@@ -406,39 +412,33 @@ async fn heartbeat(sessions: Arc<Sessions>, session: Arc<Session>) {
     }
 }
 
-/// The packets of a batch as one long-polling payload; binary messages base64-encoded. The
-/// hub's own pings are not Engine.IO's: skipped.
-fn payload_of(batch: &[Outgoing]) -> String {
+/// The packets of a batch as one long-polling payload; binary messages base64-encoded.
+fn payload_of(routes: &Routes, batch: &[Outgoing]) -> String {
     let mut out = String::new();
-    for item in batch {
-        let Outgoing::Raw { payload, text } = item else {
-            continue;
-        };
+    for (payload, text) in batch.iter().filter_map(|item| routes.render(item)) {
         if !out.is_empty() {
             out.push(SEPARATOR);
         }
-        if *text {
-            out.push_str(&String::from_utf8_lossy(payload));
+        if text {
+            out.push_str(&String::from_utf8_lossy(&payload));
         } else {
             out.push('b');
-            BASE64.encode_string(payload, &mut out);
+            BASE64.encode_string(&payload, &mut out);
         }
     }
     out
 }
 
 /// The packets of a batch as WebSocket frames, one buffer.
-fn frames_of(batch: &[Outgoing]) -> Vec<u8> {
+fn frames_of(routes: &Routes, batch: &[Outgoing]) -> Vec<u8> {
     let mut out = Vec::new();
-    for item in batch {
-        if let Outgoing::Raw { payload, text } = item {
-            let opcode = if *text {
-                crate::transport::ws::TEXT
-            } else {
-                crate::transport::ws::BINARY
-            };
-            frame(&mut out, opcode, payload);
-        }
+    for (payload, text) in batch.iter().filter_map(|item| routes.render(item)) {
+        let opcode = if text {
+            crate::transport::ws::TEXT
+        } else {
+            crate::transport::ws::BINARY
+        };
+        frame(&mut out, opcode, &payload);
     }
     out
 }

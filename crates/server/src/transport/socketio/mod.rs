@@ -12,10 +12,11 @@
 //! with the handshake's payload on connection, answers `message` with `message-back` and
 //! acknowledges `message-with-ack` with its arguments (binary attachments included).
 
+mod conformance;
 mod engine;
+mod herald;
 pub mod packet;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,11 +25,10 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use herald_core::{CloseReason, Outgoing, Transport};
-use serde_json::{Value, json};
+use herald_core::{CloseReason, Transport};
 
 use self::engine::{Session, Sessions, Timing, bad_request};
-use self::packet::{BadPacket, Kind, decode, encode};
+use self::packet::BadPacket;
 use super::Registration;
 use super::ws::Handshake;
 use crate::app::App;
@@ -41,6 +41,8 @@ enum Role {
     EngineEcho,
     /// The Socket.IO conformance namespaces.
     SocketIoConformance,
+    /// Herald's namespaces: `/chat` and `/`.
+    SocketIo,
 }
 
 /// One Engine.IO endpoint (`/engine.io/` or `/socket.io/`) and its sessions.
@@ -76,18 +78,28 @@ impl Endpoint {
         Self::new(app, Role::SocketIoConformance)
     }
 
-    fn protocol(&self) -> Protocol {
+    /// `/socket.io/`: seed 004's `/chat` and Herald's protocol in `/`.
+    pub fn socket_io(app: &Arc<App>) -> Arc<Self> {
+        Self::new(app, Role::SocketIo)
+    }
+
+    fn protocol(&self, registration: &Registration) -> Protocol {
         match self.role {
             Role::EngineEcho => Protocol::Echo,
-            Role::SocketIoConformance => Protocol::SocketIo(Box::default()),
+            Role::SocketIoConformance => Protocol::Conformance(Box::default()),
+            Role::SocketIo => Protocol::Herald(Box::new(herald::Namespaces::new(
+                self.app.clone(),
+                registration.conn.clone(),
+            ))),
         }
     }
 
     /// Opens a session; for Socket.IO, one that has not connected a namespace within
     /// `socketio_connect_timeout_ms` is closed.
     fn open(&self, registration: Registration, websocket: bool) -> Arc<Session> {
-        let session = self.sessions.open(registration, websocket, self.protocol());
-        if self.role == Role::SocketIoConformance {
+        let protocol = self.protocol(&registration);
+        let session = self.sessions.open(registration, websocket, protocol);
+        if self.role != Role::EngineEcho {
             let (sessions, s) = (self.sessions.clone(), session.clone());
             let wait = Duration::from_millis(self.app.config.socketio_connect_timeout_ms);
             tokio::spawn(async move {
@@ -179,17 +191,19 @@ pub async fn handle(
 /// What a session's messages mean.
 pub enum Protocol {
     Echo,
-    SocketIo(Box<SocketIo>),
+    Conformance(Box<conformance::Namespaces>),
+    Herald(Box<herald::Namespaces>),
 }
 
 impl Protocol {
-    fn on_text(&mut self, session: &Session, data: &str) -> Result<(), BadPacket> {
+    async fn on_text(&mut self, session: &Session, data: &str) -> Result<(), BadPacket> {
         match self {
             Self::Echo => {
                 session.send_text(format!("4{data}"));
                 Ok(())
             }
-            Self::SocketIo(sio) => sio.on_packet(session, data),
+            Self::Conformance(sio) => sio.on_packet(session, data),
+            Self::Herald(sio) => sio.on_packet(session, data).await,
         }
     }
 
@@ -199,163 +213,16 @@ impl Protocol {
                 session.send_binary(data);
                 Ok(())
             }
-            Self::SocketIo(sio) => sio.on_attachment(session, data),
+            Self::Conformance(sio) => sio.on_attachment(session, data),
+            Self::Herald(_) => Err(BadPacket("binary attachments are not supported; send JSON")),
         }
     }
 
     fn has_connected(&self) -> bool {
         match self {
             Self::Echo => true,
-            Self::SocketIo(sio) => sio.connected_once,
+            Self::Conformance(sio) => sio.connected_once,
+            Self::Herald(sio) => sio.connected_once,
         }
-    }
-}
-
-/// A binary packet waiting for its attachments.
-struct Partial {
-    kind: Kind,
-    namespace: String,
-    id: Option<u64>,
-    data: Value,
-    expected: usize,
-    attachments: Vec<Bytes>,
-}
-
-/// The Socket.IO state of one Engine.IO session: its connected namespaces, by socket id.
-#[derive(Default)]
-pub struct SocketIo {
-    namespaces: HashMap<String, String>,
-    connected_once: bool,
-    partial: Option<Partial>,
-}
-
-/// How long after the CONNECT reply the conformance namespaces emit `auth`.
-const AUTH_DELAY: Duration = Duration::from_millis(20);
-
-/// The namespaces of the conformance suite.
-const CONFORMANCE_NAMESPACES: [&str; 2] = ["/", "/custom"];
-
-impl SocketIo {
-    fn on_packet(&mut self, session: &Session, text: &str) -> Result<(), BadPacket> {
-        if self.partial.is_some() {
-            return Err(BadPacket("a text packet while attachments were expected"));
-        }
-        let p = decode(text)?;
-        let data = p.data.unwrap_or(Value::Null);
-        if p.attachments > 0 {
-            self.partial = Some(Partial {
-                kind: p.kind,
-                namespace: p.namespace.to_owned(),
-                id: p.id,
-                data,
-                expected: p.attachments,
-                attachments: Vec::with_capacity(p.attachments),
-            });
-            return Ok(());
-        }
-        self.on_complete(session, p.kind, p.namespace, p.id, data, Vec::new())
-    }
-
-    fn on_attachment(&mut self, session: &Session, bytes: Bytes) -> Result<(), BadPacket> {
-        let partial = self
-            .partial
-            .as_mut()
-            .ok_or(BadPacket("binary data without a packet"))?;
-        partial.attachments.push(bytes);
-        if partial.attachments.len() < partial.expected {
-            return Ok(());
-        }
-        let Some(p) = self.partial.take() else {
-            return Ok(());
-        };
-        self.on_complete(session, p.kind, &p.namespace, p.id, p.data, p.attachments)
-    }
-
-    fn on_complete(
-        &mut self,
-        session: &Session,
-        kind: Kind,
-        namespace: &str,
-        id: Option<u64>,
-        data: Value,
-        attachments: Vec<Bytes>,
-    ) -> Result<(), BadPacket> {
-        match kind {
-            Kind::Connect => {
-                if !CONFORMANCE_NAMESPACES.contains(&namespace) {
-                    let error = json!({"message": "Invalid namespace"}).to_string();
-                    session.send_text(encode(Kind::ConnectError, namespace, None, 0, Some(&error)));
-                    return Ok(());
-                }
-                let sid = uuid::Uuid::new_v4().simple().to_string();
-                let reply = json!({ "sid": sid }).to_string();
-                session.send_text(encode(Kind::Connect, namespace, None, 0, Some(&reply)));
-                let auth = match data {
-                    Value::Null => json!({}),
-                    auth => auth,
-                };
-                let event = json!(["auth", auth]).to_string();
-                let auth = encode(Kind::Event, namespace, None, 0, Some(&event));
-                // A moment later, in a write of its own: the suite's client starts listening
-                // for `auth` only once it has handled the CONNECT reply, and misses a second
-                // packet delivered with the first.
-                let conn = session.conn.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(AUTH_DELAY).await;
-                    conn.send(Outgoing::Raw {
-                        payload: Bytes::from(auth),
-                        text: true,
-                    });
-                });
-                self.namespaces.insert(namespace.to_owned(), sid);
-                self.connected_once = true;
-            }
-            Kind::Disconnect => {
-                self.namespaces.remove(namespace);
-            }
-            Kind::Event | Kind::BinaryEvent if self.namespaces.contains_key(namespace) => {
-                let Value::Array(mut args) = data else {
-                    return Err(BadPacket("event payload must be an array"));
-                };
-                let name = args.remove(0);
-                let binary = !attachments.is_empty();
-                let n = attachments.len();
-                let reply = match (name.as_str(), id) {
-                    (Some("message"), _) => {
-                        args.insert(0, json!("message-back"));
-                        let kind = if binary {
-                            Kind::BinaryEvent
-                        } else {
-                            Kind::Event
-                        };
-                        encode(
-                            kind,
-                            namespace,
-                            None,
-                            n,
-                            Some(&Value::Array(args).to_string()),
-                        )
-                    }
-                    (Some("message-with-ack"), Some(id)) => {
-                        let kind = if binary { Kind::BinaryAck } else { Kind::Ack };
-                        encode(
-                            kind,
-                            namespace,
-                            Some(id),
-                            n,
-                            Some(&Value::Array(args).to_string()),
-                        )
-                    }
-                    _ => return Ok(()),
-                };
-                session.send_text(reply);
-                for a in attachments {
-                    session.send_binary(a);
-                }
-            }
-            Kind::Event | Kind::BinaryEvent | Kind::Ack | Kind::BinaryAck => {}
-            Kind::ConnectError => return Err(BadPacket("CONNECT_ERROR is sent by servers only")),
-        }
-        Ok(())
     }
 }
