@@ -27,7 +27,7 @@ use super::Protocol;
 use super::herald::Routes;
 use super::packet::{BadPacket, EnginePacket, decode_engine};
 use crate::transport::Registration;
-use crate::transport::ws::{Message, Socket, frame};
+use crate::transport::ws::{Message, Socket, close_reason_for, frame};
 
 /// Separates packets in a long-polling payload.
 const SEPARATOR: char = '\x1e';
@@ -149,6 +149,18 @@ impl Sessions {
         });
         session.send_text(format!("0{open}"));
         self.open.lock().insert(sid, session.clone());
+        // A session whose client stops taking packets (over either transport) is closed as
+        // soon as its outbox overflows; from a task, as the hub may be pushing under its lock.
+        let (sessions, overflowed) = (self.clone(), Arc::downgrade(&session));
+        session.conn.outbox.on_overflow(Box::new(move || {
+            tokio::spawn(async move {
+                if let Some(session) = overflowed.upgrade() {
+                    tracing::info!(connection = %session.conn.id, "Socket.IO outbox overflowed; disconnecting");
+                    metrics::counter!("herald_slow_consumers_total").increment(1);
+                    sessions.close(&session, CloseReason::SLOW_CONSUMER);
+                }
+            });
+        }));
         tokio::spawn(heartbeat(self.clone(), session.clone()));
         session
     }
@@ -277,8 +289,11 @@ impl Sessions {
                         (Ok(Ok(())), Drained::Close(reason)) => break Some(reason),
                         (Ok(Err(_)), _) => break None,
                         (Err(_), _) => {
-                            tracing::info!(connection = %session.conn.id, "closing a Socket.IO client that stopped reading");
-                            metrics::counter!("herald_slow_consumers_total").increment(1);
+                            // Unless its overflow already counted it.
+                            if !session.is_closed() {
+                                tracing::info!(connection = %session.conn.id, "closing a Socket.IO client that stopped reading");
+                                metrics::counter!("herald_slow_consumers_total").increment(1);
+                            }
                             break None;
                         }
                     }
@@ -301,7 +316,8 @@ impl Sessions {
                         Some(Ok(Message::Binary(b))) if upgraded => self.on_binary(&session, b).await,
                         Some(Ok(Message::Binary(_))) => Err(BadPacket("binary data before the upgrade")),
                         Some(Ok(_)) => Ok(()),
-                        Some(Err(_)) | None => break None,
+                        Some(Err(e)) => break close_reason_for(&e),
+                        None => break None,
                     };
                     if handled.is_err() {
                         break Some(CloseReason::PROTOCOL_ERROR);

@@ -17,8 +17,9 @@ use herald_core::protocol::{Dialect, ServerMessage};
 use herald_core::{CloseReason, Outgoing, Transport};
 use serde_json::json;
 
+pub use self::socket::Error;
+use self::socket::PING;
 pub use self::socket::{BINARY, Handshake, Message, Socket, TEXT, frame};
-use self::socket::{Error, PING};
 use super::Registration;
 use super::session::{Flow, Session};
 use crate::app::App;
@@ -279,7 +280,7 @@ fn greeting(dialect: Dialect, id: uuid::Uuid) -> Arc<ServerMessage> {
 }
 
 /// Protocol violations the library reports as errors get the matching close code.
-fn close_reason_for(e: &Error) -> Option<CloseReason> {
+pub fn close_reason_for(e: &Error) -> Option<CloseReason> {
     match e {
         Error::Capacity(_) => Some(CloseReason::TOO_BIG),
         Error::Utf8(_) => Some(CloseReason::INVALID_UTF8),
