@@ -320,3 +320,128 @@ async fn a_socket_that_does_not_read_is_disconnected() {
     assert_eq!(res.status().as_u16(), 400);
     assert!(metric(&server, "herald_slow_consumers_total").await >= Some(1.0));
 }
+
+/// A Socket.IO socket on the main namespace over WebSocket alone, authenticated as `user`.
+async fn main_socket(server: &Server, user: &str) -> Socket {
+    let url = server.ws_url("/socket.io/?EIO=4&transport=websocket");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    next_text(&mut ws).await;
+    let connect = format!(r#"40{{"token":"{}"}}"#, token(user));
+    ws.send(Message::text(connect)).await.unwrap();
+    let reply = next_text(&mut ws).await;
+    assert!(reply.starts_with(r#"40{"sid":"#), "{reply}");
+    ws
+}
+
+/// The acknowledgement `ack` of the main namespace: its first argument.
+async fn next_ack(ws: &mut Socket, ack: u64) -> Value {
+    let prefix = format!("43{ack}[");
+    loop {
+        let t = next_text(ws).await;
+        if t.starts_with(&prefix) {
+            let args: Value = serde_json::from_str(&t[prefix.len() - 1..]).unwrap();
+            return args[0].clone();
+        }
+    }
+}
+
+/// The next event of the main namespace (`42["event", <event>]`).
+async fn next_herald_event(ws: &mut Socket) -> Value {
+    loop {
+        let t = next_text(ws).await;
+        if let Some(json) = t.strip_prefix("42") {
+            let args: Value = serde_json::from_str(json).unwrap();
+            if args[0] == "event" {
+                return args[1].clone();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn main_namespace_speaks_herald_with_acknowledgements() {
+    let server = Server::start();
+    let mut alice = main_socket(&server, "alice").await;
+    let sub = r#"421["subscribe",{"eventTypes":["order.*"],"filters":{"custom":{"region":"eu"}}}]"#;
+    alice.send(Message::text(sub)).await.unwrap();
+    let created = next_ack(&mut alice, 1).await;
+    let subscription = created["subscriptionId"].as_str().unwrap().to_owned();
+
+    let publish = r#"422["publish",{"type":"order.created","data":{"region":"eu","n":1}}]"#;
+    alice.send(Message::text(publish)).await.unwrap();
+    // The event and the acknowledgement, in either order.
+    let (mut published, mut event) = (Value::Null, Value::Null);
+    while published.is_null() || event.is_null() {
+        let t = next_text(&mut alice).await;
+        match (t.strip_prefix("432"), t.strip_prefix("42[\"event\",")) {
+            (Some(ack), _) => published = serde_json::from_str::<Value>(ack).unwrap()[0].take(),
+            (_, Some(e)) => event = serde_json::from_str(&e[..e.len() - 1]).unwrap(),
+            _ => {}
+        }
+    }
+    let seq = published["seq"].as_u64().expect("the ack carries seq");
+    assert!(published["id"].is_string(), "{published}");
+    assert_eq!(
+        (event["type"].clone(), event["seq"].as_u64()),
+        (json!("order.created"), Some(seq))
+    );
+
+    // Any publish path reaches the socket: HTTP, filtered as subscribed.
+    publish_as_api(
+        &server,
+        json!({"type": "order.paid", "data": {"region": "us"}}),
+    )
+    .await;
+    publish_as_api(
+        &server,
+        json!({"type": "order.paid", "data": {"region": "eu"}}),
+    )
+    .await;
+    let event = next_herald_event(&mut alice).await;
+    assert_eq!(
+        (event["type"].clone(), event["data"]["region"].clone()),
+        (json!("order.paid"), json!("eu"))
+    );
+    // Sent to the user: the personal room reaches every socket of alice.
+    publish_as_api(
+        &server,
+        json!({"type": "note", "roomId": "user:alice", "data": {"hi": 1}}),
+    )
+    .await;
+    let event = next_herald_event(&mut alice).await;
+    assert_eq!(event["type"], "note");
+
+    // A refused command is acknowledged with the error.
+    alice
+        .send(Message::text(
+            r#"423["publish",{"type":"x","userId":"bob","data":{}}]"#,
+        ))
+        .await
+        .unwrap();
+    let refused = next_ack(&mut alice, 3).await;
+    assert!(refused["code"].is_string(), "{refused}");
+
+    let unsub = format!(r#"424["unsubscribe",{{"subscriptionId":"{subscription}"}}]"#);
+    alice.send(Message::text(unsub)).await.unwrap();
+    assert_eq!(
+        next_ack(&mut alice, 4).await["subscriptionId"],
+        subscription
+    );
+
+    // An anonymous socket may subscribe but not publish.
+    let url = server.ws_url("/socket.io/?EIO=4&transport=websocket");
+    let (mut anon, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    next_text(&mut anon).await;
+    anon.send(Message::text("40")).await.unwrap();
+    assert!(next_text(&mut anon).await.starts_with(r#"40{"sid""#));
+    anon.send(Message::text(
+        r#"427["publish",{"type":"order.created","data":{}}]"#,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_ack(&mut anon, 7).await["code"], "AUTH_REQUIRED");
+}
+
+async fn publish_as_api(server: &Server, body: Value) -> Value {
+    publish(server, API_KEY, body).await
+}
