@@ -3,8 +3,8 @@
 # then checks formatting, lints and the server's layers, runs unit and integration tests (real
 # binary, real sockets, real SQLite files, real PostgreSQL and Redis started by
 # scripts/services.sh, headless Chromium), the API checks (schemathesis against /openapi.json),
-# short runs of every fuzz target, and the Autobahn WebSocket conformance suite against the echo
-# endpoint.
+# short runs of every fuzz target, the Autobahn WebSocket conformance suite against the echo
+# endpoint, and the official Engine.IO and Socket.IO protocol suites.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -105,5 +105,9 @@ step "WebSocket conformance (Autobahn TestSuite)"
 # About 15 s of cases (plus the suite's installation on a fresh machine); bounded like the
 # tests, so that a stuck case fails the run.
 timeout --kill-after=30s 15m scripts/conformance.sh
+
+step "Engine.IO and Socket.IO conformance (official protocol suites)"
+# About 10 s of tests, plus mocha and its packages from npm on first use.
+timeout --kill-after=30s 10m scripts/conformance-socketio.sh
 
 printf '\nAll checks passed.\n'

@@ -24,6 +24,9 @@ pub enum Transport {
     /// A held `GET /api/realtime/poll`: registered for the request's lifetime, so it counts
     /// against `max_connections` and its matches arrive through fan-out like any other.
     LongPoll,
+    /// An Engine.IO session carrying Socket.IO, over long-polling or WebSocket.
+    #[serde(rename = "socketio")]
+    SocketIo,
 }
 
 #[derive(Debug)]

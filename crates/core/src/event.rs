@@ -80,12 +80,15 @@ pub struct EncodedEvent {
     /// goes to everyone in the room but the sender). Not part of the event.
     pub skip: Option<Uuid>,
     json: Bytes,
-    /// Its encodings on the wires, by `wire::Encoding`: built at most once each.
-    encodings: [OnceLock<Bytes>; ENCODINGS],
+    /// Its encodings on the wires, built at most once each: `wire`'s first (numbered by
+    /// `wire::Encoding`), then those of protocol adapters at the edge (`edge_frame`).
+    encodings: [OnceLock<Bytes>; ENCODINGS + EDGE_FRAMES],
 }
 
-/// How many wire encodings an event can cache (`wire::Encoding` numbers them).
+/// How many wire encodings of `wire` an event can cache (`wire::Encoding` numbers them).
 pub const ENCODINGS: usize = 5;
+/// Encodings a protocol adapter at the edge (Socket.IO) may keep beside `wire`'s.
+pub const EDGE_FRAMES: usize = 2;
 
 impl EncodedEvent {
     pub fn new(event: Event) -> Arc<Self> {
@@ -107,10 +110,17 @@ impl EncodedEvent {
         &self.json
     }
 
-    /// The encoding in cache slot `slot`, built by `encode` the first time it is asked for
-    /// (`wire::EventFrames` names the slots and builds the frames).
+    /// The encoding in cache slot `slot` (below `ENCODINGS`), built by `encode` the first time
+    /// it is asked for (`wire::EventFrames` names the slots and builds the frames).
     pub fn encoded(&self, slot: usize, encode: impl FnOnce(&Self) -> Bytes) -> &Bytes {
         self.encodings[slot].get_or_init(|| encode(self))
+    }
+
+    /// A frame in the wire format of a protocol adapter, built by `build` at most once and
+    /// shared by every recipient like `wire`'s; `slot` (below `EDGE_FRAMES`) tells the
+    /// adapter's encodings apart.
+    pub fn edge_frame(&self, slot: usize, build: impl FnOnce(&Event) -> Bytes) -> &Bytes {
+        self.encodings[ENCODINGS + slot].get_or_init(|| build(&self.event))
     }
 }
 

@@ -474,7 +474,8 @@ impl Stream {
 
     fn send(&self, conn: &Connection, m: &Message) -> bool {
         let frame = match conn.transport {
-            Transport::Sse | Transport::LongPoll => self.sse_frame(m),
+            // A Socket.IO session has no stream command: it never subscribes.
+            Transport::Sse | Transport::LongPoll | Transport::SocketIo => self.sse_frame(m),
             Transport::WebSocket => self.ws_frame(m),
         };
         conn.send(raw(frame.clone()))
@@ -545,7 +546,9 @@ impl Stream {
         ));
         for sub in subscribers.into_values() {
             match sub.conn.transport {
-                Transport::Sse | Transport::LongPoll => sub.conn.outbox.close(DELETED),
+                Transport::Sse | Transport::LongPoll | Transport::SocketIo => {
+                    sub.conn.outbox.close(DELETED)
+                }
                 Transport::WebSocket => {
                     sub.conn.send(raw(notice.clone()));
                 }

@@ -168,6 +168,23 @@ struct ServeFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     ws_echo: bool,
+    /// Engine.IO ping interval in milliseconds (Socket.IO clients).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    socketio_ping_interval_ms: Option<u64>,
+    /// Engine.IO ping timeout in milliseconds.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    socketio_ping_timeout_ms: Option<u64>,
+    /// Close a Socket.IO session that connects no namespace within this many milliseconds.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    socketio_connect_timeout_ms: Option<u64>,
+    /// Serve `/engine.io/` (echo) and `/socket.io/` as the official Engine.IO and Socket.IO
+    /// protocol suites expect, for conformance runs.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    socketio_conformance: bool,
     /// Feed the demo apps under /examples/: simulated stock prices and news, the process's real stats.
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]

@@ -734,6 +734,11 @@ fn every_route_and_command_is_in_the_matrix() {
             "/yjs/{name}",
             "the Yjs document's room join and write rules: yjs.rs",
         ),
+        ("/engine.io/", "Engine.IO conformance echo, off by default"),
+        (
+            "/socket.io/",
+            "Socket.IO: each event is a session command, decided as on /ws: socketio.rs",
+        ),
     ];
     let router = include_str!("../../server/src/api/mod.rs");
     let routes = quoted_after(router, ".route(");

@@ -886,7 +886,7 @@ async fn the_cluster_view_of_an_embedded_server_is_the_server_alone_for_operator
     assert!(!node["id"].as_str().unwrap().is_empty(), "{node}");
     assert_eq!(
         node["byTransport"],
-        json!({"websocket": 2, "sse": 1, "longpoll": 0})
+        json!({"websocket": 2, "sse": 1, "longpoll": 0, "socketio": 0})
     );
     assert!(node["rssBytes"].as_u64().unwrap() > 1 << 20, "{node}");
     assert!(node["cpuPercent"].as_f64().unwrap() >= 0.0, "{node}");

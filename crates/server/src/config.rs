@@ -123,6 +123,16 @@ pub struct Config {
     pub public_rooms: Vec<String>,
     /// Serves `/echo`, a WebSocket echo on the same connection machinery, for conformance runs.
     pub ws_echo: bool,
+    /// Engine.IO heartbeat: the server pings every this many milliseconds...
+    pub socketio_ping_interval_ms: u64,
+    /// ...and closes a session whose pong has not come this many milliseconds later.
+    pub socketio_ping_timeout_ms: u64,
+    /// A Socket.IO session that has connected no namespace this long after its handshake is
+    /// closed.
+    pub socketio_connect_timeout_ms: u64,
+    /// Serves the Engine.IO echo (`/engine.io/`) and the Socket.IO conformance namespaces
+    /// (`/socket.io/`) of the official protocol suites.
+    pub socketio_conformance: bool,
     /// Feeds the demo apps under `/examples/` (simulated stock prices and news, this process's
     /// real stats) and makes the demo chat room public (see `demo.rs`).
     pub demo: bool,
@@ -240,6 +250,10 @@ impl Default for Config {
             max_mailboxes_per_ip: 100,
             public_rooms: Vec::new(),
             ws_echo: false,
+            socketio_ping_interval_ms: 25_000,
+            socketio_ping_timeout_ms: 20_000,
+            socketio_connect_timeout_ms: 45_000,
+            socketio_conformance: false,
             demo: false,
             streams: Vec::new(),
             redis_channels: Vec::new(),

@@ -62,6 +62,9 @@ pub struct ByTransport {
     /// Held long-polls. Defaulted when absent (a node of an earlier version reporting).
     #[serde(default)]
     pub longpoll: usize,
+    /// Socket.IO sessions. Defaulted when absent (a node of an earlier version reporting).
+    #[serde(default)]
+    pub socketio: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -363,6 +366,7 @@ impl Hub {
                 Transport::WebSocket => by_type.websocket += 1,
                 Transport::Sse => by_type.sse += 1,
                 Transport::LongPoll => by_type.longpoll += 1,
+                Transport::SocketIo => by_type.socketio += 1,
             }
             subs += c.subscription_count();
         }

@@ -19,12 +19,12 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::app::App;
 use crate::http::error::AppError;
-use crate::transport::{sse, ws};
+use crate::transport::{socketio, sse, ws};
 use herald_core::protocol::code;
 
 pub fn router(app: Arc<App>) -> Router {
@@ -84,6 +84,22 @@ pub fn router(app: Arc<App>) -> Router {
         );
     if app.config.ws_echo {
         router = router.route("/echo", get(ws::echo));
+    }
+    if app.config.socketio_conformance {
+        router = router
+            .route(
+                "/engine.io/",
+                any(socketio::handle).with_state(socketio::Endpoint::engine_echo(&app)),
+            )
+            .route(
+                "/socket.io/",
+                any(socketio::handle).with_state(socketio::Endpoint::socket_io_conformance(&app)),
+            );
+    } else {
+        router = router.route(
+            "/socket.io/",
+            any(socketio::handle).with_state(socketio::Endpoint::socket_io(&app)),
+        );
     }
     router
         .fallback(streams::by_path)

@@ -78,11 +78,13 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
         (Transport::WebSocket, stats.by_type.websocket),
         (Transport::Sse, stats.by_type.sse),
         (Transport::LongPoll, stats.by_type.longpoll),
+        (Transport::SocketIo, stats.by_type.socketio),
     ] {
         let label = match transport {
             Transport::WebSocket => "websocket",
             Transport::Sse => "sse",
             Transport::LongPoll => "longpoll",
+            Transport::SocketIo => "socketio",
         };
         metrics::gauge!("herald_connections", "transport" => label).set(n as f64);
     }

@@ -1,7 +1,9 @@
-//! Connections: WebSocket (`ws`), Server-Sent Events (`sse`), and the command session
-//! (`session`) that interprets what a WebSocket client sends.
+//! Connections: WebSocket (`ws`), Server-Sent Events (`sse`), Socket.IO over Engine.IO
+//! (`socketio`), and the command session (`session`) that interprets what a WebSocket client
+//! sends.
 
 pub mod session;
+pub mod socketio;
 pub mod sse;
 pub mod ws;
 

@@ -113,20 +113,24 @@ impl Session {
     }
 
     pub async fn handle_text(&mut self, text: &str) -> Flow {
+        match Envelope::parse(text) {
+            Ok(env) => self.handle(env).await,
+            Err(e) => {
+                metrics::counter!("herald_errors_total", "code" => e.code).increment(1);
+                self.reply(ServerMessage::error(e.message, e.code, e.id));
+                Flow::Continue
+            }
+        }
+    }
+
+    /// Runs one command (parsed from JSON text, or mapped from another protocol's packet).
+    pub async fn handle(&mut self, env: Envelope) -> Flow {
         // The sweep closes expired sessions every few seconds; nothing is done for one
         // meanwhile.
         if self.conn.expired(chrono::Utc::now().timestamp()) {
             self.conn.outbox.close(CloseReason::TOKEN_EXPIRED);
             return Flow::Continue;
         }
-        let env = match Envelope::parse(text) {
-            Ok(env) => env,
-            Err(e) => {
-                metrics::counter!("herald_errors_total", "code" => e.code).increment(1);
-                self.reply(ServerMessage::error(e.message, e.code, e.id));
-                return Flow::Continue;
-            }
-        };
         let id = env.id;
         match env.command {
             Command::Ping => self.reply(ServerMessage::reply("pong", None, id)),

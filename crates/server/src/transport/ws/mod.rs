@@ -23,8 +23,9 @@ use herald_core::wire::EventFrames;
 use herald_core::{CloseReason, Outgoing, Transport};
 use serde_json::json;
 
-pub use self::socket::Handshake;
-use self::socket::{BINARY, Error, Message, PING, Socket, TEXT, frame};
+pub(crate) use self::socket::Error;
+use self::socket::PING;
+pub(crate) use self::socket::{BINARY, Handshake, Message, Socket, TEXT, frame};
 use super::Registration;
 use super::session::{Flow, Session};
 use crate::app::App;
@@ -350,7 +351,7 @@ fn greeting(dialect: Dialect, id: uuid::Uuid) -> Arc<ServerMessage> {
 }
 
 /// Protocol violations the library reports as errors get the matching close code.
-fn close_reason_for(e: &Error) -> Option<CloseReason> {
+pub fn close_reason_for(e: &Error) -> Option<CloseReason> {
     match e {
         Error::Capacity(_) => Some(CloseReason::TOO_BIG),
         Error::Utf8(_) => Some(CloseReason::INVALID_UTF8),

@@ -26,7 +26,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
-pub(super) use tungstenite::{Error, Message};
+pub(crate) use tungstenite::{Error, Message};
 
 use crate::http::error::AppError;
 
@@ -114,8 +114,8 @@ pub struct Socket {
 }
 
 /// Data frame opcodes (RFC 6455 §5.2).
-pub(super) const TEXT: u8 = 0x1;
-pub(super) const BINARY: u8 = 0x2;
+pub(crate) const TEXT: u8 = 0x1;
+pub(crate) const BINARY: u8 = 0x2;
 pub(super) const PING: u8 = 0x9;
 
 impl Socket {
@@ -194,7 +194,7 @@ impl Socket {
 }
 
 /// Appends one unfragmented, unmasked frame (a server's frames are never masked).
-pub(super) fn frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+pub(crate) fn frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
     out.push(0x80 | opcode);
     let len = payload.len();
     if len < 126 {
