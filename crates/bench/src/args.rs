@@ -90,7 +90,8 @@ pub struct BenchArgs {
     pub members: usize,
 
     /// Publishing connections [default: 1 for fanout and ingest, 10 for rooms]. Publishers do
-    /// not join or subscribe; each publishes round-robin over its share of the rooms.
+    /// not join or subscribe (but on Socket.IO `/chat`, where they join their rooms); each
+    /// publishes round-robin over its share of the rooms.
     #[arg(long, value_name = "N")]
     pub publishers: Option<usize>,
 
