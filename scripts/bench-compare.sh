@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Measures Herald against the benchmark peers (Node `ws`, Bun) on the same scenarios, in one
+# Measures Herald against the benchmark peers (Node `ws`, Bun, Socket.IO) on the same scenarios, in one
 # run, each repeated REPS times with a freshly started server, and prints a Markdown table of
 # medians and ranges (the table in docs/performance.md). Raw JSON goes to target/bench-results.
 #   scripts/bench-compare.sh            # REPS=3 SERVERS="herald herald-rooms node-ws bun" DURATION=5
@@ -9,6 +9,11 @@
 # `herald` speaks Herald's protocol (subscribe with a room filter, publish over WebSocket);
 # `herald-rooms` is the same binary speaking the peers' seed-004 room protocol on /ws/rooms
 # (join, message; every message a durable chat.message event).
+# `socketio` is the Socket.IO peer (--protocol socketio); `herald-sio` is Herald's Socket.IO
+# namespace /chat (--protocol socketio-chat with the token; HERALD_SIO_ARGS adds serve flags).
+# Neither is in the default SERVERS; they run the scenarios fanout, rooms-rate, rooms-max and
+# idle-10k:
+#   SERVERS="herald-sio socketio" SCENARIOS="fanout rooms-rate rooms-max idle-10k" scripts/bench-compare.sh
 # The peers come from ../shared/bench/peers (PEERS_DIR to override) and are installed with npm.
 # BEFORE=<an earlier herald binary> adds the servers `before` and `before-rooms` (that binary,
 # the two protocols), so a change is measured in interleaved pairs against the build before it:
@@ -42,15 +47,18 @@ start() {  # start SERVER PORT: a fresh server, its pid in $pid
   local server=$1 port=$2
   local binary=$herald
   [[ $server == before* ]] && binary=${BEFORE:?BEFORE names the earlier binary}
+  local extra=()  # serve flags of the Socket.IO flavour
+  [[ $server == herald-sio ]] && read -ra extra <<<"${HERALD_SIO_ARGS:-}"
   case $server in
     herald*|before*)
       rm -f /tmp/bench-compare.db*
       HERALD_LOG=warn "$binary" serve --host 127.0.0.1 --port "$port" --database /tmp/bench-compare.db \
         --max-connections 19500 --connection-rate-per-ip 1000000 --publish-rate-per-connection 1000000 \
-        --outbox-max-messages 100000 --public-room '*' >/dev/null 2>&1 &
+        --outbox-max-messages 100000 --public-room '*' "${extra[@]}" >/dev/null 2>&1 &
       ;;
     node-ws) install_peer node-ws; (cd target/bench-peers/node-ws && PORT=$port exec node server.js >/dev/null 2>&1) & ;;
     bun) install_peer bun; (cd target/bench-peers/bun && PORT=$port exec node_modules/.bin/bun server.js >/dev/null 2>&1) & ;;
+    socketio) install_peer socketio; (cd target/bench-peers/socketio && PORT=$port exec node server.js >/dev/null 2>&1) & ;;
   esac
   pid=$!
   for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return; sleep 0.1; done
@@ -69,6 +77,8 @@ bench() {  # bench NAME SERVER SECS ARGS...: one run against a fresh server, JSO
   case $server in
     herald|before) ;;
     herald-rooms|before-rooms) protocol=(--protocol rooms --ws-path /ws/rooms) ;;
+    herald-sio) protocol=(--protocol socketio-chat) ;;
+    socketio) protocol=(--protocol socketio) ;;
     *) protocol=(--protocol rooms) ;;
   esac
   start "$server" $port
@@ -85,10 +95,15 @@ for rep in $(seq "$REPS"); do
     echo "rep $rep: $server" >&2
     bench fanout "$server" "$DURATION" --scenario fanout --subscribers 1000 --in-flight 64
     # A deeper window: more messages per send for every server (docs/performance.md).
-    bench fanout-deep "$server" "$DURATION" --scenario fanout --subscribers 1000 --in-flight 256
+    [[ $server == socketio || $server == herald-sio ]] ||
+      bench fanout-deep "$server" "$DURATION" --scenario fanout --subscribers 1000 --in-flight 256
     bench rooms-rate "$server" "$DURATION" --scenario rooms --rooms 100 --members 10 --rate 1000 --threads 1
     bench rooms-max "$server" "$DURATION" --scenario rooms --rooms 100 --members 10 --in-flight 16
     [[ $server == *-rooms ]] && continue  # the rest does not depend on the protocol
+    if [[ $server == socketio || $server == herald-sio ]]; then
+      bench idle-10k "$server" 2 --scenario idle --connections 10000
+      continue
+    fi
     bench idle-10k "$server" 2 --scenario idle --connections 10000
     bench idle-19k "$server" 2 --scenario idle --connections 19000
     if [[ $server == herald || $server == before ]]; then

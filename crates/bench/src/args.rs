@@ -10,8 +10,15 @@ Scenarios:
           publishing round-robin over the rooms;
   ingest  durable publishes only (Herald), --concurrency in flight, over HTTP (or --publish ws);
           reports acknowledged events/s and acknowledgement latency;
-  idle    --connections connections held open (WebSocket, or SSE with --transport sse);
+  idle    --connections connections held open (WebSocket, or SSE with --transport sse;
+          Socket.IO connections complete their CONNECT and answer the server's pings);
           reports server RSS before and after, and per connection.
+
+Socket.IO: --protocol socketio drives the Socket.IO peer (events join / message in the main
+namespace; the server leaves the sender out); --protocol socketio-chat drives Herald's /chat
+namespace (CONNECT with {\"token\": --token}, join_room awaited by its room_history, message
+{roomId, content}). /chat broadcasts to the whole room, the sender included: its publishers
+join their rooms, and only the subscribers' deliveries are counted.
 
 Rate: open loop with --rate (a fixed schedule; latency is measured from the scheduled send
 time, so a stalled server cannot hide its queueing), or closed loop with --in-flight (each
@@ -33,6 +40,8 @@ Examples:
   herald bench --scenario ingest --concurrency 64 --token $T --json
   herald bench --scenario idle --connections 10000 --transport sse --server-pid $PID
   herald bench --protocol rooms --target 127.0.0.1:8080 --scenario fanout --server-pid $PID
+  herald bench --protocol socketio --target 127.0.0.1:8090 --scenario rooms --rate 1000 --threads 1
+  herald bench --protocol socketio-chat --token $T --scenario fanout --server-pid $PID
   herald bench --target B:3002 --publish-target A:3001 --token $T --server-pid $A --server-pid $B";
 
 /// Load generator for Herald and for servers of the seed-004 room protocol.
@@ -50,12 +59,17 @@ pub struct BenchArgs {
     pub publish_target: Option<String>,
 
     /// Wire protocol: `herald` (WebSocket /ws, SSE /api/realtime/stream, HTTP
-    /// /api/realtime/publish) or `rooms` (the seed-004 room protocol: join / message, as the
-    /// benchmark peers speak it).
+    /// /api/realtime/publish), `rooms` (the seed-004 room protocol: join / message, as the
+    /// benchmark peers speak it), `socketio` (the same operations as Socket.IO events
+    /// `join` / `message` in the main namespace, as the Socket.IO peer speaks them) or
+    /// `socketio-chat` (seed 004's Socket.IO namespace `/chat`, as Herald serves it: CONNECT
+    /// with `{"token": --token}`, `join_room` answered by `room_history`, `message` with
+    /// `roomId`). Socket.IO runs over Engine.IO v4 on a WebSocket opened directly.
     #[arg(long, value_enum, default_value_t = Protocol::Herald)]
     pub protocol: Protocol,
 
-    /// WebSocket path [default: /ws for herald, / for rooms].
+    /// WebSocket path [default: /ws for herald, / for rooms, /socket.io/ for Socket.IO, which
+    /// gets `?EIO=4&transport=websocket` appended unless the path has a query].
     #[arg(long, value_name = "PATH")]
     pub ws_path: Option<String>,
 
@@ -76,7 +90,8 @@ pub struct BenchArgs {
     pub members: usize,
 
     /// Publishing connections [default: 1 for fanout and ingest, 10 for rooms]. Publishers do
-    /// not join or subscribe; each publishes round-robin over its share of the rooms.
+    /// not join or subscribe (but on Socket.IO `/chat`, where they join their rooms); each
+    /// publishes round-robin over its share of the rooms.
     #[arg(long, value_name = "N")]
     pub publishers: Option<usize>,
 
@@ -111,11 +126,12 @@ pub struct BenchArgs {
     pub transport: Transport,
 
     /// Herald token (JWT or API key) for publishing: `herald token --user bench --role admin`.
+    /// With `--protocol socketio-chat`, every connection sends it in its CONNECT to `/chat`.
     #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
     /// Size of each message's payload in bytes (Herald: the event's `data` object; rooms: the
-    /// `content` string).
+    /// `content` string, Socket.IO too).
     #[arg(long, default_value_t = 100, value_name = "BYTES")]
     pub payload_bytes: usize,
 
@@ -131,7 +147,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub connections: usize,
 
-    /// idle: have every connection also subscribe (Herald) or join (rooms) one of --rooms rooms.
+    /// idle: have every connection also subscribe (Herald) or join (rooms, Socket.IO) one of
+    /// --rooms rooms.
     #[arg(long)]
     pub idle_subscribe: bool,
 
@@ -182,6 +199,10 @@ pub enum Protocol {
     Herald,
     /// The seed-004 room protocol (the benchmark peers).
     Rooms,
+    /// The room protocol as Socket.IO events in the main namespace (the Socket.IO peer).
+    Socketio,
+    /// Seed 004's Socket.IO namespace `/chat` (Herald's Socket.IO service).
+    SocketioChat,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,7 +234,14 @@ impl Protocol {
         match self {
             Protocol::Herald => "herald",
             Protocol::Rooms => "rooms",
+            Protocol::Socketio => "socketio",
+            Protocol::SocketioChat => "socketio-chat",
         }
+    }
+
+    /// Socket.IO, in either namespace.
+    pub fn is_socketio(self) -> bool {
+        matches!(self, Protocol::Socketio | Protocol::SocketioChat)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The clients: subscribers (Herald WebSocket or SSE, or room members), publishers (Herald
-//! WebSocket or HTTP, or the room protocol's WebSocket) and idle connections.
+//! WebSocket or HTTP, or the room protocol's WebSocket, or Socket.IO) and idle connections.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -21,6 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::args::{Protocol, PublishVia, Transport};
 use crate::net::{Http, Net, Ws, with_retries};
 use crate::payload::{self, now_us};
+use crate::sio::{self, Engine};
 use crate::stats::{self, DONE, ERRORS, inc, measuring, phase};
 
 /// Messages a publisher writes before one flush.
@@ -95,6 +97,14 @@ impl Ctx {
     pub(crate) fn pub_net(&self) -> &Net {
         self.publish_net.as_ref().unwrap_or(&self.net)
     }
+
+    /// The Socket.IO namespace of the protocol.
+    fn sio_nsp(&self) -> &'static str {
+        match self.protocol {
+            Protocol::SocketioChat => "/chat",
+            _ => "/",
+        }
+    }
 }
 
 fn is_error(frame: &[u8]) -> bool {
@@ -165,6 +175,8 @@ fn query_value(s: &str) -> String {
 
 enum Sub {
     Ws(Box<Ws>),
+    /// A Socket.IO connection (it answers the server's pings).
+    Sio(Box<Ws>),
     Sse(Http, Incoming),
 }
 
@@ -203,6 +215,13 @@ async fn open_subscriber(
             }
             Ok(Sub::Ws(Box::new(ws)))
         }
+        (Protocol::Socketio | Protocol::SocketioChat, _) => {
+            let mut ws = sio_open(ctx, &ctx.net, read_buffer).await?;
+            if let Some(room) = room {
+                sio_join(ctx, &mut ws, room).await?;
+            }
+            Ok(Sub::Sio(Box::new(ws)))
+        }
         (Protocol::Rooms, _) => {
             let mut ws = ctx.net.ws(&ctx.ws_path, read_buffer).await?;
             wait_for(&mut ws, b"").await?; // {"type":"connected",…}
@@ -217,6 +236,112 @@ async fn open_subscriber(
             Ok(Sub::Ws(Box::new(ws)))
         }
     }
+}
+
+/// Opens a Socket.IO connection and CONNECTs to the protocol's namespace (with the token for
+/// `/chat`); returns once the server has accepted the CONNECT.
+async fn sio_open(ctx: &Ctx, net: &Net, read_buffer: usize) -> anyhow::Result<Ws> {
+    let mut ws = net.ws(&ctx.ws_path, read_buffer).await?;
+    let auth = match ctx.protocol {
+        Protocol::SocketioChat => {
+            Some(json!({"token": ctx.token.as_deref().unwrap_or_default()}).to_string())
+        }
+        _ => None,
+    };
+    let mut connect = String::new();
+    sio::connect(&mut connect, ctx.sio_nsp(), auth.as_deref());
+    ws.send(Message::text(connect)).await?;
+    sio_wait(ctx, &mut ws, |p| p.kind == sio::CONNECT).await?;
+    Ok(ws)
+}
+
+/// Joins `room` and waits until the server has processed the join: `/chat` answers
+/// `join_room` with `room_history`; the Socket.IO peer does not answer `join`, so a `ping`
+/// follows it and its `pong` says the join is done.
+async fn sio_join(ctx: &Ctx, ws: &mut Ws, room: usize) -> anyhow::Result<()> {
+    let nsp = ctx.sio_nsp();
+    let room = ctx.rooms_json[room].as_str();
+    let mut join = String::new();
+    match ctx.protocol {
+        Protocol::SocketioChat => {
+            sio::event(&mut join, nsp, None, "\"join_room\"", &[room]);
+            ws.send(Message::text(join)).await?;
+            sio_wait(ctx, ws, |p| p.event_name() == Some(b"room_history")).await
+        }
+        _ => {
+            sio::event(&mut join, nsp, None, "\"join\"", &[room]);
+            let mut ping = String::new();
+            sio::event(&mut ping, nsp, None, "\"ping\"", &[]);
+            ws.feed(Message::text(join)).await?;
+            ws.feed(Message::text(ping)).await?;
+            ws.flush().await?;
+            sio_wait(ctx, ws, |p| p.event_name() == Some(b"pong")).await
+        }
+    }
+}
+
+/// Reads Socket.IO packets of the protocol's namespace until `done` accepts one, answering
+/// the server's pings; a CONNECT_ERROR, a DISCONNECT, an `error` event or a close fails.
+async fn sio_wait(
+    ctx: &Ctx,
+    ws: &mut Ws,
+    done: impl Fn(&sio::Packet<'_>) -> bool,
+) -> anyhow::Result<()> {
+    let nsp = ctx.sio_nsp().as_bytes();
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => match sio::engine(t.as_bytes()) {
+                Engine::Ping(probe) => {
+                    let pong = format!("{}{}", sio::PONG, String::from_utf8_lossy(probe));
+                    ws.send(Message::text(pong)).await?;
+                }
+                Engine::Close => bail!("server closed the Engine.IO session"),
+                Engine::Message(m) => {
+                    let Some(p) = sio::packet(m) else { continue };
+                    if p.nsp != nsp {
+                        continue;
+                    }
+                    if done(&p) {
+                        return Ok(());
+                    }
+                    if sio_failed(&p) {
+                        bail!("server answered {}", t.as_str());
+                    }
+                }
+                _ => {}
+            },
+            Some(Ok(Message::Close(c))) => bail!("server closed the connection: {c:?}"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("server closed the connection"),
+        }
+    }
+}
+
+/// A CONNECT_ERROR, a DISCONNECT from the server, or an `error` event.
+fn sio_failed(p: &sio::Packet<'_>) -> bool {
+    p.kind == sio::CONNECT_ERROR || p.kind == sio::DISCONNECT || p.event_name() == Some(b"error")
+}
+
+/// A Socket.IO packet a subscriber received: a `message` event is handled like a room
+/// protocol frame (its payload is in the content). Returns false when the server ended the
+/// session.
+fn on_sio_packet(ctx: &Ctx, msg: &[u8], nsp: &[u8], designated: bool) -> bool {
+    let Some(p) = sio::packet(msg) else {
+        return true;
+    };
+    if p.nsp != nsp {
+        return true;
+    }
+    match p.event() {
+        Some((b"message", rest)) => on_frame(ctx, rest, designated),
+        _ if sio_failed(&p) => {
+            inc(&ERRORS.server);
+            return p.kind != sio::DISCONNECT;
+        }
+        _ => {}
+    }
+    true
 }
 
 async fn open_sse(ctx: &Ctx, room: Option<usize>) -> anyhow::Result<Sub> {
@@ -272,6 +397,26 @@ async fn read_sub(ctx: Arc<Ctx>, sub: Sub, designated: bool) {
                 }
             }
         }
+        Sub::Sio(mut ws) => {
+            let nsp = ctx.sio_nsp().as_bytes();
+            while let Some(m) = ws.next().await {
+                match m {
+                    Ok(Message::Text(t)) => {
+                        let open = match sio::engine(t.as_bytes()) {
+                            Engine::Message(m) => on_sio_packet(&ctx, m, nsp, designated),
+                            Engine::Ping(_) => ws.send(Message::text(sio::PONG)).await.is_ok(),
+                            Engine::Close => false,
+                            _ => true,
+                        };
+                        if !open {
+                            break;
+                        }
+                    }
+                    Ok(Message::Close(_)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
         Sub::Sse(http, mut body) => {
             let _keep = http;
             let separator = memmem::Finder::new(b"\n\n");
@@ -306,15 +451,19 @@ pub(crate) struct Job {
 }
 
 pub(crate) enum PubConn {
-    Ws(SplitSink<Ws, Message>),
+    /// A WebSocket; for Socket.IO, with the flag its reader raises when the server has pinged
+    /// (the publisher writes the pong before its next batch).
+    Ws(SplitSink<Ws, Message>, Option<Arc<AtomicBool>>),
     Http(mpsc::Sender<Job>),
 }
 
 /// Opens publisher `id`: a WebSocket (authenticated for Herald) with a reader that counts acks,
-/// or `http_workers` HTTP connections fed from one queue.
+/// or `http_workers` HTTP connections fed from one queue. `rooms` are the rooms it publishes
+/// to; a `/chat` publisher joins them (as a chat client does before it sends).
 pub(crate) async fn publisher(
     ctx: &Arc<Ctx>,
     id: usize,
+    rooms: &[usize],
     via: PublishVia,
     http_workers: usize,
 ) -> anyhow::Result<PubConn> {
@@ -356,7 +505,29 @@ pub(crate) async fn publisher(
             })?;
             let (sink, stream) = ws.split();
             tokio::spawn(herald_ack_reader(ctx.clone(), id, stream));
-            Ok(PubConn::Ws(sink))
+            Ok(PubConn::Ws(sink, None))
+        }
+        (Protocol::Socketio | Protocol::SocketioChat, _) => {
+            let ws = with_retries(|| async {
+                let mut ws = sio_open(ctx, ctx.pub_net(), ctx.ws_read_buffer).await?;
+                if ctx.protocol == Protocol::SocketioChat {
+                    for &room in rooms {
+                        sio_join(ctx, &mut ws, room).await?;
+                    }
+                }
+                Ok(ws)
+            })
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open publisher {id}: {}",
+                    crate::net::last_connect_error().unwrap_or_default()
+                )
+            })?;
+            let (sink, stream) = ws.split();
+            let pinged = Arc::new(AtomicBool::new(false));
+            tokio::spawn(sio_publisher_reader(ctx.sio_nsp(), stream, pinged.clone()));
+            Ok(PubConn::Ws(sink, Some(pinged)))
         }
         (Protocol::Rooms, _) => {
             let ws = with_retries(|| ctx.pub_net().ws(&ctx.ws_path, ctx.ws_read_buffer))
@@ -376,9 +547,39 @@ pub(crate) async fn publisher(
                 }
                 note_disconnect();
             });
-            Ok(PubConn::Ws(sink))
+            Ok(PubConn::Ws(sink, None))
         }
     }
+}
+
+/// What a Socket.IO publisher reads: pings (raising `pinged`), errors (counted), and, on
+/// `/chat`, its own copies of its messages (ignored: only subscribers' deliveries count).
+async fn sio_publisher_reader(
+    nsp: &'static str,
+    mut stream: SplitStream<Ws>,
+    pinged: Arc<AtomicBool>,
+) {
+    while let Some(m) = stream.next().await {
+        match m {
+            Ok(Message::Text(t)) => match sio::engine(t.as_bytes()) {
+                Engine::Ping(_) => pinged.store(true, Ordering::Relaxed),
+                Engine::Close => break,
+                Engine::Message(m) => {
+                    if let Some(p) = sio::packet(m)
+                        && p.nsp == nsp.as_bytes()
+                        && sio_failed(&p)
+                    {
+                        note_error(format!("server answered {}", t.as_str()));
+                        inc(&ERRORS.server);
+                    }
+                }
+                _ => {}
+            },
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    note_disconnect();
 }
 
 async fn herald_ack_reader(ctx: Arc<Ctx>, id: usize, mut stream: SplitStream<Ws>) {
@@ -555,9 +756,16 @@ pub(crate) async fn run_publisher(
         let counted = measuring();
         let mut sent = 0u64;
         match &mut conn {
-            PubConn::Ws(sink) => {
-                let mut failed = false;
+            PubConn::Ws(sink, pinged) => {
+                // A pong owed to the server (Socket.IO) goes out first.
+                let mut failed = pinged
+                    .as_ref()
+                    .is_some_and(|p| p.swap(false, Ordering::Relaxed))
+                    && sink.feed(Message::text(sio::PONG)).await.is_err();
                 for &ts in &batch {
+                    if failed {
+                        break;
+                    }
                     let room = rooms[next % rooms.len()];
                     next += 1;
                     let mut frame = String::with_capacity(frame_capacity);
@@ -629,6 +837,10 @@ fn encode(ctx: &Ctx, out: &mut String, http: bool, room: usize, ts: u64, id: usi
             payload::herald_ws_publish(out, &ctx.event_type_json, room, ts, id, ctx.payload_bytes)
         }
         Protocol::Rooms => payload::rooms_message(out, room, ts, id, ctx.payload_bytes),
+        Protocol::Socketio => sio::message(out, "/", "room", room, ts, id, ctx.payload_bytes),
+        Protocol::SocketioChat => {
+            sio::message(out, "/chat", "roomId", room, ts, id, ctx.payload_bytes)
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! `herald bench`: a load generator for Herald and for servers of the seed-004 room protocol
-//! (the benchmark peers). Fan-out, many rooms, durable publish ingest and idle connections;
+//! or its Socket.IO form (the benchmark peers). Fan-out, many rooms, durable publish ingest and idle connections;
 //! open-loop rates and closed-loop windows; publish-to-receipt latency in HDR histograms;
 //! server CPU and memory from `/proc`. See `herald bench --help`.
 
@@ -10,6 +10,7 @@ mod payload;
 mod procstat;
 mod report;
 mod run;
+mod sio;
 mod stats;
 
 pub use args::{BenchArgs, Protocol, PublishVia, Scenario, Transport};

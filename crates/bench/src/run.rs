@@ -67,18 +67,22 @@ fn validate(a: &BenchArgs) -> anyhow::Result<()> {
     if a.scenario == Scenario::Idle && publish_target(a).is_some() {
         bail!("--publish-target needs publishers; --scenario idle has none");
     }
-    if a.protocol == Protocol::Rooms {
+    if a.protocol != Protocol::Herald {
+        let name = a.protocol.name();
         if a.scenario == Scenario::Ingest {
             bail!(
                 "--scenario ingest measures Herald's durable publishes; it needs --protocol herald"
             );
         }
         if a.transport == Transport::Sse {
-            bail!("--transport sse is Herald's; the room protocol is WebSocket only");
+            bail!("--transport sse is Herald's; --protocol {name} is WebSocket only");
         }
         if a.publish == Some(PublishVia::Http) {
-            bail!("--publish http is Herald's; the room protocol publishes over its WebSocket");
+            bail!("--publish http is Herald's; --protocol {name} publishes over its WebSocket");
         }
+    }
+    if a.protocol == Protocol::SocketioChat && a.token.is_none() {
+        bail!("--protocol socketio-chat connects to /chat with a token: --token (or HERALD_TOKEN)");
     }
     if a.protocol == Protocol::Herald && a.scenario != Scenario::Idle && a.token.is_none() {
         bail!(
@@ -134,7 +138,7 @@ fn plan(a: &BenchArgs) -> Plan {
     };
     let publishers = a.publishers.unwrap_or(default_publishers);
     let via = match (a.protocol, a.publish) {
-        (Protocol::Rooms, _) => PublishVia::Ws,
+        (Protocol::Rooms | Protocol::Socketio | Protocol::SocketioChat, _) => PublishVia::Ws,
         (_, Some(v)) => v,
         _ if a.scenario == Scenario::Ingest => PublishVia::Http,
         _ => PublishVia::Ws,
@@ -192,13 +196,13 @@ fn make_ctx(
         net,
         publish_net,
         protocol: a.protocol,
-        ws_path: a.ws_path.clone().unwrap_or_else(|| {
-            match a.protocol {
-                Protocol::Herald => "/ws",
-                Protocol::Rooms => "/",
+        ws_path: match a.protocol {
+            Protocol::Socketio | Protocol::SocketioChat => {
+                crate::sio::ws_path(a.ws_path.as_deref())
             }
-            .to_owned()
-        }),
+            Protocol::Herald => a.ws_path.clone().unwrap_or_else(|| "/ws".to_owned()),
+            Protocol::Rooms => a.ws_path.clone().unwrap_or_else(|| "/".to_owned()),
+        },
         transport: a.transport,
         token: a.token.clone(),
         event_type: a.event_type.clone(),
@@ -309,9 +313,18 @@ async fn run_pubsub(a: &BenchArgs, net: Net, publish_net: Option<Net>) -> anyhow
             net::last_connect_error().unwrap_or_default()
         );
     }
+    let publisher_rooms: Vec<Vec<usize>> = (0..p.publishers)
+        .map(|id| {
+            let mut mine: Vec<usize> = (id..p.rooms.len()).step_by(p.publishers).collect();
+            if mine.is_empty() {
+                mine.push(id % p.rooms.len());
+            }
+            mine
+        })
+        .collect();
     let mut conns = Vec::new();
-    for id in 0..p.publishers {
-        conns.push(clients::publisher(&ctx, id, p.via, p.http_workers).await?);
+    for (id, mine) in publisher_rooms.iter().enumerate() {
+        conns.push(clients::publisher(&ctx, id, mine, p.via, p.http_workers).await?);
     }
     let open_secs = opening.elapsed().as_secs_f64();
 
@@ -319,11 +332,7 @@ async fn run_pubsub(a: &BenchArgs, net: Net, publish_net: Option<Net>) -> anyhow
     let ticker_stop = Arc::new(AtomicBool::new(false));
     let mut senders = Vec::new();
     let mut publishers = Vec::new();
-    for (id, conn) in conns.into_iter().enumerate() {
-        let mut my_rooms: Vec<usize> = (id..p.rooms.len()).step_by(p.publishers).collect();
-        if my_rooms.is_empty() {
-            my_rooms.push(id % p.rooms.len());
-        }
+    for ((id, conn), my_rooms) in conns.into_iter().enumerate().zip(publisher_rooms) {
         let feed = match windows.get(id) {
             Some(w) => Feed::Closed(w.clone()),
             None => {
