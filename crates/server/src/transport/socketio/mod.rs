@@ -30,7 +30,7 @@ use herald_core::{CloseReason, Transport};
 use self::engine::{Session, Sessions, Timing, bad_request};
 use self::packet::BadPacket;
 use super::Registration;
-use super::ws::Handshake;
+use super::ws::{self, Handshake};
 use crate::app::App;
 use crate::http::error::AppError;
 
@@ -146,7 +146,10 @@ pub async fn handle(
             let Ok(upgrade) = upgrade else {
                 return bad_request("not a WebSocket handshake");
             };
+            // The small read buffer of `/ws`: tungstenite's default (128 KiB) would be most of
+            // an idle session's memory.
             let config = tungstenite::protocol::WebSocketConfig::default()
+                .read_buffer_size(ws::READ_BUFFER)
                 .max_message_size(Some(sessions.timing.max_payload))
                 .max_frame_size(Some(sessions.timing.max_payload));
             let sessions = sessions.clone();

@@ -36,7 +36,7 @@ use crate::http::identity::optional_identity;
 /// cost little memory. Larger messages still work; the buffers grow as needed. tungstenite
 /// allocates the read buffer up front and reads at most this much per syscall: 128 saved
 /// another ~140 bytes per idle connection, but split common commands over several reads.
-const READ_BUFFER: usize = 256;
+pub(crate) const READ_BUFFER: usize = 256;
 /// How long a server-initiated close waits for the client's half of the closing handshake.
 const LINGER: Duration = Duration::from_secs(1);
 /// How long a close frame with nothing owed before it may take to reach the socket.
