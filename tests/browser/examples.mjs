@@ -34,7 +34,7 @@ async function index(context) {
   const page = await context.newPage();
   await page.goto(`${base}/examples`); // redirected to /examples/
   const links = await page.locator(".apps a").evaluateAll((as) => as.map((a) => a.getAttribute("href")));
-  check(links.length === 6, `six demo apps linked: ${links}`);
+  check(links.length === 7, `seven demo apps linked: ${links}`);
   for (const href of links) {
     const res = await fetch(`${base}${href}`);
     check(res.ok && res.headers.get("content-type").startsWith("text/html"), `${href} is served`);
@@ -84,6 +84,34 @@ async function chat(context) {
   await until(async () => (await texts(ada.page, "#people li")).join() === "Ada", "Ada is alone again");
   await ada.page.locator("#messages .notice", { hasText: "Bob left" }).waitFor({ timeout: 2000 });
   return ada.errors.concat(bob.errors);
+}
+
+/** Two pages type into the demo document at once: both end with the same text, the server's,
+ * holding every keystroke; each shows the other's cursor. */
+async function editor(context) {
+  const [a, b] = [await open(context, "editor", "editor a"), await open(context, "editor", "editor b")];
+  for (const p of [a, b]) await p.page.locator("#text:not([disabled])").waitFor({ timeout: 5000 });
+  await Promise.all([
+    a.page.locator("#text").pressSequentially("alpha one ", { delay: 15 }),
+    b.page.locator("#text").pressSequentially("beta two ", { delay: 15 }),
+  ]);
+  const value = (p) => p.page.inputValue("#text");
+  await until(async () => (await value(a)) === (await value(b)) && (await value(a)).length === 19, "the pages converge");
+  const text = await value(a);
+  const sorted = (t) => [...t].sort().join("");
+  check(sorted(text) === sorted("alpha one beta two "), `every keystroke is kept: ${JSON.stringify(text)}`);
+  const server = await (await fetch(`${base}/api/documents/demo`, { headers: { authorization: `Bearer ${adminToken}` } })).json();
+  check(server.content === text, `the server has the same text: ${JSON.stringify(server.content)}`);
+  for (const p of [a, b]) {
+    await p.page.locator("#text").click();
+    await p.page.keyboard.press("End");
+  }
+  for (const p of [a, b]) await p.page.locator("#mirror .cursor").first().waitFor({ timeout: 2000 });
+  check((await a.page.locator("#people li").count()) === 2, "both editors listed");
+  await shot(a.page, "editor");
+  await a.page.close();
+  await b.page.close();
+  return a.errors.concat(b.errors);
 }
 
 async function stocks(page) {
@@ -161,6 +189,7 @@ run(async () => {
     };
     let errors = [];
     await step("chat", async () => (errors = await chat(context)));
+    await step("editor", async () => errors.push(...(await editor(context))));
     await step("stocks", () => stocks(pages.stocks.page));
     await step("news", () => news(pages.news.page, headlines));
     await step("stats", () => stats(pages.stats.page));

@@ -46,6 +46,7 @@ static ASSETS: &[Asset] = assets! {
     "/examples/stocks" => "examples/stocks.html", HTML;
     "/examples/activity" => "examples/activity.html", HTML;
     "/examples/news" => "examples/news.html", HTML;
+    "/examples/editor" => "examples/editor.html", HTML;
 };
 
 fn find(path: &str) -> Option<&'static Asset> {

@@ -84,12 +84,6 @@ impl Session {
         change: Change,
         reply: Option<Value>,
     ) {
-        let Some(identity) = self.conn.identity() else {
-            return self.fail(
-                &AppError::unauthorized("authenticate to edit documents"),
-                reply,
-            );
-        };
         let max = self.app.documents.bounds().max_len;
         if change.text_len() > max {
             return self.fail(
@@ -118,9 +112,12 @@ impl Session {
         };
         let (app, conn) = (self.app.clone(), self.conn.clone());
         tokio::spawn(async move {
+            let identity = conn.identity();
             let from = Publisher {
+                identity: identity.as_ref(),
+                profile: None,
+                skip: None,
                 document: true,
-                ..Publisher::of(&identity)
             };
             if let Err(e) = app.publish_as(from, args).await {
                 conn.send(Outgoing::Message(e.to_ws(reply)));
