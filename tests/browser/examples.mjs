@@ -1,6 +1,7 @@
 // The demo apps under /examples/ in headless Chromium, against `herald serve --demo`: two
 // pages chat (messages, typing, presence, markup shown as text), and every other page shows
-// live data. One browser for all of it. Usage: node examples.mjs http://host:port <admin token>
+// live data; two pages edit one document together, with herald.js and with Yjs. One browser
+// for all of it. Usage: node examples.mjs http://host:port <admin token>
 // Screenshots: $ARTIFACTS/examples-*.png
 import { check, launch, postJson, run, until, watchErrors } from "./lib.mjs";
 
@@ -34,7 +35,7 @@ async function index(context) {
   const page = await context.newPage();
   await page.goto(`${base}/examples`); // redirected to /examples/
   const links = await page.locator(".apps a").evaluateAll((as) => as.map((a) => a.getAttribute("href")));
-  check(links.length === 7, `seven demo apps linked: ${links}`);
+  check(links.length === 8, `eight demo apps linked: ${links}`);
   for (const href of links) {
     const res = await fetch(`${base}${href}`);
     check(res.ok && res.headers.get("content-type").startsWith("text/html"), `${href} is served`);
@@ -109,6 +110,34 @@ async function editor(context) {
   for (const p of [a, b]) await p.page.locator("#mirror .cursor").first().waitFor({ timeout: 2000 });
   check((await a.page.locator("#people li").count()) === 2, "both editors listed");
   await shot(a.page, "editor");
+  await a.page.close();
+  await b.page.close();
+  return a.errors.concat(b.errors);
+}
+
+/** The Yjs editor: two pages on yjs + y-websocket type at once and converge; each shows the
+ * other's awareness (name and cursor). */
+async function yjsEditor(context) {
+  const pages = [];
+  for (const name of ["yjs a", "yjs b"]) {
+    const page = await context.newPage();
+    const errors = watchErrors(page, name);
+    await page.goto(`${base}/examples/yjs`);
+    await page.locator("#text:not([disabled])").waitFor({ timeout: 5000 });
+    pages.push({ page, errors });
+  }
+  const [a, b] = pages;
+  await Promise.all([
+    a.page.locator("#text").pressSequentially("yjs one ", { delay: 15 }),
+    b.page.locator("#text").pressSequentially("yjs two ", { delay: 15 }),
+  ]);
+  const value = (p) => p.page.inputValue("#text");
+  await until(async () => (await value(a)) === (await value(b)) && (await value(a)).length === 16, "the Yjs pages converge");
+  const sorted = (t) => [...t].sort().join("");
+  check(sorted(await value(a)) === sorted("yjs one yjs two "), `every keystroke is kept: ${await value(a)}`);
+  for (const p of [a, b]) await p.page.locator("#mirror .cursor").first().waitFor({ timeout: 2000 });
+  await until(async () => (await a.page.locator("#people li").count()) === 2, "both Yjs editors listed");
+  await shot(a.page, "yjs");
   await a.page.close();
   await b.page.close();
   return a.errors.concat(b.errors);
@@ -189,12 +218,14 @@ run(async () => {
     };
     let errors = [];
     await step("chat", async () => (errors = await chat(context)));
-    await step("editor", async () => errors.push(...(await editor(context))));
     await step("stocks", () => stocks(pages.stocks.page));
     await step("news", () => news(pages.news.page, headlines));
     await step("stats", () => stats(pages.stats.page));
     await step("notifications", () => notifications(pages.notifications.page));
     await step("activity", () => activity(pages.activity.page));
+    // Last: every keystroke is an event the activity feed would show.
+    await step("editor", async () => errors.push(...(await editor(context))));
+    await step("yjs", async () => errors.push(...(await yjsEditor(context))));
     for (const p of Object.values(pages)) errors.push(...p.errors);
     check(errors.length === 0, `no page errors: ${errors}`);
   } finally {
