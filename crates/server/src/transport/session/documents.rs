@@ -103,9 +103,25 @@ impl Session {
             Ok(r) => r,
             Err(e) => return self.fail(&e, reply),
         };
+        let data = documents::change_data(base, &change, self.conn.id, reply.clone());
+        self.publish_document(documents::CHANGE, room, data, move |e| {
+            Outgoing::Message(e.to_ws(reply))
+        });
+    }
+
+    /// Publishes a document's event (`document.*`, `yjs.*`) as this connection, through the
+    /// document commands' door (`Publisher::document`); a refusal is answered with
+    /// `refused(error)`.
+    pub(super) fn publish_document(
+        &self,
+        kind: &str,
+        room: String,
+        data: Value,
+        refused: impl FnOnce(&AppError) -> Outgoing + Send + 'static,
+    ) {
         let args = PublishArgs {
-            kind: documents::CHANGE.into(),
-            data: documents::change_data(base, &change, self.conn.id, reply.clone()),
+            kind: kind.into(),
+            data,
             room_id: Some(room),
             user_id: None,
             metadata: None,
@@ -120,7 +136,7 @@ impl Session {
                 document: true,
             };
             if let Err(e) = app.publish_as(from, args).await {
-                conn.send(Outgoing::Message(e.to_ws(reply)));
+                conn.send(refused(&e));
             }
         });
     }
