@@ -382,3 +382,32 @@ async fn hostile_editors_are_refused() {
     assert_eq!(seen, 60 - limited, "only admitted moves reach the others");
     assert_eq!(document(&server, "secret").await["content"], "x".repeat(60));
 }
+
+/// Anonymous clients edit public documents only (as they chat in public rooms only).
+#[tokio::test]
+async fn anonymous_clients_edit_public_documents_only() {
+    let server = Server::start_with(&["--public-room", "document:open"]);
+    let mut anon = Ws::connect(&server, "/ws").await;
+    anon.send(json!({"type": "document.join", "data": {"documentId": "open"}}))
+        .await;
+    anon.recv_type("document.joined").await;
+    anon.send(json!({"type": "document.change", "id": 1, "data": {
+        "documentId": "open", "baseVersion": 0, "position": 0, "text": "hi"}}))
+        .await;
+    let ack = anon.recv_type("text_change_applied").await;
+    assert_eq!(
+        (ack["id"].clone(), ack["data"]["version"].clone()),
+        (json!(1), json!(1))
+    );
+    assert!(
+        ack["data"]["author"].is_null(),
+        "an anonymous author is no user: {ack}"
+    );
+    // A raw publish of a document event stays refused, public room or not.
+    anon.send(json!({"type": "publish", "id": 2, "data": {"type": "document.change",
+        "roomId": "document:open", "data": {"baseVersion": 1, "position": 0, "length": 0, "text": "x"}}}))
+        .await;
+    let e = anon.recv_type("error").await;
+    assert_eq!(e["id"], 2, "{e}");
+    assert_eq!(document(&server, "open").await["content"], "hi");
+}

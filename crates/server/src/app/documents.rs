@@ -182,7 +182,7 @@ impl Open {
                     "documentId": id,
                     "change": change_json(&applied),
                     "version": doc.version(),
-                    "author": author,
+                    "author": event.user_id,
                     "seq": event.seq,
                 });
                 let shared = ServerMessage::new("text_change_applied", Some(data.clone()));
@@ -484,7 +484,7 @@ impl Documents {
                             "documentId": id,
                             "change": change_json(change),
                             "version": n,
-                            "author": author,
+                            "author": (!author.is_empty()).then_some(author),
                         })),
                     )));
                 }
