@@ -22,6 +22,11 @@ pub const COMMAND_TYPES: &[&str] = &[
     "stream.subscribe",
     "stream.unsubscribe",
     "private_message",
+    "document.join",
+    "document.leave",
+    "document.change",
+    "text_change",
+    "cursor_move",
 ];
 
 /// A command's type and arguments, written the canonical way (no aliases).
@@ -114,6 +119,36 @@ pub fn command_parts(command: &Command) -> (&'static str, Map<String, Value>) {
         Command::StreamUnsubscribe { stream } => {
             put("stream", json!(stream));
             "stream.unsubscribe"
+        }
+        Command::DocumentJoin { document, version } => {
+            put("documentId", json!(document));
+            if let Some(v) = version {
+                put("version", json!(v));
+            }
+            "document.join"
+        }
+        Command::DocumentLeave { document } => {
+            put("documentId", json!(document));
+            "document.leave"
+        }
+        Command::DocumentChange {
+            document,
+            base_version,
+            position,
+            length,
+            text,
+        } => {
+            put("documentId", json!(document));
+            put("baseVersion", json!(base_version));
+            put("position", json!(position));
+            put("length", json!(length));
+            put("text", json!(text));
+            "document.change"
+        }
+        Command::DocumentCursor { document, cursor } => {
+            put("documentId", json!(document));
+            put("cursor", cursor.clone());
+            "cursor_move"
         }
     };
     (kind, args)
