@@ -25,7 +25,7 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
   sudo_if_needed apt-get update -qq && sudo_if_needed apt-get install -y -qq nodejs npm
 fi
-[ -d tests/seed-clients/node_modules/ws ] || npm ci --prefix tests/seed-clients --no-audit --no-fund
+[ -d tests/seed-clients/node_modules/y-websocket ] || npm ci --prefix tests/seed-clients --no-audit --no-fund
 
 step "Chromium and playwright-core for the browser tests"
 if [ ! -x /usr/bin/chromium ]; then

@@ -1,6 +1,7 @@
 // The demo apps under /examples/ in headless Chromium, against `herald serve --demo`: two
 // pages chat (messages, typing, presence, markup shown as text), and every other page shows
-// live data. One browser for all of it. Usage: node examples.mjs http://host:port <admin token>
+// live data; two pages edit one document together, with herald.js and with Yjs. One browser
+// for all of it. Usage: node examples.mjs http://host:port <admin token>
 // Screenshots: $ARTIFACTS/examples-*.png
 import { check, launch, postJson, run, until, watchErrors } from "./lib.mjs";
 
@@ -34,7 +35,7 @@ async function index(context) {
   const page = await context.newPage();
   await page.goto(`${base}/examples`); // redirected to /examples/
   const links = await page.locator(".apps a").evaluateAll((as) => as.map((a) => a.getAttribute("href")));
-  check(links.length === 6, `six demo apps linked: ${links}`);
+  check(links.length === 8, `eight demo apps linked: ${links}`);
   for (const href of links) {
     const res = await fetch(`${base}${href}`);
     check(res.ok && res.headers.get("content-type").startsWith("text/html"), `${href} is served`);
@@ -84,6 +85,62 @@ async function chat(context) {
   await until(async () => (await texts(ada.page, "#people li")).join() === "Ada", "Ada is alone again");
   await ada.page.locator("#messages .notice", { hasText: "Bob left" }).waitFor({ timeout: 2000 });
   return ada.errors.concat(bob.errors);
+}
+
+/** Two pages type into the demo document at once: both end with the same text, the server's,
+ * holding every keystroke; each shows the other's cursor. */
+async function editor(context) {
+  const [a, b] = [await open(context, "editor", "editor a"), await open(context, "editor", "editor b")];
+  for (const p of [a, b]) await p.page.locator("#text:not([disabled])").waitFor({ timeout: 5000 });
+  await Promise.all([
+    a.page.locator("#text").pressSequentially("alpha one ", { delay: 15 }),
+    b.page.locator("#text").pressSequentially("beta two ", { delay: 15 }),
+  ]);
+  const value = (p) => p.page.inputValue("#text");
+  await until(async () => (await value(a)) === (await value(b)) && (await value(a)).length === 19, "the pages converge");
+  const text = await value(a);
+  const sorted = (t) => [...t].sort().join("");
+  check(sorted(text) === sorted("alpha one beta two "), `every keystroke is kept: ${JSON.stringify(text)}`);
+  const server = await (await fetch(`${base}/api/documents/demo`, { headers: { authorization: `Bearer ${adminToken}` } })).json();
+  check(server.content === text, `the server has the same text: ${JSON.stringify(server.content)}`);
+  for (const p of [a, b]) {
+    await p.page.locator("#text").click();
+    await p.page.keyboard.press("End");
+  }
+  for (const p of [a, b]) await p.page.locator("#mirror .cursor").first().waitFor({ timeout: 2000 });
+  check((await a.page.locator("#people li").count()) === 2, "both editors listed");
+  await shot(a.page, "editor");
+  await a.page.close();
+  await b.page.close();
+  return a.errors.concat(b.errors);
+}
+
+/** The Yjs editor: two pages on yjs + y-websocket type at once and converge; each shows the
+ * other's awareness (name and cursor). */
+async function yjsEditor(context) {
+  const pages = [];
+  for (const name of ["yjs a", "yjs b"]) {
+    const page = await context.newPage();
+    const errors = watchErrors(page, name);
+    await page.goto(`${base}/examples/yjs`);
+    await page.locator("#text:not([disabled])").waitFor({ timeout: 5000 });
+    pages.push({ page, errors });
+  }
+  const [a, b] = pages;
+  await Promise.all([
+    a.page.locator("#text").pressSequentially("yjs one ", { delay: 15 }),
+    b.page.locator("#text").pressSequentially("yjs two ", { delay: 15 }),
+  ]);
+  const value = (p) => p.page.inputValue("#text");
+  await until(async () => (await value(a)) === (await value(b)) && (await value(a)).length === 16, "the Yjs pages converge");
+  const sorted = (t) => [...t].sort().join("");
+  check(sorted(await value(a)) === sorted("yjs one yjs two "), `every keystroke is kept: ${await value(a)}`);
+  for (const p of [a, b]) await p.page.locator("#mirror .cursor").first().waitFor({ timeout: 2000 });
+  await until(async () => (await a.page.locator("#people li").count()) === 2, "both Yjs editors listed");
+  await shot(a.page, "yjs");
+  await a.page.close();
+  await b.page.close();
+  return a.errors.concat(b.errors);
 }
 
 async function stocks(page) {
@@ -166,6 +223,9 @@ run(async () => {
     await step("stats", () => stats(pages.stats.page));
     await step("notifications", () => notifications(pages.notifications.page));
     await step("activity", () => activity(pages.activity.page));
+    // Last: every keystroke is an event the activity feed would show.
+    await step("editor", async () => errors.push(...(await editor(context))));
+    await step("yjs", async () => errors.push(...(await yjsEditor(context))));
     for (const p of Object.values(pages)) errors.push(...p.errors);
     check(errors.length === 0, `no page errors: ${errors}`);
   } finally {

@@ -10,7 +10,8 @@
 //!   or in a personal room) to be its user or privileged.
 //! - **Writing** an event needs the right to join its room (a direct message, `chat.private`,
 //!   may go to another user's personal room); publishing as another user, and the operator
-//!   types (`RESERVED_TYPES`), need a privileged identity; anonymous clients may only chat.
+//!   types (`RESERVED_TYPES`), need a privileged identity; anonymous clients may only chat (and
+//!   edit documents) in public rooms.
 
 use crate::event::{CHAT_MESSAGE, CHAT_PRIVATE, Event, NewEvent};
 use crate::identity::Identity;
@@ -216,11 +217,15 @@ impl Access {
     ) -> Result<(), AccessDenied> {
         let Some(i) = who else {
             return match event.room_id.as_deref() {
-                Some(room) if event.kind == CHAT_MESSAGE && event.user_id.is_none() => {
+                // Chat, and a public document's edits through the document commands.
+                Some(room)
+                    if (event.kind == CHAT_MESSAGE || reserved_allowed)
+                        && event.user_id.is_none() =>
+                {
                     self.may_join(None, room)
                 }
                 _ => Err(AccessDenied(
-                    "anonymous clients may only chat in public rooms: authenticate to publish"
+                    "anonymous clients may only chat in and edit public rooms: authenticate to publish"
                         .into(),
                 )),
             };

@@ -99,7 +99,6 @@ pub enum Command {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct DocumentArgs {
-    #[serde(alias = "id")]
     document_id: String,
     #[serde(default)]
     version: Option<u64>,

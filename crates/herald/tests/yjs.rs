@@ -5,34 +5,11 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use common::*;
 use serde_json::Value;
 
 async fn node(args: Vec<String>) -> Value {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/seed-clients");
-    assert!(
-        dir.join("node_modules/y-websocket").exists(),
-        "run `npm ci --prefix tests/seed-clients` (./scripts/test.sh does)"
-    );
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg("yjs-scenario.js")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("node runs")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = seed_client_script("yjs-scenario.js", args).await;
     serde_json::from_str(stdout.trim()).unwrap()
 }
 

@@ -15,6 +15,9 @@ use crate::config::Config;
 
 /// The chat demo's room, public with `--demo` so that anonymous visitors can talk.
 pub const ROOM: &str = "demo";
+/// The editor demos' documents (`/examples/editor`, `/examples/yjs`), public with `--demo` so
+/// that anonymous visitors can edit them.
+pub const DOCUMENTS: [&str; 2] = ["document:demo", "yjs:demo"];
 
 const STOCK_EVERY: Duration = Duration::from_millis(500);
 const NEWS_EVERY: Duration = Duration::from_secs(5);
@@ -48,10 +51,12 @@ const NEWS: [(&str, &str); 8] = [
     ("business", "Start-up closes record funding round"),
 ];
 
-/// Adds the demo room to the public rooms (keeping the configured ones).
+/// Adds the demo room and documents to the public rooms (keeping the configured ones).
 pub fn open_room(config: &mut Config) {
-    if config.demo && !config.public_rooms.iter().any(|r| r == ROOM) {
-        config.public_rooms.push(ROOM.to_owned());
+    for room in std::iter::once(ROOM).chain(DOCUMENTS) {
+        if config.demo && !config.public_rooms.iter().any(|r| r == room) {
+            config.public_rooms.push(room.to_owned());
+        }
     }
 }
 
@@ -238,7 +243,10 @@ mod tests {
         };
         open_room(&mut config);
         open_room(&mut config);
-        assert_eq!(config.public_rooms, ["lobby", ROOM]);
+        assert_eq!(
+            config.public_rooms,
+            ["lobby", ROOM, DOCUMENTS[0], DOCUMENTS[1]]
+        );
         let mut plain = Config::default();
         open_room(&mut plain);
         assert!(plain.public_rooms.is_empty());

@@ -123,4 +123,46 @@ export declare class Herald {
   privateMessage(target: string, text: string): Promise<Published>;
   presence(room: string): Promise<Presence>;
   streamSubscribe(stream: string, handler: (data: any, message: ServerMessage) => void): Subscription;
+  /** Joins a collaborative document (rejoined after each reconnect). WebSocket only. */
+  document(id: string): HeraldDocument;
+}
+
+/** A text change: delete `length` UTF-16 code units at `position`, insert `text`. */
+export interface TextChange {
+  position: number;
+  length: number;
+  text: string;
+}
+
+/** `x` rewritten to apply after `y` (both made on the same text); the server's transformation. */
+export function transformChange(x: TextChange, y: TextChange, xFirst: boolean): TextChange;
+export function applyChange(text: string, change: TextChange): string;
+
+export interface Participant {
+  user: string;
+  cursor: unknown;
+}
+
+/**
+ * A collaborative document: local edits apply at once and converge with everyone's. After a
+ * reconnect, or a refused change, it resynchronises from a fresh snapshot (local edits not yet
+ * acknowledged are dropped).
+ */
+export class HeraldDocument {
+  readonly id: string;
+  /** The text as this participant sees it. */
+  readonly text: string;
+  /** The server's version this text is based on. */
+  readonly version: number;
+  readonly participants: Participant[];
+  readonly cursors: Map<string, unknown>;
+  /** Resolves once the first snapshot arrived. */
+  readonly ready: Promise<HeraldDocument>;
+  on(type: "change", fn: (c: { text: string; change?: TextChange; remote: boolean; author?: string }) => void): () => void;
+  on(type: "participants", fn: (participants: Participant[]) => void): () => void;
+  on(type: "cursor", fn: (c: { user: string; cursor: unknown }) => void): () => void;
+  on(type: "error", fn: (e: { error: string; code: string }) => void): () => void;
+  edit(position: number, length: number, text?: string): void;
+  moveCursor(cursor: unknown): void;
+  leave(): void;
 }

@@ -52,6 +52,156 @@ export function backoffDelay(attempt, base = BASE_DELAY_MS, cap = MAX_DELAY_MS) 
   return ceiling / 2 + Math.random() * (ceiling / 2);
 }
 
+// ---- collaborative documents ------------------------------------------------------------------
+
+/**
+ * Change `x` rewritten to apply after `y`, both made on the same text: the server's
+ * transformation (`herald_core::document::transform`), positions in UTF-16 code units.
+ * `xFirst`: `x` comes first in the document's order.
+ */
+export function transformChange(x, y, xFirst) {
+  const [xp, xe, yp, ye] = [x.position, x.position + x.length, y.position, y.position + y.length];
+  const yLen = y.text.length;
+  const shift = (p) => p - y.length + yLen;
+  if (xp < yp && ye < xe) return { position: xp, length: x.length - y.length + yLen, text: x.text };
+  if (yp < xp && xe < ye) return { position: yp, length: 0, text: "" };
+  const xTextFirst = xp !== yp ? xp < yp : x.length !== y.length ? x.length < y.length : xFirst;
+  const start = xp < yp ? xp : xp > ye ? shift(xp) : xTextFirst ? yp : yp + yLen;
+  const end = xe < yp ? xe : xe > ye ? shift(xe) : xp < yp ? yp : start;
+  return { position: start, length: end - start, text: x.text };
+}
+
+/** `text` with `change` applied. */
+export function applyChange(text, change) {
+  return text.slice(0, change.position) + change.text + text.slice(change.position + change.length);
+}
+
+/**
+ * A collaborative document joined through `herald.document(id)`. Local edits apply at once and
+ * are sent one at a time; remote changes are transformed against the local ones not yet
+ * acknowledged, so every participant ends with the server's text. Events (`on`): `change`
+ * ({text, change, remote}), `participants` (list), `cursor` ({user, cursor}), `error`.
+ */
+export class HeraldDocument {
+  constructor(herald, id) {
+    this.herald = herald;
+    this.id = id;
+    this.text = "";
+    this.version = 0;
+    this.joined = false;
+    this.participants = [];
+    /** Remote cursors by user. */
+    this.cursors = new Map();
+    this.sent = null;
+    this.sentId = null;
+    this.waiting = [];
+    this.handlers = new Map();
+    this.ready = new Promise((resolve) => (this.resolveReady = resolve));
+  }
+
+  on(type, fn) {
+    if (!this.handlers.has(type)) this.handlers.set(type, new Set());
+    this.handlers.get(type).add(fn);
+    return () => this.handlers.get(type)?.delete(fn);
+  }
+
+  emit(type, value) {
+    this.handlers.get(type)?.forEach((fn) => fn(value));
+  }
+
+  /** (Re)joins for a fresh snapshot; local edits not yet acknowledged are dropped with it. */
+  join() {
+    this.joined = false;
+    this.sent = null;
+    this.waiting = [];
+    this.herald.send({ type: "document.join", data: { documentId: this.id } });
+  }
+
+  /** A local edit: delete `length` code units at `position`, insert `text`. */
+  edit(position, length, text = "") {
+    const change = { position, length, text };
+    this.text = applyChange(this.text, change);
+    this.waiting.push(change);
+    this.sendNext();
+    this.emit("change", { text: this.text, change, remote: false });
+  }
+
+  /** Shows this participant's cursor (any small JSON, e.g. {position, selectionEnd}) to the others. */
+  moveCursor(cursor) {
+    if (this.joined) this.herald.send({ type: "cursor_move", data: { documentId: this.id, cursor } });
+  }
+
+  leave() {
+    this.herald.documents.delete(this.id);
+    this.herald.send({ type: "document.leave", data: { documentId: this.id } });
+  }
+
+  sendNext() {
+    if (this.sent || !this.joined || this.waiting.length === 0) return;
+    this.sent = this.waiting.shift();
+    this.sentId = this.herald.nextId++;
+    const { position, length, text } = this.sent;
+    this.herald.send({
+      type: "document.change",
+      id: this.sentId,
+      data: { documentId: this.id, baseVersion: this.version, position, length, text },
+    });
+  }
+
+  receive(msg) {
+    const d = msg.data;
+    switch (msg.type) {
+      case "document.joined":
+        this.text = d.content;
+        this.version = d.version;
+        this.joined = true;
+        this.participants = d.participants;
+        this.emit("change", { text: this.text, remote: true });
+        this.emit("participants", this.participants);
+        this.resolveReady(this);
+        break;
+      case "text_change_applied":
+        if (this.sent && msg.id === this.sentId) {
+          this.version = d.version;
+          this.sent = null;
+          this.sendNext();
+          break;
+        }
+        if (d.version !== this.version + 1) return this.join();
+        this.version = d.version;
+        {
+          let remote = d.change;
+          const mine = this.sent ? [this.sent, ...this.waiting] : this.waiting;
+          const rebased = mine.map((m) => {
+            const r = transformChange(m, remote, false);
+            remote = transformChange(remote, m, true);
+            return r;
+          });
+          if (this.sent) [this.sent, ...this.waiting] = rebased;
+          else this.waiting = rebased;
+          this.text = applyChange(this.text, remote);
+          this.emit("change", { text: this.text, change: remote, remote: true, author: d.author });
+        }
+        break;
+      case "cursor_move":
+        this.cursors.set(d.user, d.cursor);
+        this.emit("cursor", { user: d.user, cursor: d.cursor });
+        break;
+      case "participant_joined":
+      case "participant_left":
+        if (msg.type === "participant_left") this.cursors.delete(d.user);
+        this.participants = d.participants;
+        this.emit("participants", this.participants);
+        break;
+      case "error":
+        // A change refused: the text is resynchronised from a fresh snapshot.
+        this.emit("error", d);
+        if (msg.id === this.sentId) this.join();
+        break;
+    }
+  }
+}
+
 export class Herald {
   /**
    * @param {object} [options]
@@ -82,6 +232,8 @@ export class Herald {
     this.subscriptions = new Map();
     this.rooms = new Map();
     this.streams = new Map();
+    /** Collaborative documents joined, by id. */
+    this.documents = new Map();
     this.queue = [];
     this.pending = new Map();
     this.nextId = 1;
@@ -267,6 +419,7 @@ export class Herald {
     this.setState("open", { transport: "websocket", connectionId: this.connectionId });
     for (const sub of this.subscriptions.values()) this.sendSubscribe(sub);
     for (const [room, user] of this.rooms) this.socket.send(JSON.stringify({ type: "join", room, user }));
+    for (const doc of this.documents.values()) doc.join();
     for (const [stream, s] of this.streams) {
       this.socket.send(JSON.stringify({ type: "stream.subscribe", stream, lastId: s.lastId }));
     }
@@ -296,6 +449,11 @@ export class Herald {
     } else if (msg.type === "subscription.created" && msg.id !== undefined) {
       const sub = [...this.subscriptions.values()].find((s) => s.requestId === msg.id);
       if (sub) sub.serverId = msg.data.subscriptionId;
+    }
+    const doc = msg.data?.documentId !== undefined ? this.documents.get(msg.data.documentId) : undefined;
+    if (doc) doc.receive(msg);
+    else if (msg.type === "error" && msg.id !== undefined) {
+      for (const d of this.documents.values()) if (d.sentId === msg.id) d.receive(msg);
     }
     if (msg.id !== undefined && this.pending.has(msg.id)) {
       const { resolve, reject } = this.pending.get(msg.id);
@@ -470,6 +628,20 @@ export class Herald {
     const body = await res.json();
     if (!res.ok) throw Object.assign(new Error(body.error), body);
     return body;
+  }
+
+  /**
+   * Joins collaborative document `id` (rejoined after each reconnect); `await doc.ready` for
+   * its first snapshot. WebSocket only.
+   */
+  document(id) {
+    let doc = this.documents.get(id);
+    if (!doc) {
+      doc = new HeraldDocument(this, id);
+      this.documents.set(id, doc);
+      if (this.state === "open" && this.socket) doc.join();
+    }
+    return doc;
   }
 
   /**

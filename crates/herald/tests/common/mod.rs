@@ -340,6 +340,35 @@ pub(crate) async fn post(
     (status, res.json().await.unwrap_or(Value::Null))
 }
 
+/// Runs `node <script> <args>` in `tests/seed-clients/` (its packages installed by
+/// `npm ci --prefix tests/seed-clients`, as `./scripts/test.sh` does); its stdout, after
+/// asserting it exited 0.
+pub(crate) async fn seed_client_script(script: &str, args: Vec<String>) -> String {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/seed-clients");
+    assert!(
+        dir.join("node_modules/ws").exists(),
+        "run `npm ci --prefix tests/seed-clients` (./scripts/test.sh does)"
+    );
+    let script = script.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 pub(crate) async fn get(server: &Server, path: &str, bearer: Option<&str>) -> (u16, Value) {
     let mut req = http().get(server.url(path));
     if let Some(t) = bearer {

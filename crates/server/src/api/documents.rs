@@ -1,14 +1,15 @@
 //! Collaborative documents over HTTP: the current state and the change history.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use herald_core::Event;
 use herald_core::store::{HistoryQuery, Order};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use crate::app::App;
 use crate::app::documents::{CHANGE, room_of};
@@ -47,15 +48,6 @@ pub async fn state(
     }))
 }
 
-#[derive(Deserialize, IntoParams)]
-#[serde(rename_all = "camelCase")]
-pub struct ChangesParams {
-    /// Only changes with a greater `seq`.
-    after: Option<u64>,
-    /// 1..=1000, default 100.
-    limit: Option<usize>,
-}
-
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChangesPage {
@@ -67,18 +59,28 @@ pub struct ChangesPage {
 
 /// A document's change history, as stored (within retention), oldest first.
 #[utoipa::path(get, path = "/api/documents/{id}/changes", tag = "documents", security(("bearer" = [])),
-    params(("id" = String, Path), ChangesParams),
+    params(("id" = String, Path),
+        ("after" = Option<u64>, Query, description = "Only changes with a greater `seq`"),
+        ("limit" = Option<usize>, Query, description = "1..=1000, default 100")),
     responses((status = 200, body = ChangesPage), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, description = "No access to the document", body = ErrorBody)))]
 pub async fn changes(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,
     Path(id): Path<String>,
-    Query(params): Query<ChangesParams>,
+    Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<ChangesPage>, AppError> {
     let room = room_of(&id)?;
     app.check_room_read(Some(&caller), &room)?;
-    let limit = params.limit.unwrap_or(100);
+    let number = |key: &str| {
+        params
+            .get(key)
+            .map(|v| v.parse::<u64>())
+            .transpose()
+            .map_err(|_| AppError::bad_request(format!("{key} must be a non-negative integer")))
+    };
+    let after = number("after")?;
+    let limit = number("limit")?.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(AppError::bad_request("limit must be 1..=1000"));
     }
@@ -87,9 +89,9 @@ pub async fn changes(
         .query(HistoryQuery {
             types: vec![CHANGE.to_owned()],
             room_id: Some(room),
-            after_seq: params.after,
+            after_seq: after,
             order: Order::OldestFirst,
-            limit,
+            limit: limit as usize,
             access: app.access().read_scope(Some(&caller)),
             ..Default::default()
         })

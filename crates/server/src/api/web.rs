@@ -46,6 +46,9 @@ static ASSETS: &[Asset] = assets! {
     "/examples/stocks" => "examples/stocks.html", HTML;
     "/examples/activity" => "examples/activity.html", HTML;
     "/examples/news" => "examples/news.html", HTML;
+    "/examples/editor" => "examples/editor.html", HTML;
+    "/examples/yjs" => "examples/yjs.html", HTML;
+    "/examples/yjs-bundle.js" => "examples/yjs-bundle.js", JS;
 };
 
 fn find(path: &str) -> Option<&'static Asset> {

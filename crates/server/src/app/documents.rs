@@ -54,7 +54,8 @@ pub struct Bounds {
 /// A snapshot the author's node is to publish.
 pub struct SnapshotDue {
     pub room: String,
-    pub author: Identity,
+    /// `None`: an anonymous participant of a public document.
+    pub author: Option<Identity>,
     pub kind: &'static str,
     pub data: Value,
 }
@@ -181,7 +182,7 @@ impl Open {
                     "documentId": id,
                     "change": change_json(&applied),
                     "version": doc.version(),
-                    "author": author,
+                    "author": event.user_id,
                     "seq": event.seq,
                 });
                 let shared = ServerMessage::new("text_change_applied", Some(data.clone()));
@@ -204,7 +205,7 @@ impl Open {
                 let writer = self.participants.iter().find(|p| by(p))?;
                 Some(SnapshotDue {
                     room: event.room_id.clone().unwrap_or_default(),
-                    author: writer.conn.identity()?,
+                    author: writer.conn.identity(),
                     kind: SNAPSHOT,
                     data: snapshot_data(doc, event.seq),
                 })
@@ -483,7 +484,7 @@ impl Documents {
                             "documentId": id,
                             "change": change_json(change),
                             "version": n,
-                            "author": author,
+                            "author": (!author.is_empty()).then_some(author),
                         })),
                     )));
                 }

@@ -402,8 +402,10 @@ async fn publish_snapshots(
     while let Some(snapshot) = due.recv().await {
         let Some(app) = app.upgrade() else { return };
         let from = Publisher {
+            identity: snapshot.author.as_ref(),
+            profile: None,
+            skip: None,
             document: true,
-            ..Publisher::of(&snapshot.author)
         };
         let args = PublishArgs {
             kind: snapshot.kind.into(),

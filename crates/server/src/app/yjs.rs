@@ -132,7 +132,7 @@ impl Open {
             .encode_state_as_update_v1(&StateVector::default());
         Some(SnapshotDue {
             room: event.room_id.clone().unwrap_or_default(),
-            author: writer.conn.identity()?,
+            author: writer.conn.identity(),
             data: json!({"update": BASE64.encode(state), "throughSeq": event.seq}),
             kind: SNAPSHOT,
         })

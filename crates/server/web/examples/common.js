@@ -60,3 +60,30 @@ export function richText(html) {
   };
   return copy(parsed.body, document.createDocumentFragment());
 }
+
+/** The one edit that turns `before` into `after` (common prefix and suffix kept), for an editor
+ * that learns of its text area's changes after the fact. */
+export function diff(before, after) {
+  let start = 0;
+  while (start < before.length && start < after.length && before[start] === after[start]) start++;
+  let end = 0;
+  while (end < before.length - start && end < after.length - start
+    && before[before.length - 1 - end] === after[after.length - 1 - end]) end++;
+  return { position: start, length: before.length - start - end, text: after.slice(start, after.length - end) };
+}
+
+/** Fills `into` with `text` and a labelled marker at each cursor (`[[position, label]]`). */
+export function showCursors(into, text, cursors) {
+  const marks = cursors
+    .filter(([position]) => typeof position === "number")
+    .map(([position, label]) => [Math.min(position, text.length), label])
+    .sort((a, b) => a[0] - b[0]);
+  const nodes = [];
+  let at = 0;
+  for (const [position, label] of marks) {
+    nodes.push(text.slice(at, position), h("span", "cursor", label));
+    at = position;
+  }
+  nodes.push(text.slice(at));
+  into.replaceChildren(...nodes);
+}

@@ -84,12 +84,6 @@ impl Session {
         change: Change,
         reply: Option<Value>,
     ) {
-        let Some(identity) = self.conn.identity() else {
-            return self.fail(
-                &AppError::unauthorized("authenticate to edit documents"),
-                reply,
-            );
-        };
         let max = self.app.documents.bounds().max_len;
         if change.text_len() > max {
             return self.fail(
@@ -109,21 +103,40 @@ impl Session {
             Ok(r) => r,
             Err(e) => return self.fail(&e, reply),
         };
+        let data = documents::change_data(base, &change, self.conn.id, reply.clone());
+        self.publish_document(documents::CHANGE, room, data, move |e| {
+            Outgoing::Message(e.to_ws(reply))
+        });
+    }
+
+    /// Publishes a document's event (`document.*`, `yjs.*`) as this connection, through the
+    /// document commands' door (`Publisher::document`); a refusal is answered with
+    /// `refused(error)`.
+    pub(super) fn publish_document(
+        &self,
+        kind: &str,
+        room: String,
+        data: Value,
+        refused: impl FnOnce(&AppError) -> Outgoing + Send + 'static,
+    ) {
         let args = PublishArgs {
-            kind: documents::CHANGE.into(),
-            data: documents::change_data(base, &change, self.conn.id, reply.clone()),
+            kind: kind.into(),
+            data,
             room_id: Some(room),
             user_id: None,
             metadata: None,
         };
         let (app, conn) = (self.app.clone(), self.conn.clone());
         tokio::spawn(async move {
+            let identity = conn.identity();
             let from = Publisher {
+                identity: identity.as_ref(),
+                profile: None,
+                skip: None,
                 document: true,
-                ..Publisher::of(&identity)
             };
             if let Err(e) = app.publish_as(from, args).await {
-                conn.send(Outgoing::Message(e.to_ws(reply)));
+                conn.send(refused(&e));
             }
         });
     }

@@ -3,14 +3,12 @@
 //! relayed by every node as they are committed (`app::yjs`); awareness is relayed to the
 //! document's other clients on this node.
 
-use herald_core::protocol::PublishArgs;
 use herald_core::{Identity, Outgoing, StoreError};
 use yrs::sync::{Message, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 
 use super::{Flow, Session};
-use crate::app::Publisher;
 use crate::app::yjs::{self, ROOM_PREFIX, is_update, update_data};
 use crate::http::error::AppError;
 
@@ -77,26 +75,8 @@ impl Session {
 
     /// Publishes a client's update; it reaches the others once committed.
     fn yjs_publish(&self, name: &str, update: &[u8]) {
-        let args = PublishArgs {
-            kind: yjs::UPDATE.into(),
-            data: update_data(update, self.conn.id),
-            room_id: Some(format!("{ROOM_PREFIX}{name}")),
-            user_id: None,
-            metadata: None,
-        };
-        let (app, conn) = (self.app.clone(), self.conn.clone());
-        tokio::spawn(async move {
-            let identity = conn.identity();
-            let from = Publisher {
-                identity: identity.as_ref(),
-                profile: None,
-                skip: None,
-                document: true,
-            };
-            if let Err(e) = app.publish_as(from, args).await {
-                conn.send(denial(&e));
-            }
-        });
+        let room = format!("{ROOM_PREFIX}{name}");
+        self.publish_document(yjs::UPDATE, room, update_data(update, self.conn.id), denial);
     }
 
     fn yjs_refuse(&self, reason: String) {

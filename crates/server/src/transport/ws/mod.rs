@@ -73,8 +73,7 @@ pub async fn events(
 }
 
 /// The y-websocket protocol for the Yjs document `name` (`/yjs/{name}?token=…`): a document is
-/// the room `yjs:{name}`, opened with the room's join rule; anonymous clients of a public one
-/// may read but not write.
+/// the room `yjs:{name}`, opened with the room's join rule (anonymous clients: public documents only).
 pub async fn yjs(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
