@@ -445,3 +445,109 @@ async fn main_namespace_speaks_herald_with_acknowledgements() {
 async fn publish_as_api(server: &Server, body: Value) -> Value {
     publish(server, API_KEY, body).await
 }
+
+// ---------------------------------------------------------------------------------------------
+// Connection-state recovery (socket.io-client's `pid` and `offset`), and several nodes.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+
+/// Runs `socketio-recovery.js` against `first`; when it has dropped its transport, `between`
+/// runs (a restart, another node) and returns the URL it reconnects to.
+async fn recovery(
+    first: String,
+    scenario: &str,
+    between: impl FnOnce() -> String + Send + 'static,
+) {
+    let scenario = scenario.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new("node")
+            .arg("socketio-recovery.js")
+            .arg(first.trim_end_matches('/'))
+            .arg(token("alice"))
+            .arg(API_KEY)
+            .arg(&scenario)
+            .current_dir(seed_clients())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("node runs");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut between = Some(between);
+        let mut last = String::new();
+        for line in lines.by_ref() {
+            last = line.unwrap();
+            if last == "dropped" {
+                let url = (between.take().expect("dropped once"))();
+                let mut stdin = child.stdin.take().unwrap();
+                writeln!(stdin, "{}", url.trim_end_matches('/')).unwrap();
+            }
+        }
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        (status, last, stderr)
+    })
+    .await
+    .unwrap();
+    let (status, last, stderr) = out;
+    assert!(status.success() && last == "ok", "{last}\n{stderr}");
+}
+
+#[tokio::test]
+async fn a_dropped_transport_recovers_exactly_the_missed_messages() {
+    let server = Server::start_with(&["--public-room", "general"]);
+    recovery(server.url(""), "drop", || unreachable!()).await;
+}
+
+#[tokio::test]
+async fn a_socket_recovers_across_a_server_restart() {
+    let mut server = Server::start_with(&["--public-room", "general"]);
+    let url = server.url("");
+    let restarted = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let slot = restarted.clone();
+    recovery(url, "restart", move || {
+        server.terminate(WAIT);
+        let again = server.restart();
+        let url = again.url("");
+        // The first keeps the data directory the second runs on.
+        *slot.lock().unwrap() = Some((server, again));
+        url
+    })
+    .await;
+    drop(restarted);
+}
+
+#[tokio::test]
+async fn a_socket_recovers_on_another_node() {
+    let redis = herald_redis::testing::redis_url();
+    let mut nodes = cluster_with(2, &redis, &["--public-room", "general"]).await;
+    let second = nodes.pop().unwrap();
+    let (first, second_url) = (nodes.pop().unwrap(), second.url(""));
+    recovery(first.url(""), "node", move || second_url).await;
+    drop((first, second));
+}
+
+#[tokio::test]
+async fn sockets_on_different_nodes_share_rooms_chat_and_presence() {
+    let redis = herald_redis::testing::redis_url();
+    let nodes = cluster_with(2, &redis, &["--public-room", "general"]).await;
+    let mut alice = chat_socket(&nodes[0], "alice").await;
+    let mut bob = chat_socket(&nodes[1], "bob").await;
+    let join = r#"42/chat,["join_room","general"]"#;
+    alice.send(Message::text(join)).await.unwrap();
+    next_event(&mut alice, "room_history").await;
+    bob.send(Message::text(join)).await.unwrap();
+    next_event(&mut bob, "room_history").await;
+    assert_eq!(next_event(&mut alice, "user_joined").await["userId"], "bob");
+    let say = r#"42/chat,["message",{"roomId":"general","content":"across"}]"#;
+    bob.send(Message::text(say)).await.unwrap();
+    let heard = next_event(&mut alice, "message").await;
+    assert_eq!(
+        (heard["content"].clone(), heard["userId"].clone()),
+        (json!("across"), json!("bob"))
+    );
+    bob.close(None).await.unwrap();
+    assert_eq!(next_event(&mut alice, "user_left").await["userId"], "bob");
+}
