@@ -46,6 +46,8 @@ static ASSETS: &[Asset] = assets! {
     "/examples/stocks" => "examples/stocks.html", HTML;
     "/examples/activity" => "examples/activity.html", HTML;
     "/examples/news" => "examples/news.html", HTML;
+    "/examples/socketio-chat" => "examples/socketio-chat.html", HTML;
+    "/examples/socket.io.min.js" => "examples/socket.io.min.js", JS;
 };
 
 fn find(path: &str) -> Option<&'static Asset> {
