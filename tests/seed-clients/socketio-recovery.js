@@ -6,23 +6,11 @@
 // For `restart` and `node` it prints "dropped" and reads the URL to reconnect to from stdin.
 // Prints "ok" and exits 0, or prints what was missing and exits 1.
 const { io } = require('socket.io-client');
+const { check, run, within } = require('./socketio-lib');
 const readline = require('readline');
 
 const [base, token, apiKey, scenario] = process.argv.slice(2);
-const WAIT_MS = 10000;
 const ROOM = 'general';
-
-function check(cond, what) {
-  if (!cond) throw new Error(what);
-}
-
-function within(promise, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), WAIT_MS);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
 
 function once(socket, event) {
   return within(new Promise((resolve) => socket.once(event, resolve)), event);
@@ -94,13 +82,4 @@ async function main() {
   socket.close();
 }
 
-main().then(
-  () => {
-    console.log('ok');
-    process.exit(0);
-  },
-  (e) => {
-    console.log(`failed: ${e.message}`);
-    process.exit(1);
-  },
-);
+run(main);

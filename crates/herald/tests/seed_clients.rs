@@ -4,36 +4,16 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use common::*;
 
 #[tokio::test]
 async fn seed_chat_clients_join_chat_type_and_leave() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/seed-clients");
-    assert!(
-        dir.join("node_modules/ws").exists(),
-        "run `npm ci --prefix tests/seed-clients` (./scripts/test.sh does)"
-    );
     let server = Server::start_with(&["--public-room", "general"]);
     let base = server.ws_url("");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg("chat-scenario.js")
-            .arg(base.trim_end_matches('/'))
-            .arg(token("alice"))
-            .arg(token("bob"))
-            .current_dir(dir)
-            .output()
-            .expect("node runs")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.trim() == "ok",
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = vec![
+        base.trim_end_matches('/').to_owned(),
+        token("alice"),
+        token("bob"),
+    ];
+    run_seed_client(seed_clients_with("ws"), "chat-scenario.js", args).await;
 }

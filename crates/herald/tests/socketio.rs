@@ -11,37 +11,16 @@ use std::process::Command;
 use common::*;
 
 fn seed_clients() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/seed-clients");
-    assert!(
-        dir.join("node_modules/socket.io-client").exists(),
-        "run `npm ci --prefix tests/seed-clients` (./scripts/test.sh does)"
-    );
-    dir
+    seed_clients_with("socket.io-client")
 }
 
-async fn chat_scenario(mode: &'static str) {
+async fn chat_scenario(mode: &str) {
     let server = Server::start_with(&["--public-room", "general"]);
     let base = server.url("");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg("socketio-chat.js")
-            .arg(base.trim_end_matches('/'))
-            .arg(token("alice"))
-            .arg(token("bob"))
-            .arg(token("carol"))
-            .arg(mode)
-            .current_dir(seed_clients())
-            .output()
-            .expect("node runs")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.trim() == "ok",
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = [base.trim_end_matches('/'), &token("alice"), &token("bob")];
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    args.extend([token("carol"), mode.to_owned()]);
+    run_seed_client(seed_clients(), "socketio-chat.js", args).await;
 }
 
 #[tokio::test]
@@ -120,6 +99,13 @@ async fn close_code(ws: &mut Socket) -> Option<u16> {
     }
 }
 
+async fn stored_chat_messages(server: &Server) -> usize {
+    let path = "/api/realtime/events?type=chat.message&limit=1000";
+    let (_, events) = get(server, path, Some(&admin_token())).await;
+    let listed = events["events"].as_array();
+    listed.unwrap_or_else(|| panic!("{events}")).len()
+}
+
 async fn socketio_connections(server: &Server) -> u64 {
     let (_, stats) = get(server, "/api/realtime/stats", Some(&admin_token())).await;
     stats["connections"]["byType"]["socketio"]
@@ -193,17 +179,7 @@ async fn bad_handshakes_and_packets_are_refused() {
     .unwrap();
     assert_eq!(close_code(&mut ws).await, Some(1002));
     // Nothing was published by any of it.
-    let (_, events) = get(
-        &server,
-        "/api/realtime/events?type=chat.message",
-        Some(&admin_token()),
-    )
-    .await;
-    assert_eq!(
-        events["events"].as_array().map(Vec::len),
-        Some(0),
-        "{events}"
-    );
+    assert_eq!(stored_chat_messages(&server).await, 0);
 }
 
 #[tokio::test]
@@ -252,13 +228,7 @@ async fn a_flooding_socket_is_refused_then_disconnected() {
     let refused = next_event(&mut ws, "error").await;
     assert_eq!(refused["code"], "RATE_LIMITED", "{refused}");
     assert_eq!(close_code(&mut ws).await, Some(4029));
-    let (_, events) = get(
-        &server,
-        "/api/realtime/events?type=chat.message&limit=1000",
-        Some(&admin_token()),
-    )
-    .await;
-    let stored = events["events"].as_array().unwrap().len();
+    let stored = stored_chat_messages(&server).await;
     assert!((1..=20).contains(&stored), "{stored} of 300 published");
 }
 

@@ -646,3 +646,34 @@ pub async fn flood(server: &Server, count: usize, pad: usize) -> Vec<u64> {
     seqs.sort_unstable();
     seqs
 }
+
+/// `tests/seed-clients`, whose packages (`package` among them) `npm ci` has installed.
+pub fn seed_clients_with(package: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/seed-clients");
+    assert!(
+        dir.join("node_modules").join(package).exists(),
+        "run `npm ci --prefix tests/seed-clients` (./scripts/test.sh does)"
+    );
+    dir
+}
+
+/// Runs a Node script in `dir` with `args`; it must exit 0 having printed "ok".
+pub async fn run_seed_client(dir: PathBuf, script: &str, args: Vec<String>) {
+    let script = script.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim() == "ok",
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
