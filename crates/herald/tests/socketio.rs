@@ -99,6 +99,15 @@ async fn close_code(ws: &mut Socket) -> Option<u16> {
     }
 }
 
+/// Opens an Engine.IO session over long-polling: its open packet.
+async fn polling_handshake(server: &Server) -> Value {
+    let url = server.url("/socket.io/?EIO=4&transport=polling");
+    let res = http().get(url).send().await.unwrap();
+    let body = res.text().await.unwrap();
+    let open = body.strip_prefix('0').unwrap_or_else(|| panic!("{body}"));
+    serde_json::from_str(open).unwrap()
+}
+
 async fn stored_chat_messages(server: &Server) -> usize {
     let path = "/api/realtime/events?type=chat.message&limit=1000";
     let (_, events) = get(server, path, Some(&admin_token())).await;
@@ -193,12 +202,7 @@ async fn oversize_payloads_are_refused_on_both_transports() {
     ws.send(Message::text(big.clone())).await.unwrap();
     assert_eq!(close_code(&mut ws).await, Some(1009));
     // Long-polling: the POST is refused.
-    let res = http()
-        .get(server.url("/socket.io/?EIO=4&transport=polling"))
-        .send()
-        .await
-        .unwrap();
-    let open: Value = serde_json::from_str(&res.text().await.unwrap()[1..]).unwrap();
+    let open = polling_handshake(&server).await;
     assert_eq!(open["maxPayload"], 4096);
     let sid = open["sid"].as_str().unwrap();
     let res = http()
@@ -236,12 +240,7 @@ async fn a_flooding_socket_is_refused_then_disconnected() {
 async fn a_socket_that_does_not_read_is_disconnected() {
     let server = Server::start_with(&["--public-room", "general", "--outbox-max-messages", "50"]);
     // A long-polling session joins the room, then never polls again.
-    let res = http()
-        .get(server.url("/socket.io/?EIO=4&transport=polling"))
-        .send()
-        .await
-        .unwrap();
-    let open: Value = serde_json::from_str(&res.text().await.unwrap()[1..]).unwrap();
+    let open = polling_handshake(&server).await;
     let sid = open["sid"].as_str().unwrap().to_owned();
     let post = |body: String| {
         let url = server.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
