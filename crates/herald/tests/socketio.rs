@@ -520,3 +520,40 @@ async fn sockets_on_different_nodes_share_rooms_chat_and_presence() {
     bob.close(None).await.unwrap();
     assert_eq!(next_event(&mut alice, "user_left").await["userId"], "bob");
 }
+
+#[tokio::test]
+async fn cors_follows_the_configured_origins() {
+    let server = Server::start_with(&["--cors-origin", "https://app.example"]);
+    let url = server.url("/socket.io/?EIO=4&transport=polling");
+    let allowed = http()
+        .get(&url)
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status().as_u16(), 200);
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let other = http()
+        .get(&url)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    let preflight = http()
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+}
