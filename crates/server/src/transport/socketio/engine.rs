@@ -118,7 +118,9 @@ impl Sessions {
         protocol: Protocol,
     ) -> Arc<Session> {
         let conn = registration.conn.clone();
-        let sid = conn.id.simple().to_string();
+        // Random, not the connection's id: the sid is all a request needs to act as the
+        // session, and connection ids appear in logs.
+        let sid = uuid::Uuid::new_v4().simple().to_string();
         let session = Arc::new(Session {
             sid: sid.clone(),
             conn,
