@@ -146,7 +146,9 @@ pub async fn handle(
             let Ok(upgrade) = upgrade else {
                 return bad_request("not a WebSocket handshake");
             };
+            // Small buffers, as on `/ws`: an idle session should cost little.
             let config = tungstenite::protocol::WebSocketConfig::default()
+                .read_buffer_size(super::ws::READ_BUFFER)
                 .max_message_size(Some(sessions.timing.max_payload))
                 .max_frame_size(Some(sessions.timing.max_payload));
             let sessions = sessions.clone();

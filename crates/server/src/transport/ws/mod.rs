@@ -29,7 +29,7 @@ use crate::http::error::AppError;
 /// cost little memory. Larger messages still work; the buffers grow as needed. tungstenite
 /// allocates the read buffer up front and reads at most this much per syscall: 128 saved
 /// another ~140 bytes per idle connection, but split common commands over several reads.
-const READ_BUFFER: usize = 256;
+pub const READ_BUFFER: usize = 256;
 /// How long a server-initiated close waits for the client's half of the closing handshake.
 const LINGER: Duration = Duration::from_secs(1);
 /// How long a close frame with nothing owed before it may take to reach the socket.
@@ -309,7 +309,7 @@ async fn send_close(
 /// closing reply or the end of the stream. Closing a socket with unread input makes the kernel
 /// reset the connection and discard output not yet transmitted, so the client could lose the
 /// close frame and the replies just before it (seen with a flooding client and 4029).
-async fn linger(socket: &mut Socket) {
+pub async fn linger(socket: &mut Socket) {
     let _ = tokio::time::timeout(LINGER, async {
         while let Some(Ok(frame)) = socket.recv().await {
             if let Message::Close(_) = frame {
