@@ -35,7 +35,7 @@ async function index(context) {
   const page = await context.newPage();
   await page.goto(`${base}/examples`); // redirected to /examples/
   const links = await page.locator(".apps a").evaluateAll((as) => as.map((a) => a.getAttribute("href")));
-  check(links.length === 8, `eight demo apps linked: ${links}`);
+  check(links.length === 9, `nine demo apps linked: ${links}`);
   for (const href of links) {
     const res = await fetch(`${base}${href}`);
     check(res.ok && res.headers.get("content-type").startsWith("text/html"), `${href} is served`);

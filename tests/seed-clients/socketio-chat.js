@@ -5,24 +5,12 @@
 // (`polling` is socket.io-client's default: long-polling, then the upgrade to WebSocket).
 // Prints "ok" and exits 0, or prints what was missing and exits 1.
 const { io } = require('socket.io-client');
+const { check, run, within } = require('./socketio-lib');
 const WebSocket = require('ws');
 
 const [base, aliceToken, bobToken, carolToken, mode] = process.argv.slice(2);
 const transports = mode === 'websocket' ? ['websocket'] : ['polling', 'websocket'];
-const WAIT_MS = 5000;
 const ROOM = 'general';
-
-function check(cond, what) {
-  if (!cond) throw new Error(what);
-}
-
-function within(promise, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), WAIT_MS);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
 
 // The next `event` on `socket` whose payload satisfies `pred`.
 function nextEvent(socket, event, pred = () => true) {
@@ -176,13 +164,4 @@ async function main() {
   for (const s of [alice, bob, late, bad]) s.close();
 }
 
-main().then(
-  () => {
-    console.log('ok');
-    process.exit(0);
-  },
-  (e) => {
-    console.log(`failed: ${e.message}`);
-    process.exit(1);
-  },
-);
+run(main);

@@ -497,12 +497,7 @@ pub(crate) async fn publisher(
                 Ok(ws)
             })
             .await
-            .with_context(|| {
-                format!(
-                    "cannot open publisher {id}: {}",
-                    crate::net::last_connect_error().unwrap_or_default()
-                )
-            })?;
+            .with_context(|| publisher_failed(id))?;
             let (sink, stream) = ws.split();
             tokio::spawn(herald_ack_reader(ctx.clone(), id, stream));
             Ok(PubConn::Ws(sink, None))
@@ -518,12 +513,7 @@ pub(crate) async fn publisher(
                 Ok(ws)
             })
             .await
-            .with_context(|| {
-                format!(
-                    "cannot open publisher {id}: {}",
-                    crate::net::last_connect_error().unwrap_or_default()
-                )
-            })?;
+            .with_context(|| publisher_failed(id))?;
             let (sink, stream) = ws.split();
             let pinged = Arc::new(AtomicBool::new(false));
             tokio::spawn(sio_publisher_reader(ctx.sio_nsp(), stream, pinged.clone()));
@@ -532,12 +522,7 @@ pub(crate) async fn publisher(
         (Protocol::Rooms, _) => {
             let ws = with_retries(|| ctx.pub_net().ws(&ctx.ws_path, ctx.ws_read_buffer))
                 .await
-                .with_context(|| {
-                    format!(
-                        "cannot open publisher {id}: {}",
-                        crate::net::last_connect_error().unwrap_or_default()
-                    )
-                })?;
+                .with_context(|| publisher_failed(id))?;
             let (sink, mut stream) = ws.split();
             tokio::spawn(async move {
                 while let Some(m) = stream.next().await {
@@ -674,6 +659,14 @@ async fn post(ctx: &Ctx, http: &mut Http, auth: &HeaderValue, body: Bytes) -> an
 }
 
 static LAST_ERROR: parking_lot::Mutex<Option<String>> = parking_lot::Mutex::new(None);
+
+/// Why publisher `id` could not be opened, with the last connection error seen.
+fn publisher_failed(id: usize) -> String {
+    format!(
+        "cannot open publisher {id}: {}",
+        crate::net::last_connect_error().unwrap_or_default()
+    )
+}
 
 fn note_error(e: String) {
     *LAST_ERROR.lock() = Some(e);

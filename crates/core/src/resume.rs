@@ -340,6 +340,12 @@ mod tests {
         async fn close(&self) -> Result<(), StoreError> {
             Ok(())
         }
+        async fn save_session(&self, _: &str, _: &str, _: DateTime<Utc>) -> Result<(), StoreError> {
+            unreachable!("replays keep no sessions")
+        }
+        async fn load_session(&self, _: &str) -> Result<Option<String>, StoreError> {
+            unreachable!("replays keep no sessions")
+        }
     }
 
     fn event(seq: u64, kind: &str) -> Arc<EncodedEvent> {

@@ -98,4 +98,14 @@ pub trait EventStore: Send + Sync + 'static {
     async fn delete_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError>;
     /// Finishes pending writes; later appends fail.
     async fn close(&self) -> Result<(), StoreError>;
+    /// Keeps a client session's state under `key` (replacing what was there) until `expires`,
+    /// for any node to resume it: a Socket.IO connection-state recovery.
+    async fn save_session(
+        &self,
+        key: &str,
+        state: &str,
+        expires: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// The state saved under `key`, unless it has expired.
+    async fn load_session(&self, key: &str) -> Result<Option<String>, StoreError>;
 }

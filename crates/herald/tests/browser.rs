@@ -169,6 +169,24 @@ async fn demo_apps_in_chromium() {
     chromium.expect("ok", Duration::from_secs(60)).await;
 }
 
+/// The Socket.IO chat demo on socket.io-client's browser bundle: two signed-in pages chat and
+/// type in one room, markup stays text, an HTTP publish reaches them, a bad token is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn socketio_chat_demo_in_chromium() {
+    let server = Server::start_with(&["--demo"]);
+    let base = server.url("");
+    let mut chromium = Scenario::start(
+        "socketio.mjs",
+        &[
+            base.trim_end_matches('/'),
+            &token("ada"),
+            &token("bob"),
+            &admin_token(),
+        ],
+    );
+    chromium.expect("ok", Duration::from_secs(60)).await;
+}
+
 /// Stream routes read by a real `EventSource` in Chromium: snapshot then live messages as
 /// unnamed `message` events with ids (seed 002's `onmessage`), and batches as JSON arrays.
 #[tokio::test(flavor = "multi_thread")]

@@ -11,37 +11,17 @@ use std::process::Command;
 use common::*;
 
 fn seed_clients() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/seed-clients");
-    assert!(
-        dir.join("node_modules/socket.io-client").exists(),
-        "run `npm ci --prefix tests/seed-clients` (./scripts/test.sh does)"
-    );
-    dir
+    seed_clients_with("socket.io-client")
 }
 
-async fn chat_scenario(mode: &'static str) {
+async fn chat_scenario(mode: &str) {
     let server = Server::start_with(&["--public-room", "general"]);
     let base = server.url("");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg("socketio-chat.js")
-            .arg(base.trim_end_matches('/'))
-            .arg(token("alice"))
-            .arg(token("bob"))
-            .arg(token("carol"))
-            .arg(mode)
-            .current_dir(seed_clients())
-            .output()
-            .expect("node runs")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.trim() == "ok",
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = [base.trim_end_matches('/'), &token("alice"), &token("bob")];
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    args.extend([token("carol"), mode.to_owned()]);
+    let stdout = seed_client_script("socketio-chat.js", args).await;
+    assert_eq!(stdout.trim(), "ok", "{stdout}");
 }
 
 #[tokio::test]
@@ -120,6 +100,22 @@ async fn close_code(ws: &mut Socket) -> Option<u16> {
     }
 }
 
+/// Opens an Engine.IO session over long-polling: its open packet.
+async fn polling_handshake(server: &Server) -> Value {
+    let url = server.url("/socket.io/?EIO=4&transport=polling");
+    let res = http().get(url).send().await.unwrap();
+    let body = res.text().await.unwrap();
+    let open = body.strip_prefix('0').unwrap_or_else(|| panic!("{body}"));
+    serde_json::from_str(open).unwrap()
+}
+
+async fn stored_chat_messages(server: &Server) -> usize {
+    let path = "/api/realtime/events?type=chat.message&limit=1000";
+    let (_, events) = get(server, path, Some(&admin_token())).await;
+    let listed = events["events"].as_array();
+    listed.unwrap_or_else(|| panic!("{events}")).len()
+}
+
 async fn socketio_connections(server: &Server) -> u64 {
     let (_, stats) = get(server, "/api/realtime/stats", Some(&admin_token())).await;
     stats["connections"]["byType"]["socketio"]
@@ -193,17 +189,7 @@ async fn bad_handshakes_and_packets_are_refused() {
     .unwrap();
     assert_eq!(close_code(&mut ws).await, Some(1002));
     // Nothing was published by any of it.
-    let (_, events) = get(
-        &server,
-        "/api/realtime/events?type=chat.message",
-        Some(&admin_token()),
-    )
-    .await;
-    assert_eq!(
-        events["events"].as_array().map(Vec::len),
-        Some(0),
-        "{events}"
-    );
+    assert_eq!(stored_chat_messages(&server).await, 0);
 }
 
 #[tokio::test]
@@ -217,12 +203,7 @@ async fn oversize_payloads_are_refused_on_both_transports() {
     ws.send(Message::text(big.clone())).await.unwrap();
     assert_eq!(close_code(&mut ws).await, Some(1009));
     // Long-polling: the POST is refused.
-    let res = http()
-        .get(server.url("/socket.io/?EIO=4&transport=polling"))
-        .send()
-        .await
-        .unwrap();
-    let open: Value = serde_json::from_str(&res.text().await.unwrap()[1..]).unwrap();
+    let open = polling_handshake(&server).await;
     assert_eq!(open["maxPayload"], 4096);
     let sid = open["sid"].as_str().unwrap();
     let res = http()
@@ -252,13 +233,13 @@ async fn a_flooding_socket_is_refused_then_disconnected() {
     let refused = next_event(&mut ws, "error").await;
     assert_eq!(refused["code"], "RATE_LIMITED", "{refused}");
     assert_eq!(close_code(&mut ws).await, Some(4029));
-    let (_, events) = get(
-        &server,
-        "/api/realtime/events?type=chat.message&limit=1000",
-        Some(&admin_token()),
-    )
-    .await;
-    let stored = events["events"].as_array().unwrap().len();
+    // The publishes let through (the burst) commit after their commands were read.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut stored = stored_chat_messages(&server).await;
+    while stored == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        stored = stored_chat_messages(&server).await;
+    }
     assert!((1..=20).contains(&stored), "{stored} of 300 published");
 }
 
@@ -266,12 +247,7 @@ async fn a_flooding_socket_is_refused_then_disconnected() {
 async fn a_socket_that_does_not_read_is_disconnected() {
     let server = Server::start_with(&["--public-room", "general", "--outbox-max-messages", "50"]);
     // A long-polling session joins the room, then never polls again.
-    let res = http()
-        .get(server.url("/socket.io/?EIO=4&transport=polling"))
-        .send()
-        .await
-        .unwrap();
-    let open: Value = serde_json::from_str(&res.text().await.unwrap()[1..]).unwrap();
+    let open = polling_handshake(&server).await;
     let sid = open["sid"].as_str().unwrap().to_owned();
     let post = |body: String| {
         let url = server.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
@@ -444,4 +420,147 @@ async fn main_namespace_speaks_herald_with_acknowledgements() {
 
 async fn publish_as_api(server: &Server, body: Value) -> Value {
     publish(server, API_KEY, body).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection-state recovery (socket.io-client's `pid` and `offset`), and several nodes.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+
+/// Runs `socketio-recovery.js` against `first`; when it has dropped its transport, `between`
+/// runs (a restart, another node) and returns the URL it reconnects to.
+async fn recovery(
+    first: String,
+    scenario: &str,
+    between: impl FnOnce() -> String + Send + 'static,
+) {
+    let scenario = scenario.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new("node")
+            .arg("socketio-recovery.js")
+            .arg(first.trim_end_matches('/'))
+            .arg(token("alice"))
+            .arg(API_KEY)
+            .arg(&scenario)
+            .current_dir(seed_clients())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("node runs");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut between = Some(between);
+        let mut last = String::new();
+        for line in lines.by_ref() {
+            last = line.unwrap();
+            if last == "dropped" {
+                let url = (between.take().expect("dropped once"))();
+                let mut stdin = child.stdin.take().unwrap();
+                writeln!(stdin, "{}", url.trim_end_matches('/')).unwrap();
+            }
+        }
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        (status, last, stderr)
+    })
+    .await
+    .unwrap();
+    let (status, last, stderr) = out;
+    assert!(status.success() && last == "ok", "{last}\n{stderr}");
+}
+
+#[tokio::test]
+async fn a_dropped_transport_recovers_exactly_the_missed_messages() {
+    let server = Server::start_with(&["--public-room", "general"]);
+    recovery(server.url(""), "drop", || unreachable!()).await;
+}
+
+#[tokio::test]
+async fn a_socket_recovers_across_a_server_restart() {
+    let mut server = Server::start_with(&["--public-room", "general"]);
+    let url = server.url("");
+    let restarted = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let slot = restarted.clone();
+    recovery(url, "restart", move || {
+        server.terminate(WAIT);
+        let again = server.restart();
+        let url = again.url("");
+        // The first keeps the data directory the second runs on.
+        *slot.lock().unwrap() = Some((server, again));
+        url
+    })
+    .await;
+    drop(restarted);
+}
+
+#[tokio::test]
+async fn a_socket_recovers_on_another_node() {
+    let redis = herald_redis::testing::redis_url();
+    let mut nodes = cluster_with(2, &redis, &["--public-room", "general"]).await;
+    let second = nodes.pop().unwrap();
+    let (first, second_url) = (nodes.pop().unwrap(), second.url(""));
+    recovery(first.url(""), "node", move || second_url).await;
+    drop((first, second));
+}
+
+#[tokio::test]
+async fn sockets_on_different_nodes_share_rooms_chat_and_presence() {
+    let redis = herald_redis::testing::redis_url();
+    let nodes = cluster_with(2, &redis, &["--public-room", "general"]).await;
+    let mut alice = chat_socket(&nodes[0], "alice").await;
+    let mut bob = chat_socket(&nodes[1], "bob").await;
+    let join = r#"42/chat,["join_room","general"]"#;
+    alice.send(Message::text(join)).await.unwrap();
+    next_event(&mut alice, "room_history").await;
+    bob.send(Message::text(join)).await.unwrap();
+    next_event(&mut bob, "room_history").await;
+    assert_eq!(next_event(&mut alice, "user_joined").await["userId"], "bob");
+    let say = r#"42/chat,["message",{"roomId":"general","content":"across"}]"#;
+    bob.send(Message::text(say)).await.unwrap();
+    let heard = next_event(&mut alice, "message").await;
+    assert_eq!(
+        (heard["content"].clone(), heard["userId"].clone()),
+        (json!("across"), json!("bob"))
+    );
+    bob.close(None).await.unwrap();
+    assert_eq!(next_event(&mut alice, "user_left").await["userId"], "bob");
+}
+
+#[tokio::test]
+async fn cors_follows_the_configured_origins() {
+    let server = Server::start_with(&["--cors-origin", "https://app.example"]);
+    let url = server.url("/socket.io/?EIO=4&transport=polling");
+    let allowed = http()
+        .get(&url)
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status().as_u16(), 200);
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let other = http()
+        .get(&url)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    let preflight = http()
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
 }

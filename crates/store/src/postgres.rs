@@ -66,6 +66,13 @@ CREATE TABLE herald_owner (
     CHECK ((redis_prefix IS NULL) = (cluster_id IS NULL))
 );
 ",
+    "
+CREATE TABLE herald_sessions (
+    key     TEXT PRIMARY KEY,
+    state   TEXT NOT NULL,
+    expires BIGINT NOT NULL
+);
+",
 ];
 
 /// Serialises migrations between nodes starting at the same moment (an arbitrary constant:
@@ -400,6 +407,43 @@ impl EventStore for PgStore {
             )
             .await
             .map_err(pg_error)
+    }
+
+    async fn save_session(
+        &self,
+        key: &str,
+        state: &str,
+        expires: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO herald_sessions (key, state, expires) VALUES ($1, $2, $3)
+                 ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state, expires = EXCLUDED.expires",
+                &[&key, &state, &expires.timestamp_millis()],
+            )
+            .await
+            .map_err(pg_error)?;
+        client
+            .execute(
+                "DELETE FROM herald_sessions WHERE expires < $1",
+                &[&Utc::now().timestamp_millis()],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(())
+    }
+
+    async fn load_session(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT state FROM herald_sessions WHERE key = $1 AND expires >= $2",
+                &[&key, &Utc::now().timestamp_millis()],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(row.map(|r| r.get(0)))
     }
 
     async fn close(&self) -> Result<(), StoreError> {

@@ -40,6 +40,11 @@ CREATE TABLE IF NOT EXISTS high_water (
     id  INTEGER PRIMARY KEY CHECK (id = 1),
     seq INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sessions (
+    key     TEXT PRIMARY KEY,
+    state   TEXT NOT NULL,
+    expires INTEGER NOT NULL
+);
 ";
 
 /// Raises `high_water` to `seq` (an SQL expression): the highest `seq` ever committed, kept
@@ -70,6 +75,12 @@ enum Write {
         oneshot::Sender<Result<(), StoreError>>,
     ),
     DeleteBefore(i64, oneshot::Sender<Result<u64, StoreError>>),
+    SaveSession {
+        key: String,
+        state: String,
+        expires: i64,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// The embedded event store: one SQLite file in WAL mode, one writer thread, a few readers.
@@ -210,6 +221,25 @@ fn write_loop(mut conn: Connection, rx: std_mpsc::Receiver<Write>, committed: &A
             }
             Write::DeleteBefore(ts, done) => {
                 let _ = done.send(delete_before(&mut conn, ts).map_err(backend));
+            }
+            Write::SaveSession {
+                key,
+                state,
+                expires,
+                done,
+            } => {
+                let saved = conn
+                    .execute(
+                        "INSERT OR REPLACE INTO sessions (key, state, expires) VALUES (?1, ?2, ?3)",
+                        rusqlite::params![key, state, expires],
+                    )
+                    .and_then(|_| {
+                        conn.execute(
+                            "DELETE FROM sessions WHERE expires < ?1",
+                            [Utc::now().timestamp_millis()],
+                        )
+                    });
+                let _ = done.send(saved.map(drop).map_err(backend));
             }
         }
     }
@@ -395,6 +425,36 @@ impl EventStore for SqliteStore {
     async fn delete_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
         let ts = cutoff.timestamp_millis();
         self.write(|done| Write::DeleteBefore(ts, done)).await
+    }
+
+    async fn save_session(
+        &self,
+        key: &str,
+        state: &str,
+        expires: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let (key, state) = (key.to_owned(), state.to_owned());
+        let expires = expires.timestamp_millis();
+        self.write(|done| Write::SaveSession {
+            key,
+            state,
+            expires,
+            done,
+        })
+        .await
+    }
+
+    async fn load_session(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT state FROM sessions WHERE key = ?1 AND expires >= ?2",
+                rusqlite::params![key, Utc::now().timestamp_millis()],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+        })
+        .await
     }
 
     async fn close(&self) -> Result<(), StoreError> {

@@ -344,11 +344,7 @@ pub(crate) async fn post(
 /// `npm ci --prefix tests/seed-clients`, as `./scripts/test.sh` does); its stdout, after
 /// asserting it exited 0.
 pub(crate) async fn seed_client_script(script: &str, args: Vec<String>) -> String {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/seed-clients");
-    assert!(
-        dir.join("node_modules/ws").exists(),
-        "run `npm ci --prefix tests/seed-clients` (./scripts/test.sh does)"
-    );
+    let dir = seed_clients_with("ws");
     let script = script.to_owned();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
@@ -679,4 +675,14 @@ pub(crate) async fn flood(server: &Server, count: usize, pad: usize) -> Vec<u64>
         .await;
     seqs.sort_unstable();
     seqs
+}
+
+/// `tests/seed-clients`, whose packages (`package` among them) `npm ci` has installed.
+pub(crate) fn seed_clients_with(package: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/seed-clients");
+    assert!(
+        dir.join("node_modules").join(package).exists(),
+        "run `npm ci --prefix tests/seed-clients` (./scripts/test.sh does)"
+    );
+    dir
 }

@@ -49,6 +49,8 @@ static ASSETS: &[Asset] = assets! {
     "/examples/editor" => "examples/editor.html", HTML;
     "/examples/yjs" => "examples/yjs.html", HTML;
     "/examples/yjs-bundle.js" => "examples/yjs-bundle.js", JS;
+    "/examples/socketio-chat" => "examples/socketio-chat.html", HTML;
+    "/examples/socket.io.min.js" => "examples/socket.io.min.js", JS;
 };
 
 fn find(path: &str) -> Option<&'static Asset> {

@@ -75,6 +75,7 @@ class Metrics {
     setText("activeConnections", d.totalConnections);
     setText("wsConnections", d.connectionsByType.websocket);
     setText("sseConnections", d.connectionsByType.sse);
+    setText("socketioConnections", d.connectionsByType.socketio);
     setText("uniqueUsers", d.activeUsers);
     setText("subscriptions", stats.body.connections.subscriptions);
     setText("eventsToday", d.eventsToday);

@@ -30,6 +30,7 @@ macro_rules! behaviour_tests {
             a_failed_batch_commits_nothing,
             ascending_pages_between_two_seqs_and_the_oldest_seq,
             time_bounds_split_a_millisecond_shared_by_several_events,
+            sessions_are_replaced_expire_and_survive_a_reopen,
         );
     };
     (@each $fresh:expr; $($name:ident,)*) => {
@@ -470,4 +471,28 @@ pub(crate) async fn time_bounds_split_a_millisecond_shared_by_several_events(
     assert!(store.query(left).await.unwrap().is_empty());
     assert_eq!(store.count_since(at(start)).await.unwrap(), 0);
     assert_eq!(store.last_seq().await.unwrap(), 69);
+}
+
+pub(crate) async fn sessions_are_replaced_expire_and_survive_a_reopen(backend: impl Backend) {
+    let store = backend.open().await;
+    let later = Utc::now() + Duration::hours(1);
+    assert_eq!(store.load_session("a").await.unwrap(), None);
+    store.save_session("a", r#"{"v":1}"#, later).await.unwrap();
+    store.save_session("a", r#"{"v":2}"#, later).await.unwrap();
+    store
+        .save_session("gone", "{}", Utc::now() - Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_session("a").await.unwrap().as_deref(),
+        Some(r#"{"v":2}"#)
+    );
+    assert_eq!(store.load_session("gone").await.unwrap(), None);
+    store.close().await.unwrap();
+    let store = backend.open().await;
+    assert_eq!(
+        store.load_session("a").await.unwrap().as_deref(),
+        Some(r#"{"v":2}"#)
+    );
+    store.close().await.unwrap();
 }

@@ -27,7 +27,7 @@ use super::Protocol;
 use super::herald::Routes;
 use super::packet::{BadPacket, EnginePacket, decode_engine};
 use crate::transport::Registration;
-use crate::transport::ws::{Message, Socket, close_reason_for, frame};
+use crate::transport::ws::{Message, Socket, close_reason_for, frame, linger};
 
 /// Separates packets in a long-polling payload.
 const SEPARATOR: char = '\x1e';
@@ -118,7 +118,9 @@ impl Sessions {
         protocol: Protocol,
     ) -> Arc<Session> {
         let conn = registration.conn.clone();
-        let sid = conn.id.simple().to_string();
+        // Random, not the connection's id: the sid is all a request needs to act as the
+        // session, and connection ids appear in logs.
+        let sid = uuid::Uuid::new_v4().simple().to_string();
         let session = Arc::new(Session {
             sid: sid.clone(),
             conn,
@@ -274,6 +276,7 @@ impl Sessions {
         upgrading: bool,
     ) {
         let mut upgraded = !upgrading;
+        let mut read_failed = false;
         let reason = loop {
             tokio::select! {
                 (batch, drained) = session.conn.outbox.next_batch(), if upgraded => {
@@ -316,7 +319,11 @@ impl Sessions {
                         Some(Ok(Message::Binary(b))) if upgraded => self.on_binary(&session, b).await,
                         Some(Ok(Message::Binary(_))) => Err(BadPacket("binary data before the upgrade")),
                         Some(Ok(_)) => Ok(()),
-                        Some(Err(e)) => break close_reason_for(&e),
+                        Some(Err(e)) => {
+                            // The protocol's read state is spent: close without reading on.
+                            read_failed = true;
+                            break close_reason_for(&e);
+                        }
                         None => break None,
                     };
                     if handled.is_err() {
@@ -335,11 +342,15 @@ impl Sessions {
             }
         }
         if let Some(reason) = reason {
-            let _ = tokio::time::timeout(
+            let closed = tokio::time::timeout(
                 self.timing.write_timeout,
                 socket.close(reason.code, reason.reason),
             )
             .await;
+            // A client still sending (a flood) would otherwise lose the close frame to a reset.
+            if matches!(closed, Ok(Ok(()))) && !read_failed {
+                linger(&mut socket).await;
+            }
         }
     }
 

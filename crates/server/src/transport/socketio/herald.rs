@@ -13,12 +13,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use chrono::{DateTime, SecondsFormat};
+use chrono::{DateTime, SecondsFormat, Utc};
 use herald_core::Connection;
+use herald_core::access::PERSONAL_PREFIX;
 use herald_core::event::{CHAT_MESSAGE, CHAT_PRIVATE, EncodedEvent, Event};
 use herald_core::protocol::{Command, Dialect, Envelope, JoinArgs, ServerMessage, code};
+use herald_core::room::Member;
 use herald_core::wire::history_entry;
-use herald_core::{CloseReason, Outgoing};
+use herald_core::{CloseReason, HistoryQuery, Order, Outgoing};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::engine::Session;
@@ -42,8 +45,32 @@ pub struct Namespaces {
     commands: Commands,
     /// The name the handshake's `auth.name` asked to be shown with in rooms.
     profile: Option<Value>,
+    /// `/chat`'s private session id, under which its state is saved for recovery.
+    pid: Option<String>,
     pub connected_once: bool,
 }
+
+/// What a `/chat` pid stands for, saved in the event store at every join and leave so that
+/// any node, this one restarted included, can resume the socket.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    user: Option<String>,
+    rooms: Vec<String>,
+    profile: Option<Value>,
+}
+
+/// A resumed `/chat` socket: the events it missed (ascending), and the position up to which
+/// they were read while its live events were held.
+struct Recovered {
+    pid: String,
+    events: Vec<Event>,
+    head: u64,
+    /// Live events are held (the socket rejoined rooms) until `end_replay`.
+    holding: bool,
+}
+
+/// Missed events one recovery replays at most, per room; beyond, the socket starts afresh.
+const MAX_RECOVERED: usize = 1000;
 
 impl Namespaces {
     pub fn new(app: Arc<App>, conn: Arc<Connection>) -> Self {
@@ -51,6 +78,7 @@ impl Namespaces {
             commands: Commands::new(app.clone(), conn, Dialect::Rooms),
             app,
             profile: None,
+            pid: None,
             connected_once: false,
         }
     }
@@ -73,7 +101,7 @@ impl Namespaces {
         };
         let data = p.data.unwrap_or(Value::Null);
         match p.kind {
-            Kind::Connect => self.connect(session, namespace, &data),
+            Kind::Connect => self.connect(session, namespace, &data).await,
             Kind::Disconnect => session.routes.set(namespace, false),
             Kind::Event if session.routes.has(namespace) => {
                 let Value::Array(mut args) = data else {
@@ -91,8 +119,12 @@ impl Namespaces {
                 };
                 match command {
                     Ok(command) => {
+                        let moved = matches!(command, Command::Join(_) | Command::Leave { .. });
                         if self.commands.handle(Envelope { id, command }).await == Flow::Flooding {
                             session.conn.outbox.close(CloseReason::RATE_LIMITED);
+                        }
+                        if moved && namespace == CHAT {
+                            self.save(session).await;
                         }
                     }
                     Err(message) => {
@@ -110,13 +142,15 @@ impl Namespaces {
     }
 
     /// CONNECT: `auth.token` (a JWT or API key) authenticates the hub connection; `/chat`
-    /// requires one. A bad token is `connect_error` "Authentication failed".
-    fn connect(&mut self, session: &Session, namespace: &str, auth: &Value) {
-        let app = &self.app;
+    /// requires one. A bad token is `connect_error` "Authentication failed". On `/chat`, a
+    /// `pid` and `offset` (socket.io-client's connection-state recovery) resume the socket:
+    /// its rooms rejoined, the events it missed sent, the same pid in the reply.
+    async fn connect(&mut self, session: &Session, namespace: &str, auth: &Value) {
         let refuse = |message: &str| {
             let error = json!({ "message": message }).to_string();
             session.send_text(encode(Kind::ConnectError, namespace, None, 0, Some(&error)));
         };
+        let app = self.app.clone();
         match auth.get("token").and_then(Value::as_str) {
             Some(token) => {
                 let Ok(identity) = app.auth.verify(token) else {
@@ -138,10 +172,132 @@ impl Namespaces {
             }
         }
         let sid = uuid::Uuid::new_v4().simple().to_string();
-        let reply = json!({ "sid": sid }).to_string();
-        session.send_text(encode(Kind::Connect, namespace, None, 0, Some(&reply)));
-        session.routes.set(namespace, true);
+        if namespace != CHAT {
+            let reply = json!({ "sid": sid }).to_string();
+            session.send_text(encode(Kind::Connect, namespace, None, 0, Some(&reply)));
+            session.routes.set(namespace, true);
+            self.connected_once = true;
+            return;
+        }
+        let asked = auth.get("pid").and_then(Value::as_str);
+        let offset = auth
+            .get("offset")
+            .and_then(Value::as_str)
+            .and_then(|o| o.parse::<u64>().ok());
+        let recovered = match (asked, offset) {
+            (Some(pid), Some(offset)) => self.recover(session, pid, offset).await,
+            _ => None,
+        };
+        let pid = match &recovered {
+            Some(r) => r.pid.clone(),
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        };
+        let reply = json!({ "sid": sid, "pid": pid }).to_string();
+        session.send_text(encode(Kind::Connect, CHAT, None, 0, Some(&reply)));
+        session.routes.set(CHAT, true);
         self.connected_once = true;
+        self.pid = Some(pid);
+        match recovered {
+            Some(r) => {
+                let recovered = if r.events.is_empty() {
+                    "empty"
+                } else {
+                    "replayed"
+                };
+                metrics::counter!("herald_resumes_total", "transport" => "socketio", "recovered" => recovered).increment(1);
+                for e in r.events {
+                    session.conn.send(Outgoing::Event(EncodedEvent::new(e)));
+                }
+                if r.holding {
+                    app.hub.end_replay(&session.conn, r.head);
+                }
+            }
+            None => self.save(session).await,
+        }
+    }
+
+    /// Resumes the socket `pid` stood for, if it was this user's, is still saved, and the
+    /// events after `offset` are all still stored.
+    async fn recover(&mut self, session: &Session, pid: &str, offset: u64) -> Option<Recovered> {
+        let app = self.app.clone();
+        let conn = &session.conn;
+        let saved = app.store.load_session(pid).await.ok()??;
+        let saved: Saved = serde_json::from_str(&saved).ok()?;
+        if saved.user != conn.user_id() || offset > app.store.last_seq().await.ok()? {
+            return None;
+        }
+        let oldest = app.store.oldest_seq().await.ok()?;
+        if oldest.unwrap_or(app.hub.head() + 1) > offset + 1 {
+            return None;
+        }
+        self.profile = saved.profile.clone();
+        // Rejoined as the rooms' access decides now; the first join holds live events until
+        // the missed ones are queued.
+        let identity = conn.identity();
+        let mut head = None;
+        for room in &saved.rooms {
+            if app.check_room_access(identity.as_ref(), room).is_err() {
+                continue;
+            }
+            let member = Member::of(conn, saved.profile.clone());
+            if let Ok((_, h)) = app.hub.join_room(conn, room, member, head.is_none()) {
+                head = Some(h);
+            }
+        }
+        let holding = head.is_some();
+        let head = head.unwrap_or_else(|| app.hub.head());
+        let personal = conn.user_id().map(|u| format!("{PERSONAL_PREFIX}{u}"));
+        let scope = app.access().read_scope(identity.as_ref());
+        let mut events = Vec::new();
+        for room in app.hub.rooms_of(conn.id).iter().chain(personal.iter()) {
+            let page = app
+                .store
+                .query(HistoryQuery {
+                    room_id: Some(room.clone()),
+                    after_seq: Some(offset),
+                    until_seq: Some(head),
+                    order: Order::OldestFirst,
+                    limit: MAX_RECOVERED,
+                    access: scope.clone(),
+                    ..Default::default()
+                })
+                .await;
+            match page {
+                Ok(page) if page.len() < MAX_RECOVERED => events.extend(page),
+                _ => {
+                    if holding {
+                        app.hub.end_replay(conn, head);
+                    }
+                    return None;
+                }
+            }
+        }
+        events.sort_by_key(|e| e.seq);
+        events.dedup_by_key(|e| e.seq);
+        Some(Recovered {
+            pid: pid.to_owned(),
+            events,
+            head,
+            holding,
+        })
+    }
+
+    /// Saves what the pid stands for: the user, the rooms joined, the profile shown there.
+    async fn save(&self, session: &Session) {
+        let Some(pid) = &self.pid else {
+            return;
+        };
+        let saved = Saved {
+            user: session.conn.user_id(),
+            rooms: self.app.hub.rooms_of(session.conn.id),
+            profile: self.profile.clone(),
+        };
+        let state = serde_json::to_string(&saved).expect("serialises");
+        let hours = self.app.config.retention_hours.max(1) as i64;
+        let expires = Utc::now() + chrono::Duration::hours(hours);
+        if let Err(e) = self.app.store.save_session(pid, &state, expires).await {
+            tracing::warn!(error = %e, "could not save a Socket.IO session for recovery");
+        }
     }
 }
 
@@ -277,15 +433,22 @@ fn chat_message(m: &ServerMessage, fields: Map<String, Value>) -> (&str, Value) 
 }
 
 /// A chat event as `/chat` emits it: `message` (or `private_message`) with seed 004's
-/// message; any other event under its own type, with its data.
+/// message; any other event under its own type, with its data. The last argument is the
+/// recovery offset, `seq` as a string, as Socket.IO's own recovery appends it.
 fn chat_event(e: &Event) -> Value {
+    let offset = e.seq.to_string();
     match e.kind.as_str() {
-        CHAT_MESSAGE => json!(["message", message_of(&history_entry(e, Dialect::Rooms))]),
+        CHAT_MESSAGE => json!([
+            "message",
+            message_of(&history_entry(e, Dialect::Rooms)),
+            offset
+        ]),
         CHAT_PRIVATE => json!([
             "private_message",
-            message_of(&history_entry(e, Dialect::Rooms))
+            message_of(&history_entry(e, Dialect::Rooms)),
+            offset
         ]),
-        kind => json!([kind, e.data]),
+        kind => json!([kind, e.data, offset]),
     }
 }
 

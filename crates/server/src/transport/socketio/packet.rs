@@ -22,10 +22,11 @@ pub enum EnginePacket<'a> {
 }
 
 pub fn decode_engine(text: &str) -> Result<EnginePacket<'_>, BadPacket> {
-    let (kind, data) = match text.as_bytes().first() {
-        Some(b) => (*b, &text[1..]),
-        None => return Err(BadPacket("empty packet")),
-    };
+    let kind = *text.as_bytes().first().ok_or(BadPacket("empty packet"))?;
+    if !kind.is_ascii_digit() {
+        return Err(BadPacket("unknown Engine.IO packet type"));
+    }
+    let data = &text[1..];
     Ok(match kind {
         b'1' => EnginePacket::Close,
         b'2' => EnginePacket::Ping(data),
@@ -173,6 +174,7 @@ mod tests {
         assert!(decode_engine("").is_err());
         assert!(decode_engine("abc").is_err());
         assert!(decode_engine("7").is_err());
+        assert!(decode_engine("\u{6ed}0").is_err());
     }
 
     #[test]
@@ -209,6 +211,7 @@ mod tests {
         for bad in [
             "",
             "abc",
+            "\u{6ed}0",
             "9",
             "2{}",
             "2[]",

@@ -379,7 +379,7 @@ async fn send_close(
 /// closing reply or the end of the stream. Closing a socket with unread input makes the kernel
 /// reset the connection and discard output not yet transmitted, so the client could lose the
 /// close frame and the replies just before it (seen with a flooding client and 4029).
-async fn linger(socket: &mut Socket) {
+pub async fn linger(socket: &mut Socket) {
     let _ = tokio::time::timeout(LINGER, async {
         while let Some(Ok(frame)) = socket.recv().await {
             if let Message::Close(_) = frame {
