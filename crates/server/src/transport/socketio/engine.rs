@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use herald_core::Connection;
 use herald_core::outbox::Drained;
 use herald_core::{CloseReason, Outgoing};
@@ -27,7 +28,7 @@ use super::Protocol;
 use super::herald::Routes;
 use super::packet::{BadPacket, EnginePacket, decode_engine};
 use crate::transport::Registration;
-use crate::transport::ws::{Message, Socket, close_reason_for, frame, linger};
+use crate::transport::ws::{Error, Message, Socket, close_reason_for, frame, linger};
 
 /// Separates packets in a long-polling payload.
 const SEPARATOR: char = '\x1e';
@@ -44,8 +45,12 @@ struct State {
     carrier: Carrier,
     /// A GET is waiting for packets.
     polling: bool,
+    /// When the next ping is due, once the last one has been answered.
+    ping_due: Instant,
     /// When the unanswered ping's time runs out.
     pong_due: Option<Instant>,
+    /// When a Socket.IO session that has connected no namespace is closed.
+    connect_due: Option<Instant>,
 }
 
 pub struct Session {
@@ -58,8 +63,6 @@ pub struct Session {
     closed: AtomicBool,
     /// Ends a waiting poll when a WebSocket takes the session over.
     probed: Notify,
-    /// Wakes the heartbeat when the client answers a ping.
-    ponged: Notify,
     pub protocol: tokio::sync::Mutex<Protocol>,
     /// The connected namespaces, by which the writer renders the hub's events and messages.
     pub routes: Routes,
@@ -99,6 +102,8 @@ pub(super) struct Timing {
 pub(super) struct Sessions {
     pub timing: Timing,
     open: Mutex<HashMap<String, Arc<Session>>>,
+    /// The heartbeat of all the sessions runs once started.
+    beating: AtomicBool,
 }
 
 impl Sessions {
@@ -106,17 +111,21 @@ impl Sessions {
         Self {
             timing,
             open: Mutex::default(),
+            beating: AtomicBool::new(false),
         }
     }
 
-    /// Opens a session on an admitted hub connection and starts its heartbeat; the open
-    /// packet is the first thing queued.
+    /// Opens a session on an admitted hub connection; the open packet is the first thing
+    /// queued. A session given `connect_timeout` is closed unless its protocol has connected
+    /// by then.
     pub(super) fn open(
         self: &Arc<Self>,
         registration: Registration,
         websocket: bool,
         protocol: Protocol,
+        connect_timeout: Option<Duration>,
     ) -> Arc<Session> {
+        let now = Instant::now();
         let conn = registration.conn.clone();
         // Random, not the connection's id: the sid is all a request needs to act as the
         // session, and connection ids appear in logs.
@@ -132,11 +141,12 @@ impl Sessions {
                     Carrier::Polling
                 },
                 polling: false,
+                ping_due: now + self.timing.ping_interval,
                 pong_due: None,
+                connect_due: connect_timeout.map(|t| now + t),
             }),
             closed: AtomicBool::new(false),
             probed: Notify::new(),
-            ponged: Notify::new(),
             protocol: tokio::sync::Mutex::new(protocol),
             routes: Routes::default(),
         });
@@ -163,8 +173,52 @@ impl Sessions {
                 }
             });
         }));
-        tokio::spawn(heartbeat(self.clone(), session.clone()));
+        if !self.beating.swap(true, Ordering::AcqRel) {
+            tokio::spawn(heartbeat(Arc::downgrade(self)));
+        }
         session
+    }
+
+    /// One beat of the heartbeat: pings the sessions whose ping is due, closes those whose
+    /// ping or namespace connection is overdue.
+    fn beat(self: &Arc<Self>, now: Instant) {
+        let t = self.timing;
+        let mut ping = Vec::new();
+        let mut late = Vec::new();
+        let mut unconnected = Vec::new();
+        for session in self.open.lock().values() {
+            let mut st = session.state.lock();
+            match st.pong_due {
+                Some(due) if due <= now => late.push(session.clone()),
+                Some(_) => {}
+                None if st.ping_due <= now => {
+                    // Counted from when the ping was due, so that a client is gone
+                    // `ping_interval + ping_timeout` after its last pong, whenever the beat
+                    // comes.
+                    st.pong_due = Some(st.ping_due + t.ping_timeout);
+                    ping.push(session.clone());
+                }
+                None => {}
+            }
+            if st.connect_due.is_some_and(|due| due <= now) {
+                st.connect_due = None;
+                unconnected.push(session.clone());
+            }
+        }
+        for session in ping {
+            session.send_text("2".into());
+        }
+        for session in late {
+            self.close(&session, CloseReason::IDLE);
+        }
+        for session in unconnected {
+            let sessions = self.clone();
+            tokio::spawn(async move {
+                if !session.is_closed() && !session.protocol.lock().await.has_connected() {
+                    sessions.close(&session, CloseReason::POLICY);
+                }
+            });
+        }
     }
 
     fn get(&self, sid: &str) -> Option<Arc<Session>> {
@@ -250,8 +304,12 @@ impl Sessions {
                 session.protocol.lock().await.on_text(session, data).await?;
             }
             EnginePacket::Pong => {
-                session.state.lock().pong_due = None;
-                session.ponged.notify_waiters();
+                let mut st = session.state.lock();
+                // The next ping is `ping_interval` after this pong; one not asked for changes
+                // nothing.
+                if st.pong_due.take().is_some() {
+                    st.ping_due = Instant::now() + self.timing.ping_interval;
+                }
             }
             EnginePacket::Close => self.close(session, CloseReason::NORMAL),
             EnginePacket::Noop => {}
@@ -276,60 +334,22 @@ impl Sessions {
         upgrading: bool,
     ) {
         let mut upgraded = !upgrading;
-        let mut read_failed = false;
-        let reason = loop {
-            tokio::select! {
+        let (reason, read_failed) = loop {
+            // The select only picks the next step; the step runs boxed after it, so that what
+            // it awaits is not part of every idle session's task.
+            let step: BoxFuture<'_, Step> = tokio::select! {
                 (batch, drained) = session.conn.outbox.next_batch(), if upgraded => {
-                    let frames = frames_of(&session.routes, &batch);
-                    drop(batch);
-                    let sent = tokio::time::timeout(
-                        self.timing.write_timeout,
-                        socket.send(&frames, &mut 0),
-                    )
-                    .await;
-                    match (sent, drained) {
-                        (Ok(Ok(())), Drained::Batch) => {}
-                        (Ok(Ok(())), Drained::Close(reason)) => break Some(reason),
-                        (Ok(Err(_)), _) => break None,
-                        (Err(_), _) => {
-                            // Unless its overflow already counted it.
-                            if !session.is_closed() {
-                                tracing::info!(connection = %session.conn.id, "closing a Socket.IO client that stopped reading");
-                                metrics::counter!("herald_slow_consumers_total").increment(1);
-                            }
-                            break None;
-                        }
-                    }
+                    Box::pin(self.write(&session, &mut socket, batch, drained))
                 }
                 message = socket.recv() => {
-                    let handled = match message {
-                        Some(Ok(Message::Text(t))) => {
-                            if !upgraded {
-                                match self.on_probe(&session, &mut socket, t.as_str()).await {
-                                    Ok(done) => {
-                                        upgraded = done;
-                                        Ok(())
-                                    }
-                                    Err(e) => Err(e),
-                                }
-                            } else {
-                                self.on_text(&session, t.as_str()).await
-                            }
-                        }
-                        Some(Ok(Message::Binary(b))) if upgraded => self.on_binary(&session, b).await,
-                        Some(Ok(Message::Binary(_))) => Err(BadPacket("binary data before the upgrade")),
-                        Some(Ok(_)) => Ok(()),
-                        Some(Err(e)) => {
-                            // The protocol's read state is spent: close without reading on.
-                            read_failed = true;
-                            break close_reason_for(&e);
-                        }
-                        None => break None,
-                    };
-                    if handled.is_err() {
-                        break Some(CloseReason::PROTOCOL_ERROR);
-                    }
+                    Box::pin(self.on_message(&session, &mut socket, message, upgraded))
                 }
+            };
+            match step.await {
+                Step::Open => {}
+                Step::Upgraded => upgraded = true,
+                Step::End(reason) => break (reason, false),
+                Step::ReadFailed(reason) => break (reason, true),
             }
         };
         if upgraded {
@@ -342,15 +362,80 @@ impl Sessions {
             }
         }
         if let Some(reason) = reason {
-            let closed = tokio::time::timeout(
-                self.timing.write_timeout,
-                socket.close(reason.code, reason.reason),
-            )
-            .await;
-            // A client still sending (a flood) would otherwise lose the close frame to a reset.
-            if matches!(closed, Ok(Ok(()))) && !read_failed {
-                linger(&mut socket).await;
+            Box::pin(self.close_socket(socket, reason, read_failed)).await;
+        }
+    }
+
+    /// Writes a drained batch; its time is the write timeout.
+    async fn write(
+        &self,
+        session: &Session,
+        socket: &mut Socket,
+        batch: Vec<Outgoing>,
+        drained: Drained,
+    ) -> Step {
+        let frames = frames_of(&session.routes, &batch);
+        drop(batch);
+        let sent =
+            tokio::time::timeout(self.timing.write_timeout, socket.send(&frames, &mut 0)).await;
+        match (sent, drained) {
+            (Ok(Ok(())), Drained::Batch) => Step::Open,
+            (Ok(Ok(())), Drained::Close(reason)) => Step::End(Some(reason)),
+            (Ok(Err(_)), _) => Step::End(None),
+            (Err(_), _) => {
+                // Unless its overflow already counted it.
+                if !session.is_closed() {
+                    tracing::info!(connection = %session.conn.id, "closing a Socket.IO client that stopped reading");
+                    metrics::counter!("herald_slow_consumers_total").increment(1);
+                }
+                Step::End(None)
             }
+        }
+    }
+
+    /// Handles one WebSocket message from the client, or the end of its stream.
+    async fn on_message(
+        &self,
+        session: &Arc<Session>,
+        socket: &mut Socket,
+        message: Option<Result<Message, Error>>,
+        upgraded: bool,
+    ) -> Step {
+        let handled = match message {
+            Some(Ok(Message::Text(t))) => {
+                if !upgraded {
+                    match self.on_probe(session, socket, t.as_str()).await {
+                        Ok(true) => return Step::Upgraded,
+                        Ok(false) => Ok(()),
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    self.on_text(session, t.as_str()).await
+                }
+            }
+            Some(Ok(Message::Binary(b))) if upgraded => self.on_binary(session, b).await,
+            Some(Ok(Message::Binary(_))) => Err(BadPacket("binary data before the upgrade")),
+            Some(Ok(_)) => Ok(()),
+            // The protocol's read state is spent: close without reading on.
+            Some(Err(e)) => return Step::ReadFailed(close_reason_for(&e)),
+            None => return Step::End(None),
+        };
+        match handled {
+            Ok(()) => Step::Open,
+            Err(_) => Step::End(Some(CloseReason::PROTOCOL_ERROR)),
+        }
+    }
+
+    /// Sends the close frame; a client still sending (a flood) would otherwise lose it to a
+    /// reset, so the socket lingers unless its reading already failed.
+    async fn close_socket(&self, mut socket: Box<Socket>, reason: CloseReason, read_failed: bool) {
+        let closed = tokio::time::timeout(
+            self.timing.write_timeout,
+            socket.close(reason.code, reason.reason),
+        )
+        .await;
+        if matches!(closed, Ok(Ok(()))) && !read_failed {
+            linger(&mut socket).await;
         }
     }
 
@@ -405,6 +490,17 @@ impl Sessions {
     }
 }
 
+/// What a WebSocket session's step leaves it at.
+enum Step {
+    Open,
+    /// The client completed the upgrade: the session's packets go to this socket.
+    Upgraded,
+    /// The socket is done, closed with this reason if any.
+    End(Option<CloseReason>),
+    /// Reading failed: closed with this reason if any, without reading on.
+    ReadFailed(Option<CloseReason>),
+}
+
 /// Clears the session's waiting poll however the GET ends (answered, or the client gone).
 struct PollGuard<'a>(&'a Session);
 
@@ -415,27 +511,24 @@ impl Drop for PollGuard<'_> {
 }
 
 /// Pings `ping_interval` after the handshake and after each pong; a client that has not
-/// answered within `ping_timeout` is gone.
-async fn heartbeat(sessions: Arc<Sessions>, session: Arc<Session>) {
-    let t = sessions.timing;
+/// answered within `ping_timeout` is gone. One timer for all the sessions of an endpoint, not
+/// one each (an idle session's memory): it beats a twentieth of the shorter period apart,
+/// between 10 ms and 1 s, and ends with the endpoint. A ping goes out up to a beat late, and
+/// the next is due `ping_interval` after its pong: coarser beats would let the pings drift.
+async fn heartbeat(sessions: std::sync::Weak<Sessions>) {
+    let period = match sessions.upgrade() {
+        Some(s) => (s.timing.ping_interval.min(s.timing.ping_timeout) / 20)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1)),
+        None => return,
+    };
+    let mut beats = tokio::time::interval(period);
+    beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::time::sleep(t.ping_interval).await;
-        if session.is_closed() {
+        beats.tick().await;
+        let Some(sessions) = sessions.upgrade() else {
             return;
-        }
-        // Listening before the ping goes out, so that no pong can come in between.
-        let pong = session.ponged.notified();
-        tokio::pin!(pong);
-        pong.as_mut().enable();
-        session.state.lock().pong_due = Some(Instant::now() + t.ping_timeout);
-        session.send_text("2".into());
-        if tokio::time::timeout(t.ping_timeout, pong).await.is_err() {
-            sessions.close(&session, CloseReason::IDLE);
-            return;
-        }
-        if session.is_closed() {
-            return;
-        }
+        };
+        sessions.beat(Instant::now());
     }
 }
 

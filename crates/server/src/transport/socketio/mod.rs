@@ -98,18 +98,10 @@ impl Endpoint {
     /// `socketio_connect_timeout_ms` is closed.
     fn open(&self, registration: Registration, websocket: bool) -> Arc<Session> {
         let protocol = self.protocol(&registration);
-        let session = self.sessions.open(registration, websocket, protocol);
-        if self.role != Role::EngineEcho {
-            let (sessions, s) = (self.sessions.clone(), session.clone());
-            let wait = Duration::from_millis(self.app.config.socketio_connect_timeout_ms);
-            tokio::spawn(async move {
-                tokio::time::sleep(wait).await;
-                if !s.is_closed() && !s.protocol.lock().await.has_connected() {
-                    sessions.close(&s, CloseReason::POLICY);
-                }
-            });
-        }
-        session
+        let connect_timeout = (self.role != Role::EngineEcho)
+            .then(|| Duration::from_millis(self.app.config.socketio_connect_timeout_ms));
+        self.sessions
+            .open(registration, websocket, protocol, connect_timeout)
     }
 }
 
