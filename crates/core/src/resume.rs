@@ -346,6 +346,20 @@ mod tests {
         async fn load_session(&self, _: &str) -> Result<Option<String>, StoreError> {
             unreachable!("replays keep no sessions")
         }
+        async fn save_snapshot(
+            &self,
+            _: &str,
+            _: u64,
+            _: &serde_json::Value,
+        ) -> Result<(), StoreError> {
+            unreachable!("replays keep no snapshots")
+        }
+        async fn load_snapshot(
+            &self,
+            _: &str,
+        ) -> Result<Option<(u64, serde_json::Value)>, StoreError> {
+            unreachable!("replays keep no snapshots")
+        }
     }
 
     fn event(seq: u64, kind: &str) -> Arc<EncodedEvent> {
