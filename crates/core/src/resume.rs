@@ -231,8 +231,9 @@ impl Replay {
         let head = self.start.head;
         let (start, last) = locate(store, self.since, head).await?;
         let first = page(store, query, start, head).await?;
-        // Checked after the first page: retention deletes the oldest events first, so if
-        // nothing after `since` is missing now, nothing was missing when the page was read.
+        // Checked after the first page: retention deletes only below a bound that never goes
+        // down, where `oldest_seq` starts, so if nothing after `since` is missing now, nothing
+        // was missing when the page was read.
         let oldest = store.oldest_seq().await?;
         Ok((start, first, Recovery::assess(self.since, oldest, last)))
     }
@@ -345,6 +346,20 @@ mod tests {
         }
         async fn load_session(&self, _: &str) -> Result<Option<String>, StoreError> {
             unreachable!("replays keep no sessions")
+        }
+        async fn save_snapshot(
+            &self,
+            _: &str,
+            _: u64,
+            _: &serde_json::Value,
+        ) -> Result<(), StoreError> {
+            unreachable!("replays keep no snapshots")
+        }
+        async fn load_snapshot(
+            &self,
+            _: &str,
+        ) -> Result<Option<(u64, serde_json::Value)>, StoreError> {
+            unreachable!("replays keep no snapshots")
         }
     }
 

@@ -94,7 +94,9 @@ pub trait EventStore: Send + Sync + 'static {
     async fn oldest_seq(&self) -> Result<Option<u64>, StoreError> {
         Ok(self.summary().await?.oldest_seq)
     }
-    /// Retention: deletes events older than `cutoff`, returns how many.
+    /// Retention: deletes events older than `cutoff`, returns how many. A `document.change` or
+    /// `yjs.update` is kept while no snapshot (`save_snapshot`, keyed by its room) covers its
+    /// `seq`: a document's content outlives retention.
     async fn delete_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError>;
     /// Finishes pending writes; later appends fail.
     async fn close(&self) -> Result<(), StoreError>;
@@ -108,4 +110,18 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// The state saved under `key`, unless it has expired.
     async fn load_session(&self, key: &str) -> Result<Option<String>, StoreError>;
+    /// Keeps `body` under `key` as the state up to `seq` (a document's room and the last
+    /// change it holds), unless a snapshot with a higher `seq` is kept already. Retention
+    /// leaves snapshots alone.
+    async fn save_snapshot(
+        &self,
+        key: &str,
+        seq: u64,
+        body: &serde_json::Value,
+    ) -> Result<(), StoreError>;
+    /// The snapshot kept under `key` and its `seq`.
+    async fn load_snapshot(
+        &self,
+        key: &str,
+    ) -> Result<Option<(u64, serde_json::Value)>, StoreError>;
 }

@@ -269,6 +269,61 @@ async fn documents_survive_kill_9_and_clients_catch_up() {
     );
 }
 
+/// A document nobody edits outlives retention: the changes its saved snapshot covers are
+/// deleted, the ones after it are kept until a snapshot covers them, and a restart reads both
+/// back.
+#[tokio::test]
+async fn documents_outlive_retention() {
+    let mut server = Server::start_env(
+        &["--retention-hours", "0"],
+        &[
+            ("HERALD_RETENTION_INTERVAL_SECS", "1"),
+            ("HERALD_DOCUMENT_SNAPSHOT_EVERY", "4"),
+        ],
+    );
+    let mut ann = Replica::join(&server, "ann", "story").await;
+    for i in 0..10u64 {
+        let at = ann.text.len();
+        ann.change("story", at, 0, &format!("{i},"), i).await;
+        ann.catch_up(i + 1).await;
+    }
+    drop(ann);
+    // The snapshot at version 8 covers the first eight changes; the last two stay.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stored = stored_events(&server).await;
+        let kept: Vec<&Value> = stored
+            .iter()
+            .filter(|e| e["type"] == "document.change")
+            .map(|e| &e["data"]["text"])
+            .collect();
+        let others = stored.len() - kept.len();
+        if kept == [&json!("8,"), &json!("9,")] && others == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention deletes what the snapshot covers and nothing else: {stored:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.kill9();
+    let server = server.restart();
+    // Retention runs again after the restart; the content stays whole.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let state = document(&server, "story").await;
+    assert_eq!(state["version"], 10, "{state}");
+    assert_eq!(state["content"], "0,1,2,3,4,5,6,7,8,9,");
+    let mut bob = Replica::join(&server, "bob", "story").await;
+    assert_eq!(bob.content(), "0,1,2,3,4,5,6,7,8,9,");
+    bob.change("story", 0, 2, "", 1).await;
+    bob.catch_up(11).await;
+    assert_eq!(
+        document(&server, "story").await["content"],
+        "1,2,3,4,5,6,7,8,9,"
+    );
+}
+
 /// Hostile clients: no access, not a participant, raw publishes of document events, bogus
 /// versions, oversized text, cursor floods.
 #[tokio::test]

@@ -39,6 +39,56 @@ async fn yjs_clients_converge_share_awareness_and_survive_kill_9() {
     assert_eq!(read["text"], text.as_str(), "the document after kill -9");
 }
 
+/// A Yjs document nobody edits outlives retention: the saved snapshot and the updates after it
+/// are kept, and a restart reads them back.
+#[tokio::test]
+async fn yjs_documents_outlive_retention() {
+    edit_retain_restart_read("2").await;
+}
+
+/// Without a snapshot, retention keeps every update.
+#[tokio::test]
+async fn yjs_updates_no_snapshot_covers_outlive_retention() {
+    edit_retain_restart_read("1000").await;
+}
+
+async fn edit_retain_restart_read(snapshot_every: &str) {
+    let mut server = Server::start_env(
+        &["--retention-hours", "0"],
+        &[
+            ("HERALD_RETENTION_INTERVAL_SECS", "1"),
+            ("HERALD_DOCUMENT_SNAPSHOT_EVERY", snapshot_every),
+        ],
+    );
+    let base = server.ws_url("").trim_end_matches('/').to_owned();
+    let edited = node(vec![
+        "edit".into(),
+        base,
+        "pad".into(),
+        token("alice"),
+        token("bob"),
+    ])
+    .await;
+    let text = edited["text"].as_str().unwrap().to_owned();
+    // Retention has run since the snapshots were published: only uncovered updates are left.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stored_events(&server)
+        .await
+        .iter()
+        .any(|e| e["type"] != "yjs.update")
+    {
+        assert!(std::time::Instant::now() < deadline, "retention never ran");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    server.kill9();
+    let server = server.restart();
+    let base = server.ws_url("").trim_end_matches('/').to_owned();
+    let read = node(vec!["read".into(), base, "pad".into(), token("carol")]).await;
+    assert_eq!(read["text"], text.as_str(), "the document after retention");
+}
+
 /// Three nodes through Redis: clients on different nodes converge, and a late joiner on a third
 /// gets the full state.
 #[tokio::test]

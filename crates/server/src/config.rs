@@ -41,7 +41,8 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// Herald is reached over HTTPS (a TLS proxy in front): the dashboard cookie is `Secure`.
     pub https: bool,
-    /// Events older than this are deleted by the retention job.
+    /// Events older than this are deleted by the retention job, but the document changes no
+    /// snapshot covers yet.
     pub retention_hours: u64,
     pub retention_interval_secs: u64,
     /// WebSocket pings and SSE heartbeats.

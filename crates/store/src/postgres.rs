@@ -73,6 +73,18 @@ CREATE TABLE herald_sessions (
     expires BIGINT NOT NULL
 );
 ",
+    "
+CREATE TABLE herald_snapshots (
+    key  TEXT COLLATE \"C\" PRIMARY KEY,
+    seq  BIGINT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE herald_retained (
+    only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+    from_seq BIGINT NOT NULL
+);
+INSERT INTO herald_retained (from_seq) VALUES (0);
+",
 ];
 
 /// Serialises migrations between nodes starting at the same moment (an arbitrary constant:
@@ -392,7 +404,11 @@ impl EventStore for PgStore {
     async fn oldest_seq(&self) -> Result<Option<u64>, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_one("SELECT min(seq) FROM herald_events", &[])
+            .query_one(
+                "SELECT min(seq) FROM herald_events
+                 WHERE seq >= (SELECT from_seq FROM herald_retained)",
+                &[],
+            )
             .await
             .map_err(pg_error)?;
         Ok(row.get::<_, Option<i64>>(0).map(|s| s as u64))
@@ -400,13 +416,26 @@ impl EventStore for PgStore {
 
     async fn delete_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
         let client = self.client().await?;
-        client
-            .execute(
-                "DELETE FROM herald_events WHERE ts < $1",
+        // Keeps the document changes no snapshot covers yet; history is whole from past the
+        // highest `seq` deleted on (`oldest_seq`), whatever older document changes are kept.
+        let row = client
+            .query_one(
+                "WITH deleted AS (
+                    DELETE FROM herald_events e WHERE ts < $1
+                    AND NOT (type IN ('document.change', 'yjs.update')
+                             AND seq > coalesce((SELECT s.seq FROM herald_snapshots s
+                                                 WHERE s.key = e.room_id), 0))
+                    RETURNING seq
+                 ), raised AS (
+                    UPDATE herald_retained
+                    SET from_seq = GREATEST(from_seq, (SELECT max(seq) + 1 FROM deleted))
+                 )
+                 SELECT count(*) FROM deleted",
                 &[&cutoff.timestamp_millis()],
             )
             .await
-            .map_err(pg_error)
+            .map_err(pg_error)?;
+        Ok(row.get::<_, i64>(0) as u64)
     }
 
     async fn save_session(
@@ -444,6 +473,45 @@ impl EventStore for PgStore {
             .await
             .map_err(pg_error)?;
         Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn save_snapshot(
+        &self,
+        key: &str,
+        seq: u64,
+        body: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO herald_snapshots (key, seq, body) VALUES ($1, $2, $3)
+                 ON CONFLICT (key) DO UPDATE SET seq = EXCLUDED.seq, body = EXCLUDED.body
+                 WHERE EXCLUDED.seq > herald_snapshots.seq",
+                &[&key, &(seq as i64), &body.to_string()],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(())
+    }
+
+    async fn load_snapshot(
+        &self,
+        key: &str,
+    ) -> Result<Option<(u64, serde_json::Value)>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT seq, body FROM herald_snapshots WHERE key = $1",
+                &[&key],
+            )
+            .await
+            .map_err(pg_error)?;
+        row.map(|r| {
+            serde_json::from_str(r.get::<_, &str>(1))
+                .map(|b| (r.get::<_, i64>(0) as u64, b))
+                .map_err(|e| StoreError::Backend(format!("unreadable snapshot: {e}")))
+        })
+        .transpose()
     }
 
     async fn close(&self) -> Result<(), StoreError> {

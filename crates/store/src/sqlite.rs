@@ -45,6 +45,15 @@ CREATE TABLE IF NOT EXISTS sessions (
     state   TEXT NOT NULL,
     expires INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS retained (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    from_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    key  TEXT PRIMARY KEY,
+    seq  INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
 ";
 
 /// Raises `high_water` to `seq` (an SQL expression): the highest `seq` ever committed, kept
@@ -79,6 +88,12 @@ enum Write {
         key: String,
         state: String,
         expires: i64,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    SaveSnapshot {
+        key: String,
+        seq: i64,
+        body: String,
         done: oneshot::Sender<Result<(), StoreError>>,
     },
 }
@@ -241,6 +256,20 @@ fn write_loop(mut conn: Connection, rx: std_mpsc::Receiver<Write>, committed: &A
                     });
                 let _ = done.send(saved.map(drop).map_err(backend));
             }
+            Write::SaveSnapshot {
+                key,
+                seq,
+                body,
+                done,
+            } => {
+                let saved = conn.execute(
+                    "INSERT INTO snapshots (key, seq, body) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (key) DO UPDATE SET seq = excluded.seq, body = excluded.body
+                     WHERE excluded.seq > snapshots.seq",
+                    rusqlite::params![key, seq, body],
+                );
+                let _ = done.send(saved.map(drop).map_err(backend));
+            }
         }
     }
     // Fold the WAL back into the database so the next start opens a compact file.
@@ -265,15 +294,33 @@ fn checkpoint_loop(conn: Connection, stop: std_mpsc::Receiver<()>, committed: &A
     }
 }
 
+/// Keeps the document changes no snapshot covers yet (`EventStore::delete_before`): tested
+/// only on the rows within the time bound.
+const UNCOVERED: &str = "type IN ('document.change', 'yjs.update')
+    AND seq > coalesce((SELECT seq FROM snapshots WHERE key = events.room_id), 0)";
+
 /// Deletes the events stamped before `ts` (Unix milliseconds): every `seq` below the first
-/// one stamped at or after it.
+/// one stamped at or after it, but the uncovered document changes.
 fn delete_before(conn: &mut Connection, ts: i64) -> rusqlite::Result<u64> {
     let tx = conn.transaction()?;
     raise_high_water(&tx, "SELECT max(seq) FROM events")?;
-    let deleted = match first_seq_stamped_from(&tx, ts)? {
-        Some(seq) => tx.execute("DELETE FROM events WHERE seq < ?1", [seq])?,
-        None => tx.execute("DELETE FROM events", [])?,
+    let bound = match first_seq_stamped_from(&tx, ts)? {
+        Some(seq) => seq,
+        None => tx.query_row("SELECT coalesce(max(seq), 0) + 1 FROM events", [], |r| {
+            r.get(0)
+        })?,
     };
+    // History is whole from `bound` on: where resume may start (`oldest_seq`), whatever
+    // older document changes are kept.
+    tx.execute(
+        "INSERT INTO retained (id, from_seq) VALUES (1, ?1)
+         ON CONFLICT (id) DO UPDATE SET from_seq = max(from_seq, excluded.from_seq)",
+        [bound],
+    )?;
+    let deleted = tx.execute(
+        &format!("DELETE FROM events WHERE seq < ?1 AND NOT ({UNCOVERED})"),
+        [bound],
+    )?;
     tx.commit()?;
     Ok(deleted as u64)
 }
@@ -414,9 +461,12 @@ impl EventStore for SqliteStore {
 
     async fn oldest_seq(&self) -> Result<Option<u64>, StoreError> {
         self.read(|c| {
-            c.query_row("SELECT min(seq) FROM events", [], |r| {
-                r.get::<_, Option<i64>>(0)
-            })
+            c.query_row(
+                "SELECT min(seq) FROM events
+                 WHERE seq >= coalesce((SELECT from_seq FROM retained WHERE id = 1), 0)",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )
         })
         .await
         .map(|s| s.map(|s| s as u64))
@@ -455,6 +505,46 @@ impl EventStore for SqliteStore {
             .optional()
         })
         .await
+    }
+
+    async fn save_snapshot(
+        &self,
+        key: &str,
+        seq: u64,
+        body: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let (key, body) = (key.to_owned(), body.to_string());
+        let seq = seq as i64;
+        self.write(|done| Write::SaveSnapshot {
+            key,
+            seq,
+            body,
+            done,
+        })
+        .await
+    }
+
+    async fn load_snapshot(
+        &self,
+        key: &str,
+    ) -> Result<Option<(u64, serde_json::Value)>, StoreError> {
+        let key = key.to_owned();
+        let row = self
+            .read(move |c| {
+                c.query_row(
+                    "SELECT seq, body FROM snapshots WHERE key = ?1",
+                    [key],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+                )
+                .optional()
+            })
+            .await?;
+        row.map(|(seq, body)| {
+            serde_json::from_str(&body)
+                .map(|b| (seq as u64, b))
+                .map_err(|e| StoreError::Backend(format!("unreadable snapshot: {e}")))
+        })
+        .transpose()
     }
 
     async fn close(&self) -> Result<(), StoreError> {

@@ -217,7 +217,7 @@ pub async fn poll(
     let idle_cursor = cursor.filter(|c| *c <= last).unwrap_or(head);
     let mut answer = Answer::new(app.config.long_poll_max_bytes);
     read_store(&app, &query, &specs, after, head, &mut answer).await?;
-    // Judged after the first read, as a replay does (retention deletes the oldest first).
+    // Judged after the first read, as a replay does (retention's bound never goes down).
     let recovery = match cursor {
         None => Recovery::assess(0, None, last),
         Some(c) => Recovery::assess(c, app.store.oldest_seq().await?, last),

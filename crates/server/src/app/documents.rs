@@ -3,9 +3,11 @@
 //! its open documents (`Documents::fold`, called by the log's fan-out), transforming each
 //! against the changes applied since its `baseVersion` — a function of the log's order only,
 //! so every node computes the same content and version — and sends `text_change_applied` to
-//! its own participants. Every `document_snapshot_every` versions the author's node publishes
-//! a `document.snapshot` (content, version, the recent changes), so opening a document reads
-//! the newest snapshot and the changes after it.
+//! its own participants. Every `document_snapshot_every` versions the author's node saves a
+//! snapshot (content, version, the recent changes) in the store's snapshots
+//! (`EventStore::save_snapshot`, keyed by the room), which retention leaves alone, and
+//! publishes it as a `document.snapshot` event too; opening a document reads the saved snapshot
+//! and the changes after it. Retention keeps the changes no snapshot covers yet.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,6 +60,8 @@ pub struct SnapshotDue {
     pub author: Option<Identity>,
     pub kind: &'static str,
     pub data: Value,
+    /// The last change the snapshot holds.
+    pub seq: u64,
 }
 
 /// The documents open on this node (those with a participant here).
@@ -208,6 +212,7 @@ impl Open {
                     author: writer.conn.identity(),
                     kind: SNAPSHOT,
                     data: snapshot_data(doc, event.seq),
+                    seq: event.seq,
                 })
             }
             Err(e) => {
@@ -234,9 +239,8 @@ fn snapshot_data(doc: &Document, through_seq: u64) -> Value {
     })
 }
 
-/// A document as a `document.snapshot` event left it, and the last change it holds.
-fn restore(event: &Event, bounds: Bounds) -> Option<(Document, u64)> {
-    let d = &event.data;
+/// A document as a snapshot (`snapshot_data`) left it.
+fn restore(d: &Value, bounds: Bounds) -> Option<Document> {
     let recent = d
         .get("recent")?
         .as_array()?
@@ -257,7 +261,7 @@ fn restore(event: &Event, bounds: Bounds) -> Option<(Document, u64)> {
         bounds.window,
         bounds.max_len,
     );
-    Some((doc, d.get("throughSeq")?.as_u64()?))
+    Some(doc)
 }
 
 /// Why a change was refused, as a client reads it.
@@ -317,10 +321,10 @@ async fn read(
     replay(
         store,
         &format!("{ROOM_PREFIX}{id}"),
-        [SNAPSHOT, CHANGE],
+        CHANGE,
         |snapshot| {
             snapshot
-                .and_then(|s| restore(&s, bounds))
+                .and_then(|(seq, s)| Some((restore(&s, bounds)?, seq)))
                 .unwrap_or_else(|| (Document::new(bounds.window, bounds.max_len), 0))
         },
         |doc, event| {
@@ -334,27 +338,18 @@ async fn read(
     .await
 }
 
-/// Reads a room's newest event of type `snapshot` and builds a state from it with `start`
-/// (which also returns the `seq` the snapshot holds everything up to), then folds every event
-/// of type `kind` after that into it with `each`, oldest first, in pages; returns the state
-/// and the `seq` of the last event read.
+/// Reads a room's saved snapshot (its `seq` and body) and builds a state from it with `start`
+/// (which also returns the `seq` the state holds everything up to), then folds every event of
+/// type `kind` after that into it with `each`, oldest first, in pages; returns the state and
+/// the `seq` of the last event read.
 pub async fn replay<T>(
     store: &dyn EventStore,
     room: &str,
-    [snapshot, kind]: [&str; 2],
-    start: impl FnOnce(Option<Event>) -> (T, u64),
+    kind: &str,
+    start: impl FnOnce(Option<(u64, Value)>) -> (T, u64),
     mut each: impl FnMut(&mut T, &Event),
 ) -> Result<(T, u64), StoreError> {
-    let newest = store
-        .query(HistoryQuery {
-            types: vec![snapshot.to_owned()],
-            room_id: Some(room.to_owned()),
-            limit: 1,
-            ..Default::default()
-        })
-        .await?
-        .pop();
-    let (mut state, mut after) = start(newest);
+    let (mut state, mut after) = start(store.load_snapshot(room).await?);
     loop {
         let page = store
             .query(HistoryQuery {

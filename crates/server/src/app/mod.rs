@@ -394,13 +394,21 @@ impl<'a> Publisher<'a> {
     }
 }
 
-/// Publishes the documents' snapshots as they fall due, as their authors.
+/// Saves the documents' snapshots as they fall due, and publishes them as their authors.
 async fn publish_snapshots(
     app: std::sync::Weak<App>,
     mut due: tokio::sync::mpsc::UnboundedReceiver<documents::SnapshotDue>,
 ) {
     while let Some(snapshot) = due.recv().await {
         let Some(app) = app.upgrade() else { return };
+        // Not saved: retention keeps the changes the snapshot would have covered.
+        if let Err(e) = app
+            .store
+            .save_snapshot(&snapshot.room, snapshot.seq, &snapshot.data)
+            .await
+        {
+            tracing::warn!(error = %e, "document snapshot not saved");
+        }
         let from = Publisher {
             identity: snapshot.author.as_ref(),
             profile: None,

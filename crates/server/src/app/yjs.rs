@@ -2,9 +2,11 @@
 //! a room (`yjs:{name}`) whose `yjs.update` events are its clients' updates. Every node folds
 //! the committed updates into its in-memory `yrs::Doc` (`YDocs::fold`, called by the log's
 //! fan-out) and relays them to its own clients; Yjs updates commute, so every node ends with
-//! the same state. Every `document_snapshot_every` updates the author's node publishes a
-//! `yjs.snapshot` (the whole state as one update), so opening a document reads the newest
-//! snapshot and the updates after it. Awareness (cursors, names) is volatile and per node:
+//! the same state. Every `document_snapshot_every` updates the author's node saves a snapshot
+//! (the whole state as one update) in the store's snapshots, which retention leaves alone, and
+//! publishes it as a `yjs.snapshot` event (which restarts every node's count); opening a
+//! document reads the saved snapshot and the updates after it. Retention keeps the updates no
+//! snapshot covers yet. Awareness (cursors, names) is volatile and per node:
 //! relayed to the document's other clients here, cleared when a client leaves.
 
 use std::collections::HashMap;
@@ -135,6 +137,7 @@ impl Open {
             author: writer.conn.identity(),
             data: json!({"update": BASE64.encode(state), "throughSeq": event.seq}),
             kind: SNAPSHOT,
+            seq: event.seq,
         })
     }
 
@@ -325,13 +328,13 @@ impl Entry {
                 let ((doc, since_snapshot), after) = replay(
                     store,
                     &format!("{ROOM_PREFIX}{}", self.name),
-                    [SNAPSHOT, UPDATE],
+                    UPDATE,
                     |snapshot| {
                         let doc = Doc::new();
-                        let after = snapshot.and_then(|s| {
-                            let (update, _) = update_of(&s)?;
+                        let after = snapshot.and_then(|(seq, s)| {
+                            let update = BASE64.decode(s.get("update")?.as_str()?).ok()?;
                             apply(&doc, &update);
-                            s.data.get("throughSeq")?.as_u64()
+                            Some(seq)
                         });
                         ((doc, 0u64), after.unwrap_or(0))
                     },

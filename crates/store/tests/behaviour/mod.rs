@@ -31,6 +31,8 @@ macro_rules! behaviour_tests {
             ascending_pages_between_two_seqs_and_the_oldest_seq,
             time_bounds_split_a_millisecond_shared_by_several_events,
             sessions_are_replaced_expire_and_survive_a_reopen,
+            snapshots_keep_the_higher_seq_and_survive_a_reopen_and_retention,
+            retention_keeps_the_document_changes_no_snapshot_covers,
         );
     };
     (@each $fresh:expr; $($name:ident,)*) => {
@@ -494,5 +496,91 @@ pub(crate) async fn sessions_are_replaced_expire_and_survive_a_reopen(backend: i
         store.load_session("a").await.unwrap().as_deref(),
         Some(r#"{"v":2}"#)
     );
+    store.close().await.unwrap();
+}
+
+pub(crate) async fn snapshots_keep_the_higher_seq_and_survive_a_reopen_and_retention(
+    backend: impl Backend,
+) {
+    let store = backend.open().await;
+    assert_eq!(store.load_snapshot("document:d").await.unwrap(), None);
+    store
+        .save_snapshot("document:d", 5, &json!({"v": 5}))
+        .await
+        .unwrap();
+    store
+        .save_snapshot("document:d", 3, &json!({"v": 3}))
+        .await
+        .unwrap();
+    store
+        .save_snapshot("yjs:d", 2, &json!({"v": 2}))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_snapshot("document:d").await.unwrap(),
+        Some((5, json!({"v": 5}))),
+        "an older snapshot does not replace a newer one"
+    );
+    store
+        .save_snapshot("document:d", 7, &json!({"v": 7}))
+        .await
+        .unwrap();
+    store.delete_before(Utc::now()).await.unwrap();
+    store.close().await.unwrap();
+    let store = backend.open().await;
+    assert_eq!(
+        store.load_snapshot("document:d").await.unwrap(),
+        Some((7, json!({"v": 7})))
+    );
+    assert_eq!(
+        store.load_snapshot("yjs:d").await.unwrap(),
+        Some((2, json!({"v": 2})))
+    );
+    store.close().await.unwrap();
+}
+
+pub(crate) async fn retention_keeps_the_document_changes_no_snapshot_covers(backend: impl Backend) {
+    let store = backend.open().await;
+    let old = Duration::hours(2);
+    let doc = Some("document:d");
+    let pad = Some("yjs:p");
+    store
+        .append(vec![
+            ev(1, "document.change", None, doc, old),
+            ev(2, "document.change", None, doc, old),
+            ev(3, "document.change", None, Some("document:none"), old),
+            ev(4, "yjs.update", None, pad, old),
+            ev(5, "document.change", None, doc, old),
+            ev(6, "yjs.update", None, pad, old),
+            ev(7, "chat.message", None, doc, old),
+            ev(8, "document.change", None, doc, Duration::zero()),
+        ])
+        .await
+        .unwrap();
+    store
+        .save_snapshot("document:d", 2, &json!({}))
+        .await
+        .unwrap();
+    store.save_snapshot("yjs:p", 6, &json!({})).await.unwrap();
+    let deleted = store
+        .delete_before(Utc::now() - Duration::hours(1))
+        .await
+        .unwrap();
+    // Covered changes and other events go; changes after their room's snapshot (or in a room
+    // without one) stay, as does everything within retention.
+    let left = store
+        .query(HistoryQuery {
+            order: Order::OldestFirst,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(seqs(&left), [3, 5, 8]);
+    assert_eq!(deleted, 5);
+    // Resume may not start below what retention deleted, whatever older changes are kept.
+    assert_eq!(store.oldest_seq().await.unwrap(), Some(8));
+    store.close().await.unwrap();
+    let store = backend.open().await;
+    assert_eq!(store.oldest_seq().await.unwrap(), Some(8));
     store.close().await.unwrap();
 }
