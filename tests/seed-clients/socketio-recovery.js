@@ -2,8 +2,10 @@
 // socket in a room loses its transport mid-stream, messages are published meanwhile, and it
 // reconnects — to the same server (`drop`), to the server restarted (`restart`), or to another
 // node (`node`) — with `socket.recovered === true` and exactly the missed messages, in order.
-// Usage: node socketio-recovery.js http://host:port <token> <api key> drop|restart|node
-// For `restart` and `node` it prints "dropped" and reads the URL to reconnect to from stdin.
+// With `expired`, the missed messages are past retention when it reconnects: it must be told
+// (`socket.recovered === false`, a new pid) instead of resuming across the gap.
+// Usage: node socketio-recovery.js http://host:port <token> <api key> drop|restart|node|expired
+// Except for `drop` it prints "dropped" and reads the URL to reconnect to from stdin.
 // Prints "ok" and exits 0, or prints what was missing and exits 1.
 const { io } = require('socket.io-client');
 const { check, run, within } = require('./socketio-lib');
@@ -62,6 +64,12 @@ async function main() {
   const back = once(socket, 'connect');
   socket.connect();
   await back;
+  if (scenario === 'expired') {
+    check(socket.recovered === false, 'past retention the socket is not recovered');
+    check(!received.includes('m1') && !received.includes('m2'), `nothing replayed across the gap: ${received}`);
+    socket.close();
+    return;
+  }
   check(socket.recovered === true, 'the socket is recovered');
   await within(new Promise((r) => { const t = setInterval(() => received.length >= before + 2 && (clearInterval(t), r()), 10); }), 'the missed messages');
   // Live again, in the same room, without rejoining.

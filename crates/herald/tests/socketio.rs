@@ -478,6 +478,23 @@ async fn a_dropped_transport_recovers_exactly_the_missed_messages() {
 }
 
 #[tokio::test]
+async fn past_retention_a_socket_is_told_it_is_not_recovered() {
+    // Retention deletes everything older than now, every second.
+    let server = Server::start_env(
+        &["--public-room", "general", "--retention-hours", "0"],
+        &[("HERALD_RETENTION_INTERVAL_SECS", "1")],
+    );
+    let url = server.url("");
+    let same = url.clone();
+    recovery(url, "expired", move || {
+        // Past at least two retention runs: the messages missed meanwhile are gone.
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        same
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_socket_recovers_across_a_server_restart() {
     let mut server = Server::start_with(&["--public-room", "general"]);
     let url = server.url("");

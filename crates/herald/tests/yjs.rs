@@ -13,9 +13,9 @@ async fn node(args: Vec<String>) -> Value {
     serde_json::from_str(stdout.trim()).unwrap()
 }
 
-#[tokio::test]
-async fn yjs_clients_converge_share_awareness_and_survive_kill_9() {
-    let mut server = Server::start_env(&[], &[("HERALD_DOCUMENT_SNAPSHOT_EVERY", "2")]);
+/// Alice and Bob edit the document `pad` at once (the scenario's `edit`); the text they
+/// converged on.
+async fn edit_pad(server: &Server) -> String {
     let base = server.ws_url("").trim_end_matches('/').to_owned();
     let edited = node(vec![
         "edit".into(),
@@ -25,7 +25,13 @@ async fn yjs_clients_converge_share_awareness_and_survive_kill_9() {
         token("bob"),
     ])
     .await;
-    let text = edited["text"].as_str().unwrap().to_owned();
+    edited["text"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn yjs_clients_converge_share_awareness_and_survive_kill_9() {
+    let mut server = Server::start_env(&[], &[("HERALD_DOCUMENT_SNAPSHOT_EVERY", "2")]);
+    let text = edit_pad(&server).await;
     assert_eq!(text.len(), "hello world!".len(), "{text}");
     // Updates are durable events; compaction wrote snapshots of the whole state.
     let stored = stored_events(&server).await;
@@ -60,16 +66,7 @@ async fn edit_retain_restart_read(snapshot_every: &str) {
             ("HERALD_DOCUMENT_SNAPSHOT_EVERY", snapshot_every),
         ],
     );
-    let base = server.ws_url("").trim_end_matches('/').to_owned();
-    let edited = node(vec![
-        "edit".into(),
-        base,
-        "pad".into(),
-        token("alice"),
-        token("bob"),
-    ])
-    .await;
-    let text = edited["text"].as_str().unwrap().to_owned();
+    let text = edit_pad(&server).await;
     // Retention has run since the snapshots were published: only uncovered updates are left.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
