@@ -86,7 +86,7 @@ pub async fn run(app: Arc<App>) {
     loop {
         tokio::select! {
             _ = stock_tick.tick() => {
-                let i = market.random_symbol();
+                let i = market.next_symbol();
                 market.step(i);
                 stocks.publish(&market.quote(i));
             }
@@ -138,6 +138,8 @@ fn now() -> String {
 struct Market {
     prices: Vec<f64>,
     rng: XorShift,
+    /// The symbol whose price moves next.
+    turn: usize,
 }
 
 impl Market {
@@ -145,11 +147,16 @@ impl Market {
         Self {
             prices: STOCKS.iter().map(|s| s.2).collect(),
             rng: XorShift::new(),
+            turn: 0,
         }
     }
 
-    fn random_symbol(&mut self) -> usize {
-        (self.rng.next_f64() * STOCKS.len() as f64) as usize % STOCKS.len()
+    /// Symbols take turns, so the stream's history (as many quotes as symbols) always holds
+    /// every symbol's latest price: a ticker opened at any time shows all of them at once.
+    fn next_symbol(&mut self) -> usize {
+        let i = self.turn;
+        self.turn = (i + 1) % STOCKS.len();
+        i
     }
 
     fn step(&mut self, i: usize) {
@@ -256,11 +263,18 @@ mod tests {
     fn prices_walk_within_the_volatility() {
         let mut market = Market::new();
         for _ in 0..1000 {
-            let i = market.random_symbol();
+            let i = market.next_symbol();
             let before = market.prices[i];
             market.step(i);
             assert!((market.prices[i] / before - 1.0).abs() <= VOLATILITY);
         }
+        let turns: std::collections::HashSet<usize> =
+            (0..STOCKS.len()).map(|_| market.next_symbol()).collect();
+        assert_eq!(
+            turns.len(),
+            STOCKS.len(),
+            "any run of quotes as long as the history has every symbol"
+        );
         let quote = market.quote(0);
         assert_eq!(quote["symbol"], "AAPL");
         assert!(quote["price"].as_f64().unwrap() > 0.0);
