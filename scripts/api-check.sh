@@ -68,14 +68,8 @@ HERALD_API_KEYS="[\"$api_key\"]" HERALD_LOG=warn \
   "$API_CHECK_BIN" serve --host 127.0.0.1 --port 0 --database "$work/herald.db" \
   --public-room lobby >"$work/out" 2>"$work/err" &
 pid=$!
-addr=
-for _ in $(seq 100); do
-  # (The background job may not have created the file yet.)
-  addr=$(sed -n 's|^Herald listening on http://||p' "$work/out" 2>/dev/null || true)
-  [ -n "$addr" ] && break
-  sleep 0.1
-done
-[ -n "$addr" ] || { cat "$work/err" >&2; echo "herald did not start" >&2; exit 1; }
+source scripts/lib/herald-address.sh
+wait_for_address "$work"
 token=$("$API_CHECK_BIN" token --user ops --role admin)
 # A plain user whose token grants one room: the refusals (403) an operator never meets.
 user_token=$("$API_CHECK_BIN" token --user alice --rooms lobby)

@@ -15,11 +15,7 @@ target/debug/herald serve --host 127.0.0.1 --port 0 --socketio-conformance \
   --socketio-ping-interval-ms 300 --socketio-ping-timeout-ms 200 \
   --socketio-connect-timeout-ms 1000 --connection-rate-per-ip 10000 >"$work/out" 2>"$work/err" &
 pid=$!
-for _ in $(seq 100); do
-  addr=$(sed -n 's|^Herald listening on http://||p' "$work/out")
-  [ -n "$addr" ] && break
-  sleep 0.1
-done
-[ -n "$addr" ] || { cat "$work/err" >&2; echo "herald did not start" >&2; exit 1; }
+source scripts/lib/herald-address.sh
+wait_for_address "$work"
 "$suites/run.sh" engine.io "http://$addr"
 "$suites/run.sh" socket.io "http://$addr"

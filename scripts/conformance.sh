@@ -11,10 +11,6 @@ target/debug/herald serve --host 127.0.0.1 --port 0 --ws-echo \
   --database "$work/herald.db" --max-message-bytes 20000000 \
   --outbox-max-bytes 100000000 --connection-rate-per-ip 10000 >"$work/out" 2>"$work/err" &
 pid=$!
-for _ in $(seq 100); do
-  addr=$(sed -n 's|^Herald listening on http://||p' "$work/out")
-  [ -n "$addr" ] && break
-  sleep 0.1
-done
-[ -n "$addr" ] || { cat "$work/err" >&2; echo "herald did not start" >&2; exit 1; }
+source scripts/lib/herald-address.sh
+wait_for_address "$work"
 AUTOBAHN_OUT=${AUTOBAHN_OUT:-$PWD/target/autobahn-reports} scripts/conformance/run.sh "ws://$addr/echo"
