@@ -4,8 +4,9 @@
 //     two clients edit at once and converge, awareness reaches the other and is cleared when
 //     its client leaves, a late joiner receives the full state; prints {"text": …}
 //   node yjs-scenario.js converge ws://a,ws://b,ws://c <doc> <token A> <token B>
-//     A on the first server, B on the second edit at once and converge; a late joiner on the
-//     last receives the full state; prints {"text": …}
+//     A on the first server, B on the second: A's awareness reaches B, they edit at once and
+//     converge; a late joiner on the last receives the full state and A's awareness; A's
+//     awareness is cleared at B when A leaves; prints {"text": …}
 //   node yjs-scenario.js read ws://host:port <doc> <token>
 //     prints {"text": …} once synced
 // Exits 1 with what was missing.
@@ -66,16 +67,20 @@ async function lateJoiner(token, server, text) {
   return c;
 }
 
-async function edit() {
-  const [a, b] = [client(tokens[0]), client(tokens[1])];
+function seesAlice(c) {
+  return [...c.provider.awareness.getStates().values()].some((s) => s.user && s.user.name === 'alice');
+}
+
+// A (alice) and B edit at once after A's awareness reached B; a late joiner on `lateServer`
+// gets the text and A's awareness; when A leaves, its state is cleared at B.
+async function editWithAwareness(a, b, lateServer) {
   await synced(a);
   await synced(b);
   a.provider.awareness.setLocalStateField('user', { name: 'alice', cursor: 3 });
-  await until('awareness of alice at b', () =>
-    [...b.provider.awareness.getStates().values()].some((s) => s.user && s.user.name === 'alice'));
+  await until('awareness of alice at b', () => seesAlice(b));
   const text = await concurrentEdits(a, b);
-  const c = await lateJoiner(tokens[1], bases[0], text);
-  // Alice leaves: her awareness state is cleared at b.
+  const c = await lateJoiner(tokens[1], lateServer, text);
+  await until('awareness of alice at the late joiner', () => seesAlice(c));
   const aliceId = a.ydoc.clientID;
   a.provider.destroy();
   await until('awareness cleared', () => !b.provider.awareness.getStates().has(aliceId));
@@ -84,14 +89,13 @@ async function edit() {
   return text;
 }
 
+async function edit() {
+  return editWithAwareness(client(tokens[0]), client(tokens[1]), bases[0]);
+}
+
 async function converge() {
   const [a, b] = [client(tokens[0], bases[0]), client(tokens[1], bases[1])];
-  await synced(a);
-  await synced(b);
-  const text = await concurrentEdits(a, b);
-  const c = await lateJoiner(tokens[1], bases[bases.length - 1], text);
-  for (const x of [a, b, c]) x.provider.destroy();
-  return text;
+  return editWithAwareness(a, b, bases[bases.length - 1]);
 }
 
 async function read() {

@@ -17,6 +17,7 @@ pub mod presence;
 pub mod protocol;
 pub mod resume;
 pub mod room;
+pub mod signal;
 pub mod store;
 pub mod stream;
 pub mod subscription;

@@ -112,6 +112,45 @@ async fn presence_is_the_union_of_every_node_and_a_user_on_two_nodes_counts_once
     }
 }
 
+/// Typing crosses nodes (as a cluster signal, not an event): a member typing on one node is
+/// seen on the other, and leaving while typing stops it there too.
+#[tokio::test]
+async fn typing_crosses_nodes() {
+    let nodes = cluster(2, &redis_url()).await;
+    let mut alice = Ws::dialect(&nodes[0], "/ws/rooms", Some("alice")).await;
+    join(&mut alice, "desk").await;
+    let mut bob = Ws::dialect(&nodes[1], "/ws/rooms", Some("bob")).await;
+    join(&mut bob, "desk").await;
+    expect_notice(&mut alice, "user_joined", "bob", &["alice", "bob"]).await;
+
+    bob.send(json!({"type": "typing", "room": "desk", "isTyping": true}))
+        .await;
+    let typing = alice.recv().await;
+    assert_eq!(
+        (&typing["type"], &typing["userId"], &typing["isTyping"]),
+        (&json!("typing"), &json!("bob"), &json!(true)),
+        "{typing}"
+    );
+    assert!(
+        stored_events(&nodes[0])
+            .await
+            .iter()
+            .all(|e| e["type"] != "typing"),
+        "typing is not an event"
+    );
+
+    bob.send(json!({"type": "leave", "room": "desk"})).await;
+    // Presence and typing travel apart: either may arrive first.
+    let mut seen = vec![alice.recv().await, alice.recv().await];
+    seen.sort_by_key(|m| m["type"].to_string());
+    assert_eq!(
+        (&seen[0]["type"], &seen[0]["isTyping"]),
+        (&json!("typing"), &json!(false)),
+        "{seen:?}"
+    );
+    assert_eq!(seen[1]["type"], "user_left", "{seen:?}");
+}
+
 #[tokio::test]
 async fn a_killed_nodes_members_leave_within_the_expiry_and_a_stopped_nodes_at_once() {
     let mut nodes = cluster(3, &redis_url()).await;

@@ -171,6 +171,76 @@ async fn editors_on_several_nodes_converge() {
     );
 }
 
+/// Participants and cursors are cluster-wide: editors on different nodes see each other join,
+/// move and leave, a late joiner's snapshot and `GET /api/documents/{id}` list everyone, and the
+/// participants of a node killed with `kill -9` leave once the cluster notices.
+#[tokio::test]
+async fn participants_and_cursors_cross_nodes() {
+    let mut nodes = cluster_with(3, &herald_redis::testing::redis_url(), &[]).await;
+    let mut ann = Replica::join(&nodes[0], "ann", "crossed").await;
+    let mut bob = Replica::join(&nodes[1], "bob", "crossed").await;
+    let joined = ann.ws.recv_type("participant_joined").await;
+    assert_eq!(joined["data"]["user"], "bob", "{joined}");
+    assert_eq!(users(&joined["data"]["participants"]), ["ann", "bob"]);
+
+    bob.ws
+        .send(json!({"type": "cursor_move", "data": {"documentId": "crossed", "cursor": {"position": 2}}}))
+        .await;
+    let cursor = ann.ws.recv_type("cursor_move").await;
+    assert_eq!(
+        (&cursor["data"]["user"], &cursor["data"]["cursor"]),
+        (&json!("bob"), &json!({"position": 2}))
+    );
+    ann.ws
+        .send(json!({"type": "cursor_move", "data": {"documentId": "crossed", "cursor": {"position": 1}}}))
+        .await;
+    assert_eq!(bob.ws.recv_type("cursor_move").await["data"]["user"], "ann");
+
+    // A third node, where nobody has the document open, lists both with their cursors; so
+    // does a late joiner's snapshot there.
+    let listed = get_until(&nodes[2], "/api/documents/crossed", |d| {
+        d["participants"].as_array().is_some_and(|p| p.len() == 2)
+    })
+    .await;
+    assert_eq!(users(&listed["participants"]), ["ann", "bob"]);
+    let mut cid = Ws::user(&nodes[2], "cid").await;
+    cid.send(json!({"type": "document.join", "data": {"documentId": "crossed"}}))
+        .await;
+    let snapshot = cid.recv_type("document.joined").await;
+    assert_eq!(
+        users(&snapshot["data"]["participants"]),
+        ["ann", "bob", "cid"]
+    );
+    drop(cid);
+    for e in [&mut ann, &mut bob] {
+        let left = e.ws.recv_type("participant_left").await;
+        assert_eq!(left["data"]["user"], "cid", "{left}");
+    }
+
+    // Bob's node dies: ann sees him leave.
+    nodes[1].kill9();
+    let left = loop {
+        let m = ann.ws.recv_within(Duration::from_secs(15)).await;
+        if m["type"] == "participant_left" {
+            break m;
+        }
+    };
+    assert_eq!(left["data"]["user"], "bob", "{left}");
+    assert_eq!(users(&left["data"]["participants"]), ["ann"]);
+}
+
+/// The users of a participants list, sorted.
+fn users(participants: &Value) -> Vec<String> {
+    let mut users: Vec<String> = participants
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["user"].as_str().unwrap().to_owned())
+        .collect();
+    users.sort();
+    users
+}
+
 fn e_content(state: &Value) -> String {
     state["content"].as_str().unwrap().to_owned()
 }

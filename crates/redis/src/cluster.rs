@@ -1,4 +1,5 @@
-//! The nodes of a cluster and their room presence, through Redis.
+//! The nodes of a cluster and their room presence, through Redis; their volatile signals
+//! (typing, cursors, awareness) travel beside it (`signals`), forgotten with their node.
 //!
 //! Every node announces itself with a key that expires (`{prefix}:node:{id}`, renewed every
 //! `HEARTBEAT`, gone `NODE_TTL` after the node stops renewing it — a `kill -9` included) and
@@ -23,14 +24,16 @@ use futures_util::StreamExt;
 use herald_core::Hub;
 use herald_core::presence::ClusterPresence;
 use herald_core::room::Member;
+use herald_core::signal::{ClusterSignals, SignalReceiver};
 use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
 use redis::{AsyncTypedCommands, Client};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::signals::{Link, Signals};
 use crate::{MAX_RETRY, RETRY, RedisConfig, connect, unavailable};
 use herald_core::log::PublishError;
 
@@ -205,18 +208,21 @@ struct Shared {
 pub struct Cluster {
     shared: Arc<Shared>,
     changes: mpsc::UnboundedSender<Change>,
+    signals: Arc<Signals>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Cluster {
     /// Joins the cluster as node `id` (unique: a UUID) and makes `hub`'s presence
     /// cluster-wide. `info` is called on every heartbeat; what it returns is stored in the
-    /// node's key.
+    /// node's key. The other nodes' signals go to `receiver`; this node's are sent through
+    /// `signals()`.
     pub async fn start(
         config: &RedisConfig,
         id: String,
         hub: Arc<Hub>,
         info: NodeInfo,
+        receiver: Arc<dyn SignalReceiver>,
     ) -> Result<Self, PublishError> {
         let (client, commands) = connect(config).await?;
         let p = &config.prefix;
@@ -235,6 +241,7 @@ impl Cluster {
         let mirror = Arc::new(Mutex::new(Mirror::default()));
         let (changes, changes_rx) = mpsc::unbounded_channel();
         let (alive_tx, alive_rx) = mpsc::channel(4);
+        let (live_tx, live_rx) = watch::channel(HashSet::new());
         // The node's key exists before any of its members does, so a node that published
         // presence and has no key is dead (see `mirror_loop`).
         shared
@@ -245,15 +252,37 @@ impl Cluster {
             mirror: mirror.clone(),
             changes: changes.clone(),
         }));
-        let tasks = vec![
-            tokio::spawn(announce_loop(shared.clone(), changes_rx, alive_tx)),
-            tokio::spawn(mirror_loop(shared.clone(), mirror, hub, alive_rx)),
-        ];
+        let link = Link {
+            id: shared.id.clone(),
+            channel: format!("{p}:signals"),
+            node_prefix: shared.keys.node_prefix.clone(),
+            client: shared.client.clone(),
+            commands: shared.commands.clone(),
+        };
+        let (signals, mut tasks) = Signals::start(link, receiver, live_rx);
+        tasks.push(tokio::spawn(announce_loop(
+            shared.clone(),
+            changes_rx,
+            alive_tx,
+            live_tx,
+        )));
+        tasks.push(tokio::spawn(mirror_loop(
+            shared.clone(),
+            mirror,
+            hub,
+            alive_rx,
+        )));
         Ok(Self {
             shared,
             changes,
+            signals,
             tasks: Mutex::new(tasks),
         })
+    }
+
+    /// Sends this node's signals to the other nodes.
+    pub fn signals(&self) -> Arc<dyn ClusterSignals> {
+        self.signals.clone()
     }
 
     /// This node's id in the cluster.
@@ -274,6 +303,7 @@ impl Cluster {
     /// Leaves the cluster at once (rather than after `NODE_TTL`): the others drop this node's
     /// members. Call after the hub's connections are closed, so their leaves are published.
     pub async fn shutdown(&self) {
+        self.signals.stop(Duration::from_secs(1)).await;
         let (done, stopped) = oneshot::channel();
         if self.changes.send(Change::Stop(done)).is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(2), stopped).await;
@@ -291,6 +321,7 @@ async fn announce_loop(
     shared: Arc<Shared>,
     mut changes: mpsc::UnboundedReceiver<Change>,
     alive: mpsc::Sender<HashSet<String>>,
+    live: watch::Sender<HashSet<String>>,
 ) {
     // This node's presence (field → entry): what its hash must hold.
     let mut local: HashMap<String, Entry> = HashMap::new();
@@ -331,6 +362,7 @@ async fn announce_loop(
             _ = tick.tick() => match shared.heartbeat(&local, dirty).await {
                 Ok(nodes) => {
                     dirty = false;
+                    live.send_replace(nodes.clone());
                     let _ = alive.try_send(nodes);
                 }
                 Err(e) => {

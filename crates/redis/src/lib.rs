@@ -48,6 +48,7 @@ use uuid::Uuid;
 pub mod channels;
 pub mod cluster;
 pub mod identity;
+mod signals;
 #[cfg(feature = "test-support")]
 pub mod testing;
 

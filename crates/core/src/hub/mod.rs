@@ -27,6 +27,7 @@ use crate::identity::Identity;
 use crate::outbox::{Outbox, OutboxLimits, Outgoing, WokenWriters};
 use crate::presence::ClusterPresence;
 use crate::room::{RoomDirectory, RoomStats};
+use crate::signal::ClusterSignals;
 use crate::subscription::{Subscription, SubscriptionIndex, SubscriptionSpec};
 use crate::wire::CloseReason;
 
@@ -104,6 +105,8 @@ pub struct Hub {
     head: AtomicU64,
     /// Room presence on the other nodes of a cluster; unset when embedded.
     cluster: OnceLock<Arc<dyn ClusterPresence>>,
+    /// Typing notices to and from the other nodes of a cluster; unset when embedded.
+    signals: OnceLock<Arc<dyn ClusterSignals>>,
     /// Who may see what: asked for every recipient of every event.
     access: Arc<Access>,
     /// Replays running at once (each holds a page of history and reads the store).
@@ -128,6 +131,7 @@ impl Hub {
             woken: Arc::default(),
             head: AtomicU64::new(0),
             cluster: OnceLock::new(),
+            signals: OnceLock::new(),
             access: Arc::default(),
             replays: Arc::new(tokio::sync::Semaphore::new(DEFAULT_CONCURRENT_REPLAYS)),
         }

@@ -3,12 +3,15 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{Connection, Hub, HubError};
 use crate::outbox::Outgoing;
 use crate::presence::{self, ClusterPresence};
 use crate::room::{self, Joined, Left, Member, Presence, RoomDirectory};
+use crate::signal::ClusterSignals;
 use crate::wire::ServerMessage;
 
 impl Hub {
@@ -83,14 +86,34 @@ impl Hub {
         if !s.rooms.set_typing(conn, room, typing) {
             return Ok(false);
         }
-        let msg = room::notice(
-            "typing",
+        to_room(
+            &s.rooms,
             room,
-            &member,
-            serde_json::json!({"isTyping": typing}),
+            &typing_notice(room, &member, typing),
+            Some(conn),
         );
-        to_room(&s.rooms, room, &msg, Some(conn));
+        self.signal_typing(room, &member, typing);
         Ok(true)
+    }
+
+    /// A typing signal from another node (a member typing, or no longer, in `room`): this
+    /// node's connections in the room are told. Anything else is ignored.
+    pub fn remote_typing(&self, room: &str, signal: Value) {
+        let Ok(TypingSignal { member, typing }) = serde_json::from_value(signal) else {
+            return;
+        };
+        let s = self.state.read();
+        to_room(&s.rooms, room, &typing_notice(room, &member, typing), None);
+    }
+
+    fn signal_typing(&self, room: &str, member: &Member, typing: bool) {
+        if let Some(signals) = self.signals.get() {
+            let signal = TypingSignal {
+                member: member.clone(),
+                typing,
+            };
+            signals.send(room, serde_json::to_value(signal).expect("serialises"));
+        }
     }
 
     /// Who is present in a room (on every node of a cluster), sorted by name.
@@ -113,6 +136,13 @@ impl Hub {
     pub fn set_cluster_presence(&self, cluster: Arc<dyn ClusterPresence>) {
         if self.cluster.set(cluster).is_err() {
             panic!("cluster presence is set once");
+        }
+    }
+
+    /// Sends typing notices to the other nodes and hears theirs (once, at start-up).
+    pub fn set_cluster_signals(&self, signals: Arc<dyn ClusterSignals>) {
+        if self.signals.set(signals).is_err() {
+            panic!("cluster signals are set once");
         }
     }
 
@@ -148,6 +178,9 @@ impl Hub {
     }
 
     pub(super) fn cluster_left(&self, rooms: &RoomDirectory, left: &mut Left) {
+        if left.was_typing {
+            self.signal_typing(&left.room, &left.member, false);
+        }
         let Some(cluster) = self.cluster.get() else {
             return;
         };
@@ -173,6 +206,19 @@ fn cluster_view(
     (elsewhere, presence::users(&all))
 }
 
+/// What a node tells the others when one of its members starts or stops typing.
+#[derive(Serialize, Deserialize)]
+struct TypingSignal {
+    member: Member,
+    #[serde(rename = "isTyping")]
+    typing: bool,
+}
+
+/// A typing notice, as the room's connections receive it.
+fn typing_notice(room: &str, member: &Member, typing: bool) -> Arc<ServerMessage> {
+    room::notice("typing", room, member, json!({ "isTyping": typing }))
+}
+
 /// Sends a room notice to every connection in the room but `except`.
 fn to_room(rooms: &RoomDirectory, room: &str, msg: &Arc<ServerMessage>, except: Option<Uuid>) {
     for conn in rooms.connections(room) {
@@ -186,12 +232,7 @@ fn to_room(rooms: &RoomDirectory, room: &str, msg: &Arc<ServerMessage>, except: 
 /// that was its last connection there).
 pub(super) fn announce_leave(rooms: &RoomDirectory, left: &Left) {
     if left.was_typing {
-        let msg = room::notice(
-            "typing",
-            &left.room,
-            &left.member,
-            serde_json::json!({"isTyping": false}),
-        );
+        let msg = typing_notice(&left.room, &left.member, false);
         to_room(rooms, &left.room, &msg, None);
     }
     if left.departed {

@@ -449,8 +449,13 @@ impl Ws {
 
     /// The next JSON text message (pings are skipped); panics after `WAIT`.
     pub(crate) async fn recv(&mut self) -> Value {
+        self.recv_within(WAIT).await
+    }
+
+    /// The next JSON text message (pings are skipped); panics after `wait`.
+    pub(crate) async fn recv_within(&mut self, wait: Duration) -> Value {
         loop {
-            let m = tokio::time::timeout(WAIT, self.stream.next())
+            let m = tokio::time::timeout(wait, self.stream.next())
                 .await
                 .expect("timed out waiting for a message")
                 .expect("stream ended")

@@ -9,7 +9,7 @@
 //! publishes it as a `document.snapshot` event too; opening a document reads the saved snapshot
 //! and the changes after it. Retention keeps the changes no snapshot covers yet.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use herald_core::Connection;
@@ -20,10 +20,12 @@ use herald_core::room::validate_room;
 use herald_core::store::{HistoryQuery, Order};
 use herald_core::{Event, EventStore, Identity, Outgoing, StoreError};
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{OnceCell, mpsc};
 use uuid::Uuid;
 
+use super::signals::Outlet;
 use crate::http::error::AppError;
 
 pub const ROOM_PREFIX: &str = "document:";
@@ -64,11 +66,43 @@ pub struct SnapshotDue {
     pub seq: u64,
 }
 
-/// The documents open on this node (those with a participant here).
+/// The documents open on this node (those with a participant here), and the participants on
+/// the other nodes of a cluster.
 pub struct Documents {
     open: Mutex<HashMap<String, Arc<Entry>>>,
     bounds: Bounds,
     snapshots: mpsc::UnboundedSender<SnapshotDue>,
+    /// Participants on the other nodes, by document id (open here or not), as their nodes'
+    /// signals describe them.
+    remote: Mutex<HashMap<String, Vec<RemoteParticipant>>>,
+    /// Joins, leaves and cursors to the other nodes; unset when embedded.
+    pub(super) signals: Outlet,
+}
+
+struct RemoteParticipant {
+    node: String,
+    conn: String,
+    user: String,
+    cursor: Value,
+}
+
+/// What a node tells the others about its participants of a document (room `document:{id}`).
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Signal {
+    /// A participant joined (or, in a restatement, is there) with its cursor.
+    Joined {
+        conn: String,
+        user: String,
+        cursor: Value,
+    },
+    Cursor {
+        conn: String,
+        cursor: Value,
+    },
+    Left {
+        conn: String,
+    },
 }
 
 struct Entry {
@@ -151,13 +185,6 @@ pub struct View {
 }
 
 impl Open {
-    fn participants(&self) -> Vec<Value> {
-        self.participants
-            .iter()
-            .map(|p| json!({"user": p.user, "cursor": p.cursor}))
-            .collect()
-    }
-
     fn send_others(&self, except: Uuid, msg: &Arc<ServerMessage>) {
         for p in self
             .participants
@@ -377,7 +404,147 @@ impl Documents {
             open: Mutex::default(),
             bounds,
             snapshots,
+            remote: Mutex::default(),
+            signals: Outlet::default(),
         }
+    }
+
+    fn signal(&self, id: &str, signal: Signal) {
+        self.signals.send(&format!("{ROOM_PREFIX}{id}"), signal);
+    }
+
+    /// Everyone editing document `id`: `local` (this node's participants) and those on the
+    /// other nodes.
+    fn participants(&self, id: &str, local: &[Participant]) -> Vec<Value> {
+        let remote = self.remote.lock();
+        let there = remote.get(id).into_iter().flatten();
+        local
+            .iter()
+            .map(|p| json!({"user": p.user, "cursor": p.cursor}))
+            .chain(there.map(|p| json!({"user": p.user, "cursor": p.cursor})))
+            .collect()
+    }
+
+    /// Tells this node's participants of document `id` what a participant elsewhere did:
+    /// `notice(participants)` builds the message from everyone's list.
+    fn tell_participants(&self, id: &str, notice: impl FnOnce(Vec<Value>) -> Arc<ServerMessage>) {
+        let Some(entry) = self.open.lock().get(id).cloned() else {
+            return;
+        };
+        let state = entry.state.lock();
+        let msg = notice(self.participants(id, &state.participants));
+        state.send_others(Uuid::nil(), &msg);
+    }
+
+    /// A signal from `node` about its participants of document `id`.
+    pub fn received(&self, node: &str, id: &str, body: Value) {
+        let Ok(signal) = serde_json::from_value::<Signal>(body) else {
+            return;
+        };
+        let document = id.to_owned();
+        match signal {
+            Signal::Joined { conn, user, cursor } => {
+                let mut remote = self.remote.lock();
+                let list = remote.entry(document).or_default();
+                match list.iter_mut().find(|p| p.node == node && p.conn == conn) {
+                    Some(p) if p.cursor == cursor => {}
+                    Some(p) => {
+                        p.cursor = cursor.clone();
+                        let user = p.user.clone();
+                        drop(remote);
+                        self.tell_participants(id, |_| cursor_notice(id, &user, cursor));
+                    }
+                    None => {
+                        list.push(RemoteParticipant {
+                            node: node.to_owned(),
+                            conn,
+                            user: user.clone(),
+                            cursor,
+                        });
+                        drop(remote);
+                        self.tell_participants(id, |all| {
+                            participants_notice("participant_joined", id, &user, all)
+                        });
+                    }
+                }
+            }
+            Signal::Cursor { conn, cursor } => {
+                let mut remote = self.remote.lock();
+                let Some(p) = remote
+                    .get_mut(id)
+                    .and_then(|l| l.iter_mut().find(|p| p.node == node && p.conn == conn))
+                else {
+                    return;
+                };
+                p.cursor = cursor.clone();
+                let user = p.user.clone();
+                drop(remote);
+                self.tell_participants(id, |_| cursor_notice(id, &user, cursor));
+            }
+            Signal::Left { conn } => self.remote_left(id, |p| p.node == node && p.conn == conn),
+        }
+    }
+
+    /// Removes the participants elsewhere of document `id` that `gone` picks; this node's
+    /// participants are told.
+    fn remote_left(&self, id: &str, gone: impl Fn(&RemoteParticipant) -> bool) {
+        let mut remote = self.remote.lock();
+        let Some(list) = remote.get_mut(id) else {
+            return;
+        };
+        let (left, kept): (Vec<_>, Vec<_>) = std::mem::take(list).into_iter().partition(gone);
+        if kept.is_empty() {
+            remote.remove(id);
+        } else {
+            remote.insert(id.to_owned(), kept);
+        }
+        drop(remote);
+        for p in left {
+            self.tell_participants(id, |all| {
+                participants_notice("participant_left", id, &p.user, all)
+            });
+        }
+    }
+
+    /// Replaces what `node` said of its participants by `signals` (document id, body).
+    pub fn restate(&self, node: &str, signals: Vec<(String, Value)>) {
+        let present: HashSet<(&str, &str)> = signals
+            .iter()
+            .filter_map(|(id, body)| {
+                let conn = body.get("joined")?.get("conn")?.as_str()?;
+                Some((id.as_str(), conn))
+            })
+            .collect();
+        let ids: Vec<String> = self.remote.lock().keys().cloned().collect();
+        for id in ids {
+            self.remote_left(&id, |p| {
+                p.node == node && !present.contains(&(id.as_str(), p.conn.as_str()))
+            });
+        }
+        for (id, body) in signals {
+            self.received(node, &id, body);
+        }
+    }
+
+    /// This node's participants, as the signals that show them to another node.
+    pub fn state(&self) -> Vec<(String, Value)> {
+        let open: Vec<Arc<Entry>> = self.open.lock().values().cloned().collect();
+        let mut signals = Vec::new();
+        for entry in open {
+            let state = entry.state.lock();
+            for p in state.participants.iter().filter(|p| p.ready) {
+                let joined = Signal::Joined {
+                    conn: p.conn.id.to_string(),
+                    user: p.user.clone(),
+                    cursor: p.cursor.clone(),
+                };
+                signals.push((
+                    format!("{ROOM_PREFIX}{}", entry.id),
+                    serde_json::to_value(joined).expect("serialises"),
+                ));
+            }
+        }
+        signals
     }
 
     /// Folds a committed batch's document changes into the documents open here (called by the
@@ -454,10 +621,7 @@ impl Documents {
         };
         me.ready = true;
         let missed = version.and_then(|v| doc.changes_since(v).map(|c| (v, c)));
-        let list: Vec<Value> = participants
-            .iter()
-            .map(|p| json!({"user": p.user, "cursor": p.cursor}))
-            .collect();
+        let list = self.participants(id, participants);
         let mut joined = json!({
             "documentId": id,
             "version": doc.version(),
@@ -493,13 +657,19 @@ impl Documents {
                 )));
             }
         }
-        let notice = ServerMessage::new(
-            "participant_joined",
-            Some(json!({"documentId": id, "user": user, "participants": list})),
-        );
+        let notice = participants_notice("participant_joined", id, &user, list);
         for p in participants.iter().filter(|p| p.conn.id != conn.id) {
             p.conn.send(Outgoing::Message(notice.clone()));
         }
+        // Sent under the document's lock: it only queues.
+        self.signal(
+            id,
+            Signal::Joined {
+                conn: conn.id.to_string(),
+                user,
+                cursor: Value::Null,
+            },
+        );
         Ok(())
     }
 
@@ -518,17 +688,21 @@ impl Documents {
         if state.participants.is_empty() {
             drop(state);
             open.remove(id);
-            return true;
+        } else {
+            let list = self.participants(id, &state.participants);
+            state.send_others(
+                conn,
+                &participants_notice("participant_left", id, &gone.user, list),
+            );
         }
-        let notice = ServerMessage::new(
-            "participant_left",
-            Some(json!({
-                "documentId": id,
-                "user": gone.user,
-                "participants": state.participants(),
-            })),
-        );
-        state.send_others(conn, &notice);
+        if gone.ready {
+            self.signal(
+                id,
+                Signal::Left {
+                    conn: conn.to_string(),
+                },
+            );
+        }
         true
     }
 
@@ -543,11 +717,15 @@ impl Documents {
             .ok_or_else(not_joined)?;
         me.cursor = cursor.clone();
         let user = me.user.clone();
-        let notice = ServerMessage::new(
-            "cursor_move",
-            Some(json!({"documentId": id, "user": user, "cursor": cursor})),
+        state.send_others(conn, &cursor_notice(id, &user, cursor.clone()));
+        drop(state);
+        self.signal(
+            id,
+            Signal::Cursor {
+                conn: conn.to_string(),
+                cursor,
+            },
         );
-        state.send_others(conn, &notice);
         Ok(())
     }
 
@@ -575,7 +753,7 @@ impl Documents {
                 return Ok(View {
                     content: doc.content(),
                     version: doc.version(),
-                    participants: state.participants(),
+                    participants: self.participants(id, &state.participants),
                 });
             }
         }
@@ -583,7 +761,7 @@ impl Documents {
         Ok(View {
             content: doc.content(),
             version: doc.version(),
-            participants: Vec::new(),
+            participants: self.participants(id, &[]),
         })
     }
 
@@ -594,6 +772,25 @@ impl Documents {
     pub fn bounds(&self) -> Bounds {
         self.bounds
     }
+}
+
+fn participants_notice(
+    kind: &'static str,
+    id: &str,
+    user: &str,
+    participants: Vec<Value>,
+) -> Arc<ServerMessage> {
+    ServerMessage::new(
+        kind,
+        Some(json!({"documentId": id, "user": user, "participants": participants})),
+    )
+}
+
+fn cursor_notice(id: &str, user: &str, cursor: Value) -> Arc<ServerMessage> {
+    ServerMessage::new(
+        "cursor_move",
+        Some(json!({"documentId": id, "user": user, "cursor": cursor})),
+    )
 }
 
 fn not_joined() -> AppError {

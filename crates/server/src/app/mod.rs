@@ -8,6 +8,7 @@ pub mod documents;
 pub mod limits;
 pub mod mailboxes;
 pub mod node;
+mod signals;
 pub mod yjs;
 
 use std::future::Future;
@@ -168,7 +169,16 @@ impl App {
                 let reporter = node.clone();
                 let info =
                     Arc::new(move || serde_json::to_value(reporter.status()).expect("serialises"));
-                let cluster = Cluster::start(&redis, node.id.clone(), hub.clone(), info).await?;
+                let receiver = Arc::new(signals::Signalled {
+                    hub: hub.clone(),
+                    documents: documents.clone(),
+                    yjs: yjs.clone(),
+                });
+                let cluster =
+                    Cluster::start(&redis, node.id.clone(), hub.clone(), info, receiver).await?;
+                hub.set_cluster_signals(cluster.signals());
+                documents.signals.connect(cluster.signals());
+                yjs.signals.connect(cluster.signals());
                 (Box::new(log), Some(cluster))
             }
             None => {

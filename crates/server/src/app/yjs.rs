@@ -6,8 +6,9 @@
 //! (the whole state as one update) in the store's snapshots, which retention leaves alone, and
 //! publishes it as a `yjs.snapshot` event (which restarts every node's count); opening a
 //! document reads the saved snapshot and the updates after it. Retention keeps the updates no
-//! snapshot covers yet. Awareness (cursors, names) is volatile and per node:
-//! relayed to the document's other clients here, cleared when a client leaves.
+//! snapshot covers yet. Awareness (cursors, names) is volatile: relayed to the document's other
+//! clients here and, as cluster signals, to the other nodes, which relay it to theirs; cleared
+//! when a client leaves (or its node is gone). Each connection's awareness is bounded.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use herald_core::Connection;
 use herald_core::event::EncodedEvent;
 use herald_core::{Event, EventStore, Outgoing, StoreError};
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{OnceCell, mpsc};
 use uuid::Uuid;
@@ -28,16 +30,46 @@ use yrs::updates::encoder::Encode;
 use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
 
 use super::documents::{SnapshotDue, replay};
+use super::signals::Outlet;
 
 pub const ROOM_PREFIX: &str = "yjs:";
 pub const UPDATE: &str = "yjs.update";
 pub const SNAPSHOT: &str = "yjs.snapshot";
 
-/// The Yjs documents open on this node (those with a client here).
+/// The Yjs documents open on this node (those with a client here), and the awareness of the
+/// clients on the other nodes of a cluster.
 pub struct YDocs {
     open: Mutex<HashMap<String, Arc<Entry>>>,
     snapshot_every: u64,
     snapshots: mpsc::UnboundedSender<SnapshotDue>,
+    /// Awareness states on the other nodes, by document name (open here or not), then by
+    /// (node, connection).
+    remote: Mutex<HashMap<String, RemoteClients>>,
+    /// Awareness to the other nodes; unset when embedded.
+    pub(super) signals: Outlet,
+}
+
+/// One connection's awareness states, by Yjs client id.
+type States = HashMap<u64, AwarenessUpdateEntry>;
+
+/// The states of a document's clients on the other nodes, by (node, connection).
+type RemoteClients = HashMap<(String, String), States>;
+
+/// Awareness states one connection may hold: a y-websocket client has one (its document's
+/// client id); a few more allow an app with several documents on one socket.
+pub const MAX_AWARENESS_STATES: usize = 8;
+/// The largest awareness state, in bytes of JSON: a name, a colour and a selection, not a
+/// payload.
+pub const MAX_AWARENESS_BYTES: usize = 4096;
+
+/// What a node tells the others about its clients' awareness (room `yjs:{name}`).
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Signal {
+    /// A client's awareness update (the y-protocols encoding, base64).
+    Awareness { conn: String, update: String },
+    /// A client left: its states are cleared.
+    Left { conn: String },
 }
 
 struct Entry {
@@ -62,7 +94,7 @@ struct Client {
     ready: bool,
     /// The awareness states this connection announced, by Yjs client id: cleared for the
     /// others when it leaves.
-    awareness: HashMap<u64, AwarenessUpdateEntry>,
+    awareness: States,
 }
 
 /// A binary y-websocket frame.
@@ -141,16 +173,62 @@ impl Open {
         })
     }
 
-    /// The awareness states of every client but `except`.
-    fn awareness(&self, except: Uuid) -> AwarenessUpdate {
+    /// The awareness states of every client here but `except`, and of `remote` (the clients
+    /// on the other nodes).
+    fn awareness<'a>(
+        &'a self,
+        except: Uuid,
+        remote: impl Iterator<Item = &'a States>,
+    ) -> AwarenessUpdate {
         let clients = self
             .clients
             .iter()
             .filter(|c| c.conn.id != except)
-            .flat_map(|c| c.awareness.iter())
+            .map(|c| &c.awareness)
+            .chain(remote)
+            .flatten()
             .map(|(id, e)| (ClientID::new(*id), e.clone()))
             .collect();
         AwarenessUpdate { clients }
+    }
+
+    /// Sends an awareness update to every ready client here but `except`.
+    fn relay(&self, except: Option<Uuid>, update: AwarenessUpdate) {
+        let relayed = frame(&Message::Awareness(update));
+        for c in self
+            .clients
+            .iter()
+            .filter(|c| c.ready && Some(c.conn.id) != except)
+        {
+            c.conn.send(relayed.clone());
+        }
+    }
+}
+
+/// `states` cleared: each one's `null` state, one clock later (as y-websocket's server clears a
+/// client that left).
+fn cleared(states: States) -> AwarenessUpdate {
+    let clients = states
+        .into_iter()
+        .map(|(id, e)| {
+            let entry = AwarenessUpdateEntry {
+                clock: e.clock + 1,
+                json: "null".into(),
+            };
+            (ClientID::new(id), entry)
+        })
+        .collect();
+    AwarenessUpdate { clients }
+}
+
+/// Applies `update` to one connection's `states` (a `null` state removes one).
+fn record(states: &mut States, update: &AwarenessUpdate) {
+    for (id, e) in &update.clients {
+        if &*e.json == "null" {
+            states.remove(&id.get());
+        } else {
+            states.insert(id.get(), e.clone());
+        }
     }
 }
 
@@ -160,7 +238,114 @@ impl YDocs {
             open: Mutex::default(),
             snapshot_every,
             snapshots,
+            remote: Mutex::default(),
+            signals: Outlet::default(),
         }
+    }
+
+    fn signal(&self, name: &str, signal: Signal) {
+        self.signals.send(&format!("{ROOM_PREFIX}{name}"), signal);
+    }
+
+    /// Sends an awareness update from elsewhere to this node's clients of document `name`.
+    fn relay_here(&self, name: &str, update: AwarenessUpdate) {
+        if update.clients.is_empty() {
+            return;
+        }
+        if let Some(entry) = self.open.lock().get(name).cloned() {
+            entry.state.lock().relay(None, update);
+        }
+    }
+
+    /// A signal from `node` about its clients of document `name`.
+    pub fn received(&self, node: &str, name: &str, body: Value) {
+        let Ok(signal) = serde_json::from_value::<Signal>(body) else {
+            return;
+        };
+        match signal {
+            Signal::Awareness { conn, update } => {
+                let Some(update) = BASE64
+                    .decode(update)
+                    .ok()
+                    .and_then(|b| AwarenessUpdate::decode_v1(&b).ok())
+                else {
+                    return;
+                };
+                {
+                    let mut remote = self.remote.lock();
+                    let doc = remote.entry(name.to_owned()).or_default();
+                    let states = doc.entry((node.to_owned(), conn)).or_default();
+                    record(states, &update);
+                    doc.retain(|_, states| !states.is_empty());
+                    if doc.is_empty() {
+                        remote.remove(name);
+                    }
+                }
+                self.relay_here(name, update);
+            }
+            Signal::Left { conn } => self.remote_left(name, |n, c| n == node && c == conn),
+        }
+    }
+
+    /// Clears the states of the clients elsewhere of document `name` that `gone` picks (by
+    /// node and connection); this node's clients are told.
+    fn remote_left(&self, name: &str, gone: impl Fn(&str, &str) -> bool) {
+        let states = {
+            let mut remote = self.remote.lock();
+            let Some(doc) = remote.get_mut(name) else {
+                return;
+            };
+            let left: Vec<(String, String)> =
+                doc.keys().filter(|(n, c)| gone(n, c)).cloned().collect();
+            let states: States = left
+                .iter()
+                .filter_map(|k| doc.remove(k))
+                .flatten()
+                .collect();
+            if doc.is_empty() {
+                remote.remove(name);
+            }
+            states
+        };
+        self.relay_here(name, cleared(states));
+    }
+
+    /// Replaces what `node` said of its clients' awareness by `signals` (document name, body).
+    pub fn restate(&self, node: &str, signals: Vec<(String, Value)>) {
+        let names: Vec<String> = self.remote.lock().keys().cloned().collect();
+        for name in names {
+            self.remote_left(&name, |n, _| n == node);
+        }
+        for (name, body) in signals {
+            self.received(node, &name, body);
+        }
+    }
+
+    /// This node's clients' awareness, as the signals that show it to another node.
+    pub fn state(&self) -> Vec<(String, Value)> {
+        let open: Vec<Arc<Entry>> = self.open.lock().values().cloned().collect();
+        let mut signals = Vec::new();
+        for entry in open {
+            let state = entry.state.lock();
+            for c in state.clients.iter().filter(|c| !c.awareness.is_empty()) {
+                let update = AwarenessUpdate {
+                    clients: c
+                        .awareness
+                        .iter()
+                        .map(|(id, e)| (ClientID::new(*id), e.clone()))
+                        .collect(),
+                };
+                let signal = Signal::Awareness {
+                    conn: c.conn.id.to_string(),
+                    update: BASE64.encode(update.encode_v1()),
+                };
+                signals.push((
+                    format!("{ROOM_PREFIX}{}", entry.name),
+                    serde_json::to_value(signal).expect("serialises"),
+                ));
+            }
+        }
+        signals
     }
 
     /// Folds a committed batch's Yjs updates into the documents open here.
@@ -229,7 +414,13 @@ impl YDocs {
             .expect("loaded")
             .transact()
             .state_vector();
-        let others = state.awareness(conn.id);
+        let others = {
+            let remote = self.remote.lock();
+            state.awareness(
+                conn.id,
+                remote.get(name).into_iter().flat_map(|d| d.values()),
+            )
+        };
         if let Some(me) = state.clients.iter_mut().find(|c| c.conn.id == conn.id) {
             me.ready = true;
             conn.send(frame(&Message::Sync(SyncMessage::SyncStep1(sv))));
@@ -248,37 +439,71 @@ impl YDocs {
         Some(frame(&Message::Sync(SyncMessage::SyncStep2(diff))))
     }
 
-    /// Records `conn`'s awareness update and relays it to the document's other clients here.
-    pub fn awareness(&self, conn: Uuid, name: &str, update: AwarenessUpdate) {
+    /// Records `conn`'s awareness update and relays it to the document's other clients, here
+    /// and on the other nodes. Refused when it would set another connection's state, hold more
+    /// than `MAX_AWARENESS_STATES` states, or one over `MAX_AWARENESS_BYTES`.
+    pub fn awareness(&self, conn: Uuid, name: &str, update: AwarenessUpdate) -> Result<(), String> {
         let Some(entry) = self.open.lock().get(name).cloned() else {
-            return;
+            return Ok(());
         };
         let state = &mut *entry.state.lock();
-        let Some(me) = state.clients.iter_mut().find(|c| c.conn.id == conn) else {
-            return;
-        };
-        for (id, e) in &update.clients {
-            if &*e.json == "null" {
-                me.awareness.remove(&id.get());
-            } else {
-                me.awareness.insert(id.get(), e.clone());
-            }
-        }
-        let relayed = frame(&Message::Awareness(update));
-        for c in state
+        if let Some(big) = update
             .clients
-            .iter()
-            .filter(|c| c.ready && c.conn.id != conn)
+            .values()
+            .find(|e| e.json.len() > MAX_AWARENESS_BYTES)
         {
-            c.conn.send(relayed.clone());
+            return Err(format!(
+                "an awareness state is {} bytes; at most {MAX_AWARENESS_BYTES}",
+                big.json.len()
+            ));
         }
+        let owned_elsewhere = |id: u64| {
+            state
+                .clients
+                .iter()
+                .any(|c| c.conn.id != conn && c.awareness.contains_key(&id))
+                || self
+                    .remote
+                    .lock()
+                    .get(name)
+                    .is_some_and(|d| d.values().any(|s| s.contains_key(&id)))
+        };
+        if let Some(id) = update.clients.keys().find(|id| owned_elsewhere(id.get())) {
+            return Err(format!(
+                "awareness client {id} belongs to another connection"
+            ));
+        }
+        let Some(me) = state.clients.iter_mut().find(|c| c.conn.id == conn) else {
+            return Ok(());
+        };
+        let mut after = me.awareness.clone();
+        record(&mut after, &update);
+        if after.len() > MAX_AWARENESS_STATES {
+            return Err(format!(
+                "a connection may hold at most {MAX_AWARENESS_STATES} awareness states"
+            ));
+        }
+        me.awareness = after;
+        let encoded = BASE64.encode(update.encode_v1());
+        state.relay(Some(conn), update);
+        // Sent under the document's lock, so the others hear this before the client's leave.
+        self.signal(
+            name,
+            Signal::Awareness {
+                conn: conn.to_string(),
+                update: encoded,
+            },
+        );
+        Ok(())
     }
 
     /// Every other client's awareness state (the answer to an awareness query).
     pub fn awareness_of_others(&self, conn: Uuid, name: &str) -> Option<Outgoing> {
         let entry = self.open.lock().get(name).cloned()?;
         let state = entry.state.lock();
-        Some(frame(&Message::Awareness(state.awareness(conn))))
+        let remote = self.remote.lock();
+        let remote = remote.get(name).into_iter().flat_map(|d| d.values());
+        Some(frame(&Message::Awareness(state.awareness(conn, remote))))
     }
 
     /// Removes `conn`; its awareness states are cleared for the others (a `null` state, as
@@ -293,30 +518,18 @@ impl YDocs {
             return;
         };
         let gone = state.clients.swap_remove(i);
+        if !gone.awareness.is_empty() {
+            self.signal(
+                name,
+                Signal::Left {
+                    conn: conn.to_string(),
+                },
+            );
+            state.relay(None, cleared(gone.awareness));
+        }
         if state.clients.is_empty() {
             drop(state);
             open.remove(name);
-            return;
-        }
-        if gone.awareness.is_empty() {
-            return;
-        }
-        let cleared = AwarenessUpdate {
-            clients: gone
-                .awareness
-                .into_iter()
-                .map(|(id, e)| {
-                    let entry = AwarenessUpdateEntry {
-                        clock: e.clock + 1,
-                        json: "null".into(),
-                    };
-                    (ClientID::new(id), entry)
-                })
-                .collect(),
-        };
-        let relayed = frame(&Message::Awareness(cleared));
-        for c in state.clients.iter().filter(|c| c.ready) {
-            c.conn.send(relayed.clone());
         }
     }
 }

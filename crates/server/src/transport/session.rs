@@ -291,16 +291,24 @@ impl Session {
     /// Counts a publish against the connection's rate; when over it, answers the refusal and
     /// says whether the client is flooding.
     fn over_publish_rate(&mut self, id: &Option<Value>) -> Option<Flow> {
-        if self.limits().publish.check().is_ok() {
-            self.refused = 0;
-            return None;
-        }
-        self.refused += 1;
+        let allowed = self.limits().publish.check().is_ok();
+        let refused = self.count_refusal(allowed).err()?;
         self.fail(
             &AppError::rate_limited("publish rate limit exceeded; slow down"),
             id.clone(),
         );
-        Some(if self.refused >= MAX_REFUSED {
+        Some(refused)
+    }
+
+    /// Counts a rate-limited step towards the flood limit: refused (`!allowed`), what the
+    /// transport should do — go on, or disconnect a client refused `MAX_REFUSED` times in a row.
+    fn count_refusal(&mut self, allowed: bool) -> Result<(), Flow> {
+        if allowed {
+            self.refused = 0;
+            return Ok(());
+        }
+        self.refused += 1;
+        Err(if self.refused >= MAX_REFUSED {
             Flow::Flooding
         } else {
             Flow::Continue
