@@ -592,3 +592,47 @@ async fn change_ids_are_echoed_caught_up_and_applied_once() {
     assert_eq!(ann.content(), "abcd");
     assert_eq!(document(&server, "ids").await["content"], "abcd");
 }
+
+/// herald.js itself (under Node, `tests/seed-clients/herald-document.js`) across real
+/// connection losses: edits made offline, and a change committed whose acknowledgement was
+/// lost, end up in the document exactly once, with everyone on the server's text; away for
+/// longer than the window, the client takes a snapshot and says so (`resync`).
+#[tokio::test]
+async fn herald_js_keeps_its_edits_across_reconnects() {
+    let server = Server::start_env(&[], &[("HERALD_DOCUMENT_WINDOW", "10")]);
+    let args = vec![
+        server.url(""),
+        "away".into(),
+        token("ann"),
+        token("bob"),
+        "10".into(),
+    ];
+    let stdout = seed_client_script("herald-document.js", args).await;
+    let out: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let state = document(&server, "away").await;
+    assert_eq!(state["content"], out["resync"], "{out}");
+    let offline = out["offline"].as_str().unwrap();
+    assert!(
+        offline.contains(" [a1]") && offline.contains("<b1>"),
+        "{out}"
+    );
+    let ack_lost = out["ackLost"].as_str().unwrap();
+    assert_eq!(ack_lost.matches("{inflight}").count(), 1, "{out}");
+    let (status, log) = get(
+        &server,
+        "/api/documents/away/changes?limit=1000",
+        Some(&token("ann")),
+    )
+    .await;
+    assert_eq!(status, 200, "{log}");
+    let inflight = log["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["data"]["changeId"] == out["inflight"])
+        .count();
+    assert_eq!(
+        inflight, 1,
+        "the change in flight was not sent again: {log}"
+    );
+}
