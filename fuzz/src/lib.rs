@@ -137,12 +137,16 @@ pub fn command_parts(command: &Command) -> (&'static str, Map<String, Value>) {
             position,
             length,
             text,
+            change_id,
         } => {
             put("documentId", json!(document));
             put("baseVersion", json!(base_version));
             put("position", json!(position));
             put("length", json!(length));
             put("text", json!(text));
+            if let Some(c) = change_id {
+                put("changeId", json!(c));
+            }
             "document.change"
         }
         Command::DocumentCursor { document, cursor } => {

@@ -96,6 +96,28 @@ pub enum ChangeError {
     SplitsCharacter(usize),
     #[error("the document would be {len} code units long; the limit is {max}")]
     TooLarge { len: usize, max: usize },
+    /// The author's change with this id is among the recent changes: a client resending a
+    /// change whose first copy was committed after all.
+    #[error("change {change_id} was already applied")]
+    Duplicate { change_id: String },
+}
+
+/// Who made a change: its author (a user id, empty for an anonymous one) and the id the
+/// author's client gave it, if any — how a client that lost a change's acknowledgement
+/// recognises the change as its own when it catches up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub author: String,
+    pub change_id: Option<String>,
+}
+
+impl Origin {
+    pub fn new(author: impl Into<String>, change_id: Option<String>) -> Self {
+        Self {
+            author: author.into(),
+            change_id,
+        }
+    }
 }
 
 /// A document's content and version, with the recent changes that late changes are
@@ -105,8 +127,8 @@ pub struct Document {
     content: Vec<u16>,
     version: u64,
     /// The changes that made versions `version - recent.len() + 1 ..= version`, as applied,
-    /// with their authors.
-    recent: VecDeque<(Change, String)>,
+    /// with their origins.
+    recent: VecDeque<(Change, Origin)>,
     window: usize,
     max_len: usize,
 }
@@ -122,7 +144,7 @@ impl Document {
     pub fn restore(
         content: &str,
         version: u64,
-        recent: Vec<(Change, String)>,
+        recent: Vec<(Change, Origin)>,
         window: usize,
         max_len: usize,
     ) -> Self {
@@ -140,8 +162,8 @@ impl Document {
         }
     }
 
-    /// The recent changes with their authors, oldest first (what a snapshot keeps).
-    pub fn recent(&self) -> impl Iterator<Item = &(Change, String)> {
+    /// The recent changes with their origins, oldest first (what a snapshot keeps).
+    pub fn recent(&self) -> impl Iterator<Item = &(Change, Origin)> {
         self.recent.iter()
     }
 
@@ -168,9 +190,9 @@ impl Document {
         self.version - self.recent.len() as u64
     }
 
-    /// The changes applied after `version`, in order, with their authors, or `None` when they
+    /// The changes applied after `version`, in order, with their origins, or `None` when they
     /// are no longer kept.
-    pub fn changes_since(&self, version: u64) -> Option<impl Iterator<Item = &(Change, String)>> {
+    pub fn changes_since(&self, version: u64) -> Option<impl Iterator<Item = &(Change, Origin)>> {
         if version > self.version || version < self.oldest_base() {
             return None;
         }
@@ -196,14 +218,37 @@ impl Document {
     }
 
     /// Transforms `change` (made on version `base`) against every change applied since,
-    /// applies it as `author`'s, and returns it as applied; the version is then `version()`.
-    /// Nothing changes when it is refused.
+    /// applies it as `author`'s (without a change id), and returns it as applied.
     pub fn apply(
         &mut self,
         change: &Change,
         base: u64,
         author: &str,
     ) -> Result<Change, ChangeError> {
+        self.apply_from(change, base, Origin::new(author, None))
+    }
+
+    /// Transforms `change` (made on version `base`) against every change applied since,
+    /// applies it as `origin`'s, and returns it as applied; the version is then `version()`.
+    /// A change whose id the same author's recent changes already hold is a duplicate (a
+    /// resend) and is refused, so a change is applied once however often it is sent while
+    /// its first copy is within the window. Nothing changes when it is refused.
+    pub fn apply_from(
+        &mut self,
+        change: &Change,
+        base: u64,
+        origin: Origin,
+    ) -> Result<Change, ChangeError> {
+        if let Some(id) = &origin.change_id
+            && self
+                .recent
+                .iter()
+                .any(|(_, o)| o.author == origin.author && o.change_id.as_ref() == Some(id))
+        {
+            return Err(ChangeError::Duplicate {
+                change_id: id.clone(),
+            });
+        }
         self.check_base(base)?;
         let mut change = change.clone();
         for (applied, _) in self.changes_since(base).into_iter().flatten() {
@@ -231,7 +276,7 @@ impl Document {
         self.content
             .splice(change.position..end, change.text.encode_utf16());
         self.version += 1;
-        self.recent.push_back((change.clone(), author.to_owned()));
+        self.recent.push_back((change.clone(), origin));
         if self.recent.len() > self.window {
             self.recent.pop_front();
         }
@@ -339,6 +384,30 @@ mod tests {
         assert_eq!((d.content().as_str(), d.version()), ("aaaa", 4));
         assert_eq!(d.changes_since(3).unwrap().count(), 1);
         assert!(d.changes_since(1).is_none());
+    }
+
+    #[test]
+    fn a_change_id_is_kept_and_a_resend_is_refused() {
+        let mut d = doc();
+        let by = |author: &str, id: &str| Origin::new(author, Some(id.to_owned()));
+        d.apply_from(&Change::new(0, 0, "ab"), 0, by("u", "c-1"))
+            .unwrap();
+        assert_eq!(
+            d.apply_from(&Change::new(0, 0, "ab"), 0, by("u", "c-1")),
+            Err(ChangeError::Duplicate {
+                change_id: "c-1".into()
+            })
+        );
+        // Another author's id is another change.
+        d.apply_from(&Change::new(0, 0, "x"), 1, by("v", "c-1"))
+            .unwrap();
+        assert_eq!((d.content().as_str(), d.version()), ("xab", 2));
+        let origins: Vec<_> = d
+            .changes_since(0)
+            .unwrap()
+            .map(|(_, o)| o.clone())
+            .collect();
+        assert_eq!(origins, vec![by("u", "c-1"), by("v", "c-1")]);
     }
 
     #[test]

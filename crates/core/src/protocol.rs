@@ -81,13 +81,15 @@ pub enum Command {
         document: String,
     },
     /// A text change made on `base_version`: delete `length` UTF-16 code units at `position`,
-    /// insert `text` there.
+    /// insert `text` there. `change_id`: the id the client gave it (at most
+    /// `MAX_CHANGE_ID_BYTES`), echoed with the change wherever it is sent.
     DocumentChange {
         document: String,
         base_version: u64,
         position: usize,
         length: usize,
         text: String,
+        change_id: Option<String>,
     },
     /// The participant's cursor (volatile): any small JSON value, e.g. `{position, selectionEnd}`.
     DocumentCursor {
@@ -114,6 +116,24 @@ struct ChangeArgs {
     length: usize,
     #[serde(default)]
     text: String,
+    #[serde(default)]
+    change_id: Option<String>,
+}
+
+/// The longest `changeId` a `document.change` may carry, in bytes.
+pub const MAX_CHANGE_ID_BYTES: usize = 64;
+
+impl ChangeArgs {
+    fn checked(self) -> Result<Self, serde_json::Error> {
+        use serde::de::Error;
+        match self.change_id.as_deref().map(str::len) {
+            Some(0) => Err(Error::custom("changeId must not be empty")),
+            Some(n) if n > MAX_CHANGE_ID_BYTES => Err(Error::custom(format!(
+                "changeId is {n} bytes; a change id is at most {MAX_CHANGE_ID_BYTES}"
+            ))),
+            _ => Ok(self),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -301,15 +321,16 @@ impl Envelope {
             "document.leave" => args_as::<DocumentArgs>(args).map(|a| Command::DocumentLeave {
                 document: a.document_id,
             }),
-            "document.change" | "text_change" => {
-                args_as::<ChangeArgs>(args).map(|a| Command::DocumentChange {
+            "document.change" | "text_change" => args_as::<ChangeArgs>(args)
+                .and_then(ChangeArgs::checked)
+                .map(|a| Command::DocumentChange {
                     document: a.document_id,
                     base_version: a.base_version,
                     position: a.position,
                     length: a.length,
                     text: a.text,
-                })
-            }
+                    change_id: a.change_id,
+                }),
             "cursor_move" => args_as::<CursorArgs>(args).map(|a| Command::DocumentCursor {
                 document: a.document_id,
                 cursor: a.cursor,
@@ -455,6 +476,24 @@ mod tests {
             v,
             json!({"type":"error","message":"nope","data":{"error":"nope","code":"ACCESS_DENIED"}})
         );
+    }
+
+    #[test]
+    fn a_change_id_is_bounded() {
+        let change = |id: &str| {
+            Envelope::parse(&format!(
+                r#"{{"type":"document.change","data":{{"documentId":"d","baseVersion":0,"position":0,"text":"a","changeId":"{id}"}}}}"#
+            ))
+        };
+        let Command::DocumentChange { change_id, .. } = change("k1-7").unwrap().command else {
+            panic!()
+        };
+        assert_eq!(change_id.as_deref(), Some("k1-7"));
+        assert!(change(&"x".repeat(MAX_CHANGE_ID_BYTES)).is_ok());
+        let e = change(&"x".repeat(MAX_CHANGE_ID_BYTES + 1)).unwrap_err();
+        assert_eq!(e.code, code::VALIDATION_ERROR);
+        assert!(e.message.contains("changeId is 65 bytes"), "{}", e.message);
+        assert_eq!(change("").unwrap_err().code, code::VALIDATION_ERROR);
     }
 
     #[test]

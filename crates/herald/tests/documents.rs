@@ -556,3 +556,153 @@ async fn anonymous_clients_edit_public_documents_only() {
     assert_eq!(e["id"], 2, "{e}");
     assert_eq!(document(&server, "open").await["content"], "hi");
 }
+
+/// A change's `changeId` comes back in the author's acknowledgement and the others' copies,
+/// and in the catch-up of a client that rejoins from an older version — after a restart from a
+/// snapshot too; the same author's change sent again with the same id (a resend after a lost
+/// acknowledgement) is applied once; an oversized id is refused.
+#[tokio::test]
+async fn change_ids_are_echoed_caught_up_and_applied_once() {
+    let mut server = Server::start_env(&[], &[("HERALD_DOCUMENT_SNAPSHOT_EVERY", "2")]);
+    let mut ann = Replica::join(&server, "ann", "ids").await;
+    let mut bob = Replica::join(&server, "bob", "ids").await;
+    let send = |position: u64, text: &str, base: u64, change_id: &str, id: u64| {
+        json!({"type": "document.change", "id": id, "data": {
+            "documentId": "ids", "baseVersion": base, "position": position, "text": text,
+            "changeId": change_id}})
+    };
+    ann.ws.send(send(0, "ab", 0, "k7-1", 1)).await;
+    let ack = ann.ws.recv_type("text_change_applied").await;
+    assert_eq!(
+        (ack["id"].clone(), ack["data"]["changeId"].clone()),
+        (json!(1), json!("k7-1")),
+        "{ack}"
+    );
+    let seen = bob.ws.recv_type("text_change_applied").await;
+    assert_eq!(seen["data"]["changeId"], "k7-1", "{seen}");
+    bob.apply(&seen);
+
+    // The same change again, on a new connection (the first one's acknowledgement was lost):
+    // refused silently, the document is unchanged.
+    let mut again = Ws::user(&server, "ann").await;
+    again
+        .send(json!({"type": "document.join", "data": {"documentId": "ids", "version": 0}}))
+        .await;
+    let joined = again.recv_type("document.joined").await;
+    assert_eq!(joined["data"]["caughtUp"], true, "{joined}");
+    let caught = again.recv_type("text_change_applied").await;
+    assert_eq!(
+        (
+            caught["data"]["version"].clone(),
+            caught["data"]["changeId"].clone()
+        ),
+        (json!(1), json!("k7-1")),
+        "{caught}"
+    );
+    again.send(send(0, "ab", 0, "k7-1", 2)).await;
+    // Another author may use the same id: it is their own change.
+    bob.ws.send(send(2, "c", 1, "k7-1", 3)).await;
+    bob.catch_up(2).await;
+    let state = document(&server, "ids").await;
+    assert_eq!(
+        (state["content"].clone(), state["version"].clone()),
+        (json!("abc"), json!(2))
+    );
+
+    // An oversized id: refused before anything is published.
+    let long = "x".repeat(65);
+    ann.ws.send(send(0, "z", 1, &long, 4)).await;
+    let e = ann.ws.recv_type("error").await;
+    assert_eq!(
+        (e["id"].clone(), e["data"]["code"].clone()),
+        (json!(4), json!("VALIDATION_ERROR")),
+        "{e}"
+    );
+    assert!(
+        e["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("changeId is 65 bytes"),
+        "{e}"
+    );
+    assert_eq!(document(&server, "ids").await["version"], 2);
+
+    // After a restart the ids come from the snapshot (version 2) and still refuse a resend.
+    drop((ann, bob, again));
+    let deadline = std::time::Instant::now() + WAIT;
+    while !stored_events(&server)
+        .await
+        .iter()
+        .any(|e| e["type"] == "document.snapshot" && e["data"]["version"] == 2)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a snapshot at version 2"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill9();
+    let server = server.restart();
+    let mut ws = Ws::user(&server, "carl").await;
+    ws.send(json!({"type": "document.join", "data": {"documentId": "ids", "version": 0}}))
+        .await;
+    ws.recv_type("document.joined").await;
+    for (v, id) in [(1, "k7-1"), (2, "k7-1")] {
+        let m = ws.recv_type("text_change_applied").await;
+        assert_eq!(
+            (m["data"]["version"].clone(), m["data"]["changeId"].clone()),
+            (json!(v), json!(id)),
+            "{m}"
+        );
+    }
+    let mut ann = Replica::join(&server, "ann", "ids").await;
+    ann.ws.send(send(0, "ab", 0, "k7-1", 5)).await;
+    ann.change("ids", 3, 0, "d", 6).await;
+    ann.catch_up(3).await;
+    assert_eq!(ann.content(), "abcd");
+    assert_eq!(document(&server, "ids").await["content"], "abcd");
+}
+
+/// herald.js itself (under Node, `tests/seed-clients/herald-document.js`) across real
+/// connection losses: edits made offline, and a change committed whose acknowledgement was
+/// lost, end up in the document exactly once, with everyone on the server's text; away for
+/// longer than the window, the client takes a snapshot and says so (`resync`).
+#[tokio::test]
+async fn herald_js_keeps_its_edits_across_reconnects() {
+    let server = Server::start_env(&[], &[("HERALD_DOCUMENT_WINDOW", "10")]);
+    let args = vec![
+        server.url(""),
+        "away".into(),
+        token("ann"),
+        token("bob"),
+        "10".into(),
+    ];
+    let stdout = seed_client_script("herald-document.js", args).await;
+    let out: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let state = document(&server, "away").await;
+    assert_eq!(state["content"], out["resync"], "{out}");
+    let offline = out["offline"].as_str().unwrap();
+    assert!(
+        offline.contains(" [a1]") && offline.contains("<b1>"),
+        "{out}"
+    );
+    let ack_lost = out["ackLost"].as_str().unwrap();
+    assert_eq!(ack_lost.matches("{inflight}").count(), 1, "{out}");
+    let (status, log) = get(
+        &server,
+        "/api/documents/away/changes?limit=1000",
+        Some(&token("ann")),
+    )
+    .await;
+    assert_eq!(status, 200, "{log}");
+    let inflight = log["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["data"]["changeId"] == out["inflight"])
+        .count();
+    assert_eq!(
+        inflight, 1,
+        "the change in flight was not sent again: {log}"
+    );
+}

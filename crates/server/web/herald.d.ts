@@ -145,8 +145,11 @@ export interface Participant {
 
 /**
  * A collaborative document: local edits apply at once and converge with everyone's. After a
- * reconnect, or a refused change, it resynchronises from a fresh snapshot (local edits not yet
- * acknowledged are dropped).
+ * reconnect, or a change refused as too old, it catches up from its last confirmed version and
+ * keeps its local edits (each change carries a `changeId`, so one committed before its
+ * acknowledgement was lost is recognised, not applied twice). When the server no longer keeps
+ * the changes since that version, or a change is refused for what it is, it takes a fresh
+ * snapshot: the edits not yet acknowledged are dropped and `resync` says which.
  */
 export class HeraldDocument {
   readonly id: string;
@@ -162,6 +165,7 @@ export class HeraldDocument {
   on(type: "participants", fn: (participants: Participant[]) => void): () => void;
   on(type: "cursor", fn: (c: { user: string; cursor: unknown }) => void): () => void;
   on(type: "error", fn: (e: { error: string; code: string }) => void): () => void;
+  on(type: "resync", fn: (r: { documentId: string; version: number; dropped: TextChange[] }) => void): () => void;
   edit(position: number, length: number, text?: string): void;
   moveCursor(cursor: unknown): void;
   leave(): void;

@@ -76,25 +76,57 @@ export function applyChange(text, change) {
   return text.slice(0, change.position) + change.text + text.slice(change.position + change.length);
 }
 
+/** A random prefix for a document's change ids (`crypto.getRandomValues` works on plain http too). */
+function randomPrefix() {
+  const bytes = new Uint8Array(8);
+  if (globalThis.crypto?.getRandomValues) globalThis.crypto.getRandomValues(bytes);
+  else for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 /**
  * A collaborative document joined through `herald.document(id)`. Local edits apply at once and
- * are sent one at a time; remote changes are transformed against the local ones not yet
- * acknowledged, so every participant ends with the server's text. Events (`on`): `change`
- * ({text, change, remote}), `participants` (list), `cursor` ({user, cursor}), `error`.
+ * are sent one at a time, each with a `changeId` of its own; remote changes are transformed
+ * against the local ones not yet acknowledged, so every participant ends with the server's
+ * text.
+ *
+ * Across a reconnect the local edits are kept: the document rejoins with the version it last
+ * had confirmed and catches up on the changes it missed. A caught-up change whose `changeId` is
+ * the one in flight is that change's acknowledgement (it was committed, the acknowledgement was
+ * lost with the connection): it is not applied again. The others are transformed against the
+ * local edits like any remote change; then the change in flight, if it was not committed, is
+ * sent again (the server applies a change id once, so a resend racing a late commit is
+ * harmless). When the server no longer keeps the changes since that version it sends a
+ * snapshot: the document takes it, drops the local edits not yet acknowledged and emits
+ * `resync` ({documentId, version, dropped}).
+ *
+ * Events (`on`): `change` ({text, change, remote}), `participants` (list), `cursor`
+ * ({user, cursor}), `resync`, `error`.
  */
 export class HeraldDocument {
   constructor(herald, id) {
     this.herald = herald;
     this.id = id;
     this.text = "";
+    /** The last version confirmed by the server: `text` is it plus `sent` and `waiting`. */
     this.version = 0;
+    /** Whether changes may be sent (joined, and caught up after a rejoin). */
     this.joined = false;
+    /** Whether a snapshot or catch-up has been received: a rejoin then catches up by version. */
+    this.synced = false;
+    /** The next rejoin asks for a snapshot (the local edits cannot be rebased). */
+    this.wantSnapshot = false;
+    /** While catching up: the version the server had when it answered the rejoin. */
+    this.catchUpTo = null;
     this.participants = [];
     /** Remote cursors by user. */
     this.cursors = new Map();
+    /** The change in flight ({position, length, text, changeId}), and its command's id. */
     this.sent = null;
     this.sentId = null;
     this.waiting = [];
+    this.changePrefix = randomPrefix();
+    this.changeCount = 0;
     this.handlers = new Map();
     this.ready = new Promise((resolve) => (this.resolveReady = resolve));
   }
@@ -109,21 +141,31 @@ export class HeraldDocument {
     this.handlers.get(type)?.forEach((fn) => fn(value));
   }
 
-  /** (Re)joins for a fresh snapshot; local edits not yet acknowledged are dropped with it. */
+  /**
+   * (Re)joins: the first time for a snapshot, then from the last confirmed version, keeping
+   * the local edits not yet acknowledged (see the class comment).
+   */
   join() {
     this.joined = false;
-    this.sent = null;
-    this.waiting = [];
-    this.herald.send({ type: "document.join", data: { documentId: this.id } });
+    this.catchUpTo = null;
+    const data = { documentId: this.id };
+    if (this.synced && !this.wantSnapshot) data.version = this.version;
+    this.herald.send({ type: "document.join", data });
+  }
+
+  /** The connection closed: nothing is sent until the rejoin has caught up. */
+  disconnected() {
+    this.joined = false;
+    this.catchUpTo = null;
   }
 
   /** A local edit: delete `length` code units at `position`, insert `text`. */
   edit(position, length, text = "") {
-    const change = { position, length, text };
+    const change = { position, length, text, changeId: `${this.changePrefix}-${++this.changeCount}` };
     this.text = applyChange(this.text, change);
     this.waiting.push(change);
     this.sendNext();
-    this.emit("change", { text: this.text, change, remote: false });
+    this.emit("change", { text: this.text, change: { position, length, text }, remote: false });
   }
 
   /** Shows this participant's cursor (any small JSON, e.g. {position, selectionEnd}) to the others. */
@@ -139,49 +181,90 @@ export class HeraldDocument {
   sendNext() {
     if (this.sent || !this.joined || this.waiting.length === 0) return;
     this.sent = this.waiting.shift();
+    this.sendSent();
+  }
+
+  /** Sends the change in flight on the current version (again, after a rejoin). */
+  sendSent() {
     this.sentId = this.herald.nextId++;
-    const { position, length, text } = this.sent;
+    const { position, length, text, changeId } = this.sent;
     this.herald.send({
       type: "document.change",
       id: this.sentId,
-      data: { documentId: this.id, baseVersion: this.version, position, length, text },
+      data: { documentId: this.id, baseVersion: this.version, position, length, text, changeId },
     });
+  }
+
+  /** Caught up after a rejoin: the change in flight (not acknowledged) goes again, then the rest. */
+  caughtUp() {
+    this.catchUpTo = null;
+    this.joined = true;
+    if (this.sent) this.sendSent();
+    else this.sendNext();
+  }
+
+  /** Transforms a remote change against the local edits not yet acknowledged and applies it. */
+  applyRemote(d) {
+    let remote = d.change;
+    const mine = this.sent ? [this.sent, ...this.waiting] : this.waiting;
+    const rebased = mine.map((m) => {
+      const r = { ...transformChange(m, remote, false), changeId: m.changeId };
+      remote = transformChange(remote, m, true);
+      return r;
+    });
+    if (this.sent) [this.sent, ...this.waiting] = rebased;
+    else this.waiting = rebased;
+    this.text = applyChange(this.text, remote);
+    this.emit("change", { text: this.text, change: remote, remote: true, author: d.author });
   }
 
   receive(msg) {
     const d = msg.data;
     switch (msg.type) {
       case "document.joined":
+        this.participants = d.participants;
+        this.emit("participants", this.participants);
+        if (d.caughtUp) {
+          // The missed changes follow, up to `d.version`; on a rejoin over the same connection
+          // some may have arrived live already.
+          this.catchUpTo = d.version;
+          if (this.version >= this.catchUpTo) this.caughtUp();
+          break;
+        }
+        if (this.synced && (this.sent || this.waiting.length)) {
+          // Too far behind to rebase: the unacknowledged edits give way to the snapshot.
+          const dropped = (this.sent ? [this.sent, ...this.waiting] : this.waiting).map(
+            ({ position, length, text }) => ({ position, length, text }),
+          );
+          this.emit("resync", { documentId: this.id, version: d.version, dropped });
+        }
         this.text = d.content;
         this.version = d.version;
+        this.sent = null;
+        this.waiting = [];
+        this.synced = true;
+        this.wantSnapshot = false;
         this.joined = true;
-        this.participants = d.participants;
         this.emit("change", { text: this.text, remote: true });
-        this.emit("participants", this.participants);
         this.resolveReady(this);
         break;
       case "text_change_applied":
-        if (this.sent && msg.id === this.sentId) {
+        if (d.version <= this.version) break; // caught up on a change that came live already
+        const mine = this.sent && (msg.id === this.sentId || (d.changeId !== undefined && d.changeId === this.sent.changeId));
+        if (mine) {
+          // The change in flight, committed: live, or in a catch-up after its acknowledgement
+          // was lost with the connection.
           this.version = d.version;
           this.sent = null;
           this.sendNext();
-          break;
+        } else if (d.version !== this.version + 1) {
+          // A change missed: catch up from the last one had.
+          return this.join();
+        } else {
+          this.version = d.version;
+          this.applyRemote(d);
         }
-        if (d.version !== this.version + 1) return this.join();
-        this.version = d.version;
-        {
-          let remote = d.change;
-          const mine = this.sent ? [this.sent, ...this.waiting] : this.waiting;
-          const rebased = mine.map((m) => {
-            const r = transformChange(m, remote, false);
-            remote = transformChange(remote, m, true);
-            return r;
-          });
-          if (this.sent) [this.sent, ...this.waiting] = rebased;
-          else this.waiting = rebased;
-          this.text = applyChange(this.text, remote);
-          this.emit("change", { text: this.text, change: remote, remote: true, author: d.author });
-        }
+        if (this.catchUpTo !== null && this.version >= this.catchUpTo) this.caughtUp();
         break;
       case "cursor_move":
         this.cursors.set(d.user, d.cursor);
@@ -194,9 +277,21 @@ export class HeraldDocument {
         this.emit("participants", this.participants);
         break;
       case "error":
-        // A change refused: the text is resynchronised from a fresh snapshot.
         this.emit("error", d);
-        if (msg.id === this.sentId) this.join();
+        if (msg.id !== this.sentId || !this.sent) break;
+        if (d.code === "CONFLICT") {
+          // Its baseVersion is too old (or ahead of the server's): a refused change is not
+          // applied, and `sent` has been transformed against every change received since, so
+          // it is still valid on the current version. Rejoining by version keeps every edit
+          // and sends it again once caught up; if the server no longer keeps that version it
+          // answers with a snapshot and `resync`.
+          this.join();
+        } else {
+          // Refused for what it is (beyond the text, too long…): the edits made after it build
+          // on it and cannot be rebased without it, so they go with a fresh snapshot.
+          this.wantSnapshot = true;
+          this.join();
+        }
         break;
     }
   }
@@ -322,6 +417,7 @@ export class Herald {
     this.source?.close();
     this.source = null;
     this.connectionId = null;
+    for (const doc of this.documents.values()) doc.disconnected();
     // A request that went out may or may not have been carried out: its caller decides
     // whether to retry. Requests still queued wait for the next connection.
     for (const [id, p] of this.pending) {

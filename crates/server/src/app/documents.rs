@@ -13,9 +13,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use herald_core::Connection;
-use herald_core::document::{Change, ChangeError, Document};
+use herald_core::document::{Change, ChangeError, Document, Origin};
 use herald_core::event::EncodedEvent;
-use herald_core::protocol::{ServerMessage, code};
+use herald_core::protocol::{MAX_CHANGE_ID_BYTES, ServerMessage, code};
 use herald_core::room::validate_room;
 use herald_core::store::{HistoryQuery, Order};
 use herald_core::{Event, EventStore, Identity, Outgoing, StoreError};
@@ -132,6 +132,8 @@ struct Participant {
 struct Edit {
     change: Change,
     base: u64,
+    /// The id the author's client gave the change.
+    change_id: Option<String>,
     connection: Option<Uuid>,
     reference: Option<Value>,
 }
@@ -147,6 +149,7 @@ impl Edit {
                 d.get("text")?.as_str()?,
             ),
             base: n("baseVersion")?,
+            change_id: change_id(d),
             connection: d
                 .get("connection")
                 .and_then(Value::as_str)
@@ -156,25 +159,55 @@ impl Edit {
     }
 }
 
+/// A `changeId` as `document.change` takes it (a string of 1 to `MAX_CHANGE_ID_BYTES` bytes),
+/// from an event's or a snapshot's data.
+fn change_id(d: &Value) -> Option<String> {
+    d.get("changeId")
+        .and_then(Value::as_str)
+        .filter(|c| !c.is_empty() && c.len() <= MAX_CHANGE_ID_BYTES)
+        .map(str::to_owned)
+}
+
 /// The data of the `document.change` event a participant's change is published as.
 pub fn change_data(
     base: u64,
     change: &Change,
+    change_id: Option<String>,
     connection: Uuid,
     reference: Option<Value>,
 ) -> Value {
-    json!({
+    let mut data = json!({
         "baseVersion": base,
         "position": change.position,
         "length": change.length,
         "text": change.text,
         "connection": connection.to_string(),
         "ref": reference,
-    })
+    });
+    if let Some(c) = change_id {
+        data["changeId"] = c.into();
+    }
+    data
 }
 
 fn change_json(c: &Change) -> Value {
     json!({"position": c.position, "length": c.length, "text": c.text})
+}
+
+/// A `text_change_applied`'s data: `change` as applied, making `version`, by `origin` (its
+/// `changeId` echoed when it has one).
+fn applied_json(id: &str, change: &Change, version: u64, origin: &Origin) -> Value {
+    let author = &origin.author;
+    let mut data = json!({
+        "documentId": id,
+        "change": change_json(change),
+        "version": version,
+        "author": (!author.is_empty()).then_some(author),
+    });
+    if let Some(c) = &origin.change_id {
+        data["changeId"] = c.clone().into();
+    }
+    data
 }
 
 /// A document as `GET /api/documents/{id}` and a joining participant see it.
@@ -204,18 +237,16 @@ impl Open {
         self.last_seq = event.seq;
         let doc = self.doc.as_mut()?;
         let edit = Edit::of(event)?;
-        let author = event.user_id.clone().unwrap_or_default();
-        let result = doc.apply(&edit.change, edit.base, &author);
+        let origin = Origin::new(
+            event.user_id.clone().unwrap_or_default(),
+            edit.change_id.clone(),
+        );
+        let result = doc.apply_from(&edit.change, edit.base, origin.clone());
         let by = |p: &Participant| Some(p.conn.id) == edit.connection;
         match result {
             Ok(applied) => {
-                let data = json!({
-                    "documentId": id,
-                    "change": change_json(&applied),
-                    "version": doc.version(),
-                    "author": event.user_id,
-                    "seq": event.seq,
-                });
+                let mut data = applied_json(id, &applied, doc.version(), &origin);
+                data["seq"] = event.seq.into();
                 let shared = ServerMessage::new("text_change_applied", Some(data.clone()));
                 for p in self.participants.iter().filter(|p| p.ready) {
                     let msg = if by(p) {
@@ -242,6 +273,10 @@ impl Open {
                     seq: event.seq,
                 })
             }
+            // A resend of a change committed after all (its first copy reached the log before
+            // the connection that sent it closed): its author heard of the first copy, as its
+            // own change (`changeId`), when it caught up or live.
+            Err(ChangeError::Duplicate { .. }) => None,
             Err(e) => {
                 if let Some(p) = self.participants.iter().find(|p| by(p)) {
                     p.conn
@@ -256,7 +291,13 @@ impl Open {
 fn snapshot_data(doc: &Document, through_seq: u64) -> Value {
     let recent: Vec<Value> = doc
         .recent()
-        .map(|(c, author)| json!({"change": change_json(c), "author": author}))
+        .map(|(c, origin)| {
+            let mut r = json!({"change": change_json(c), "author": origin.author});
+            if let Some(id) = &origin.change_id {
+                r["changeId"] = id.clone().into();
+            }
+            r
+        })
         .collect();
     json!({
         "content": doc.content(),
@@ -266,7 +307,8 @@ fn snapshot_data(doc: &Document, through_seq: u64) -> Value {
     })
 }
 
-/// A document as a snapshot (`snapshot_data`) left it.
+/// A document as a snapshot (`snapshot_data`) left it (a recent change without `changeId`,
+/// as snapshots taken before change ids have them, has none).
 fn restore(d: &Value, bounds: Bounds) -> Option<Document> {
     let recent = d
         .get("recent")?
@@ -277,7 +319,7 @@ fn restore(d: &Value, bounds: Bounds) -> Option<Document> {
             let n = |k: &str| c.get(k).and_then(Value::as_u64).map(|v| v as usize);
             Some((
                 Change::new(n("position")?, n("length")?, c.get("text")?.as_str()?),
-                r.get("author")?.as_str()?.to_owned(),
+                Origin::new(r.get("author")?.as_str()?, change_id(r)),
             ))
         })
         .collect::<Option<Vec<_>>>()?;
@@ -356,9 +398,10 @@ async fn read(
         },
         |doc, event| {
             if let Some(edit) = Edit::of(event) {
-                let author = event.user_id.as_deref().unwrap_or_default();
+                let author = event.user_id.clone().unwrap_or_default();
                 // A refused change was refused live too: it changes nothing.
-                let _ = doc.apply(&edit.change, edit.base, author);
+                let _ =
+                    doc.apply_from(&edit.change, edit.base, Origin::new(author, edit.change_id));
             }
         },
     )
@@ -636,15 +679,10 @@ impl Documents {
                     Some(joined),
                     reply_to,
                 )));
-                for (n, (change, author)) in (from + 1..).zip(changes) {
+                for (n, (change, origin)) in (from + 1..).zip(changes) {
                     conn.send(Outgoing::Message(ServerMessage::new(
                         "text_change_applied",
-                        Some(json!({
-                            "documentId": id,
-                            "change": change_json(change),
-                            "version": n,
-                            "author": (!author.is_empty()).then_some(author),
-                        })),
+                        Some(applied_json(id, change, n, origin)),
                     )));
                 }
             }

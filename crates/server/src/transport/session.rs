@@ -258,12 +258,13 @@ impl Session {
                 position,
                 length,
                 text,
+                change_id,
             } => {
                 if let Some(flow) = self.over_publish_rate(&id) {
                     return flow;
                 }
                 let change = herald_core::document::Change::new(position, length, text);
-                self.document_change(document, base_version, change, id);
+                self.document_change(document, base_version, change, change_id, id);
             }
             Command::DocumentCursor { document, cursor } => {
                 self.document_cursor(document, cursor, id);

@@ -75,13 +75,15 @@ impl Session {
         }
     }
 
-    /// Publishes the change as a `document.change` event; the author hears back through the
-    /// fold, as `text_change_applied` echoing its `id`, or as an error.
+    /// Publishes the change as a `document.change` event (with the client's `changeId`, if
+    /// any); the author hears back through the fold, as `text_change_applied` echoing its
+    /// `id`, or as an error.
     pub(super) fn document_change(
         &self,
         id: String,
         base: u64,
         change: Change,
+        change_id: Option<String>,
         reply: Option<Value>,
     ) {
         let max = self.app.documents.bounds().max_len;
@@ -103,7 +105,7 @@ impl Session {
             Ok(r) => r,
             Err(e) => return self.fail(&e, reply),
         };
-        let data = documents::change_data(base, &change, self.conn.id, reply.clone());
+        let data = documents::change_data(base, &change, change_id, self.conn.id, reply.clone());
         self.publish_document(documents::CHANGE, room, data, move |e| {
             Outgoing::Message(e.to_ws(reply))
         });
