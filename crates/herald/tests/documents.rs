@@ -548,13 +548,36 @@ async fn anonymous_clients_edit_public_documents_only() {
         ack["data"]["author"].is_null(),
         "an anonymous author is no user: {ack}"
     );
+    // Another anonymous editor sees every change id; sending the next one first (hoping to
+    // have the victim's change dropped as a resend) suppresses nothing: anonymous changes are
+    // never matched as resends.
+    let mut other = Ws::connect(&server, "/ws").await;
+    other
+        .send(json!({"type": "document.join", "data": {"documentId": "open"}}))
+        .await;
+    other.recv_type("document.joined").await;
+    for (ws, text, id) in [(&mut other, "!", 7), (&mut anon, "?", 8)] {
+        ws.send(json!({"type": "document.change", "id": id, "data": {
+            "documentId": "open", "baseVersion": 1, "position": 0, "text": text,
+            "changeId": "guessed-2"}}))
+            .await;
+        // Its acknowledgement (the other's change may come first).
+        loop {
+            let m = ws.recv().await;
+            assert_ne!(m["type"], "error", "{m}");
+            if m["type"] == "text_change_applied" && m["id"] == id {
+                break;
+            }
+        }
+    }
+    assert_eq!(document(&server, "open").await["version"], 3);
     // A raw publish of a document event stays refused, public room or not.
     anon.send(json!({"type": "publish", "id": 2, "data": {"type": "document.change",
         "roomId": "document:open", "data": {"baseVersion": 1, "position": 0, "length": 0, "text": "x"}}}))
         .await;
     let e = anon.recv_type("error").await;
     assert_eq!(e["id"], 2, "{e}");
-    assert_eq!(document(&server, "open").await["content"], "hi");
+    assert_eq!(document(&server, "open").await["content"], "!?hi");
 }
 
 /// A change's `changeId` comes back in the author's acknowledgement and the others' copies,
