@@ -523,7 +523,7 @@ async fn a_socket_recovers_on_another_node() {
 }
 
 #[tokio::test]
-async fn sockets_on_different_nodes_share_rooms_chat_and_presence() {
+async fn sockets_on_different_nodes_share_rooms_chat_typing_and_presence() {
     let redis = herald_redis::testing::redis_url();
     let nodes = cluster_with(2, &redis, &["--public-room", "general"]).await;
     let mut alice = chat_socket(&nodes[0], "alice").await;
@@ -541,6 +541,9 @@ async fn sockets_on_different_nodes_share_rooms_chat_and_presence() {
         (heard["content"].clone(), heard["userId"].clone()),
         (json!("across"), json!("bob"))
     );
+    let typing = r#"42/chat,["typing_start","general"]"#;
+    bob.send(Message::text(typing)).await.unwrap();
+    assert_eq!(next_event(&mut alice, "user_typing").await["userId"], "bob");
     bob.close(None).await.unwrap();
     assert_eq!(next_event(&mut alice, "user_left").await["userId"], "bob");
 }
