@@ -4,37 +4,14 @@
 // turn, and each moves its cursor at a steady rate; every cursor carries the time it was sent
 // (one process, one clock). Prints the moves' arrival latency at the other editors, p50/p99,
 // for editors on the same node and on different nodes, and how many arrived.
-const crypto = require('crypto');
-const WebSocket = require('ws');
-
 const [bases, secret, secondsArg, editorsArg, rateArg] = process.argv.slice(2);
 const SECONDS = Number(secondsArg || 10);
 const EDITORS = Number(editorsArg || 10);
 const RATE = Number(rateArg || 10);
 const nodes = bases.split(',').map((b) => b.replace(/^http/, 'ws'));
 
-function token(sub) {
-  const enc = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
-  const body = `${enc({ alg: 'HS256', typ: 'JWT' })}.${enc({ sub, exp: Math.floor(Date.now() / 1000) + 3600 })}`;
-  return `${body}.${crypto.createHmac('sha256', secret).update(body).digest('base64url')}`;
-}
-
-function open(user, node) {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`${node}/ws`);
-    const handlers = [];
-    ws.on('message', (raw) => {
-      const m = JSON.parse(raw);
-      if (m.type === 'connection.established') {
-        ws.send(JSON.stringify({ type: 'authenticate', data: { token: token(user) } }));
-      } else if (m.type === 'authenticated') {
-        resolve({ ws, on: (fn) => handlers.push(fn) });
-      }
-      for (const h of handlers) h(m);
-    });
-    ws.on('error', reject);
-  });
-}
+const perf = require('./perf-lib');
+const open = (user, node) => perf.open(node, secret, user);
 
 function summary(latencies) {
   latencies.sort((a, b) => a - b);

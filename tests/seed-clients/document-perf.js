@@ -7,35 +7,13 @@
 // 3. memory per open document: one connection joins 2 000 documents with 100 characters
 //    each; the server's RSS before and after (needs max_documents_per_connection ≥ 2 000).
 // Prints one JSON object.
-const crypto = require('crypto');
-const WebSocket = require('ws');
-
 const [base, secret, secondsArg] = process.argv.slice(2);
 const SECONDS = Number(secondsArg || 10);
 const wsBase = base.replace(/^http/, 'ws');
 
-function token(sub, role) {
-  const enc = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
-  const body = `${enc({ alg: 'HS256', typ: 'JWT' })}.${enc({ sub, role, exp: Math.floor(Date.now() / 1000) + 3600 })}`;
-  return `${body}.${crypto.createHmac('sha256', secret).update(body).digest('base64url')}`;
-}
-
-function open(user) {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`${wsBase}/ws`);
-    const handlers = [];
-    ws.on('message', (raw) => {
-      const m = JSON.parse(raw);
-      if (m.type === 'connection.established') {
-        ws.send(JSON.stringify({ type: 'authenticate', data: { token: token(user) } }));
-      } else if (m.type === 'authenticated') {
-        resolve({ ws, on: (fn) => handlers.push(fn) });
-      }
-      for (const h of handlers) h(m);
-    });
-    ws.on('error', reject);
-  });
-}
+const perf = require('./perf-lib');
+const token = (sub, role) => perf.token(secret, sub, role);
+const open = (user) => perf.open(wsBase, secret, user);
 
 const send = (c, m) => c.ws.send(JSON.stringify(m));
 

@@ -34,6 +34,22 @@ pub const SNAPSHOT: &str = "document.snapshot";
 /// Changes read from the store per query when a document is opened.
 const PAGE: usize = 500;
 
+/// The events of `batch` of one of the `kinds` in a room `{prefix}{name}`, with that name, in
+/// order: what a document kind folds in.
+pub fn in_rooms<'a>(
+    batch: &'a [Arc<EncodedEvent>],
+    prefix: &'a str,
+    kinds: &'a [&str],
+) -> impl Iterator<Item = (&'a str, &'a Arc<EncodedEvent>)> {
+    batch.iter().filter_map(move |encoded| {
+        let event = &encoded.event;
+        if !kinds.contains(&event.kind.as_str()) {
+            return None;
+        }
+        Some((event.room_id.as_deref()?.strip_prefix(prefix)?, encoded))
+    })
+}
+
 /// The room of document `id`, if `id` is a valid name.
 pub fn room_of(id: &str) -> Result<String, AppError> {
     let room = format!("{ROOM_PREFIX}{id}");
@@ -593,18 +609,8 @@ impl Documents {
     /// Folds a committed batch's document changes into the documents open here (called by the
     /// log's fan-out, in `seq` order).
     pub fn fold(&self, batch: &[Arc<EncodedEvent>]) {
-        for encoded in batch {
+        for (id, encoded) in in_rooms(batch, ROOM_PREFIX, &[CHANGE]) {
             let event = &encoded.event;
-            if event.kind != CHANGE {
-                continue;
-            }
-            let Some(id) = event
-                .room_id
-                .as_deref()
-                .and_then(|r| r.strip_prefix(ROOM_PREFIX))
-            else {
-                continue;
-            };
             let Some(entry) = self.open.lock().get(id).cloned() else {
                 continue;
             };

@@ -29,7 +29,7 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
 
-use super::documents::{SnapshotDue, replay};
+use super::documents::{SnapshotDue, in_rooms, replay};
 use super::signals::Outlet;
 
 pub const ROOM_PREFIX: &str = "yjs:";
@@ -350,18 +350,8 @@ impl YDocs {
 
     /// Folds a committed batch's Yjs updates into the documents open here.
     pub fn fold(&self, batch: &[Arc<EncodedEvent>]) {
-        for encoded in batch {
+        for (name, encoded) in in_rooms(batch, ROOM_PREFIX, &[UPDATE, SNAPSHOT]) {
             let event = &encoded.event;
-            if event.kind != UPDATE && event.kind != SNAPSHOT {
-                continue;
-            }
-            let Some(name) = event
-                .room_id
-                .as_deref()
-                .and_then(|r| r.strip_prefix(ROOM_PREFIX))
-            else {
-                continue;
-            };
             let Some(entry) = self.open.lock().get(name).cloned() else {
                 continue;
             };
